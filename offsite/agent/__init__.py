@@ -1,0 +1,1 @@
+"""The agent: the long-running service, per-job dispatch, schedules and status."""

@@ -1,0 +1,530 @@
+"""One job at work: its source view, its target, its share of the queue.
+
+Each job has one worker thread that owns all of the job's state: it folds watcher hints
+into the source view, reconciles (source scan + target listing) at start and every
+`rescan`, turns the plan into queue items, and drains them inside the job's windows. The
+agent's main thread only hands it hints and requests. `offsite sync` without an agent runs
+the same code in its own thread.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..config import AgentSettings, Job
+from ..errors import (
+    Interrupted, OffsiteError, OwnerMismatch, PermanentError, SourceError, TransientError,
+)
+from ..queue import QueueItem, WorkQueue
+from ..selection import Plan, RemoteFile, Rules, plan
+from ..state import StateDir
+from ..targets import Target, make_target
+from ..watchers import SourceView
+from . import control, schedule
+from .dispatcher import backoff, next_item
+from .throttle import Throttle
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now().astimezone()
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return t.isoformat(timespec="seconds") if t else None
+
+
+@dataclass
+class SyncStats:
+    started: dt.datetime
+    errors: list[str] = field(default_factory=list)
+    bytes_sent: int = 0
+    files_sent: int = 0
+    files_deleted: int = 0
+    files_skipped: int = 0
+
+    def error(self, msg: str) -> None:
+        if msg not in self.errors:
+            self.errors.append(msg)
+
+    def result(self, finished: dt.datetime) -> dict:
+        return {
+            "started": _iso(self.started), "finished": _iso(finished), "ok": not self.errors,
+            "errors": self.errors, "bytes_sent": self.bytes_sent, "files_sent": self.files_sent,
+            "files_deleted": self.files_deleted, "files_skipped": self.files_skipped,
+        }
+
+
+@dataclass
+class Request:
+    kind: str  # "sync" | "retry" | "reinit"
+    allow_deletes: bool = False
+    reply: Callable[[dict], None] | None = None
+
+
+class JobRunner:
+    def __init__(self, job: Job, settings: AgentSettings, queue: WorkQueue, state: StateDir,
+                 slots: threading.BoundedSemaphore, throttle: Throttle | None = None) -> None:
+        self.job = job
+        self.settings = settings
+        self.queue = queue
+        self.state = state
+        self.slots = slots
+        # A job's own cap replaces the agent-wide one, which all other jobs share.
+        self.throttle = Throttle(job.bandwidth) if job.bandwidth else (throttle or Throttle(settings.bandwidth))
+        self.rules = Rules.of(job)
+        self.view = SourceView(job.source, settings.settle, job.family)
+        self.target: Target | None = None
+        self.target_files: dict[str, RemoteFile] | None = None
+        self.plan = Plan()
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.on_progress: Callable[[str, int, int], None] | None = None  # path, done, total
+        self._lock = threading.Lock()
+        self._hints: set[str] = set()
+        self._requests: list[Request] = []
+        self._thread: threading.Thread | None = None
+        # What status shows; written by the worker, read by anyone under _lock.
+        self.phase = "idle"
+        self.error: str | None = None
+        self.owner_state = "unknown"
+        self.last_sync: dict | None = state.read_json("results.json", {}).get(job.name)
+        self._need_reconcile = True
+        self._next_rescan = 0.0
+        self._retry_at = 0.0  # after a permanent error: not before this (monotonic)
+        self._source_missing = False
+        self._transient_since: float | None = None
+        self._transient_count = 0
+        self._allow_deletes = False
+        self._skipped = 0  # vanished before sent, noticed between syncs
+
+    # ------------------------------------------------------------ from other threads
+    def hint(self, rel: str) -> None:
+        with self._lock:
+            self._hints.add(rel)
+        self.wake.set()
+
+    def request(self, req: Request) -> None:
+        with self._lock:
+            self._requests.append(req)
+        self.wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"job-{self.job.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def join(self, timeout: float) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self, now: dt.datetime) -> dict:
+        items = self.queue.items(self.job.name)
+        pending = [i for i in items if i.state != "failed"]
+        failed = [i for i in items if i.state == "failed"]
+        with self._lock:
+            phase, error, owner, last = self.phase, self.error, self.owner_state, self.last_sync
+        held = self.plan.held
+        if phase != "syncing":
+            if error or held:
+                phase = "error"
+            elif pending and not schedule.is_open(self.job.windows, now):
+                phase = "waiting"
+            elif pending and all(not i.due(now) for i in pending if i.state == "ready"):
+                phase = "paused"
+            elif not pending:
+                phase = "idle"
+        return {
+            "name": self.job.name,
+            "state": phase,
+            "pending_files": len(pending),
+            "pending_bytes": sum(i.size or 0 for i in pending if i.op == "upload"),
+            "failed_files": len(failed),
+            "waiting_files": len(self.plan.waiting),
+            "next_window": _iso(schedule.next_opening(self.job.windows, now)),
+            "owner": owner,
+            "error": error,
+            "held_deletes": self.plan.held_count if held else 0,
+            "held_reason": held,
+            "last_sync": last,
+        }
+
+    # ------------------------------------------------------------ the worker
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 - a bug must not kill the job silently
+                log.exception("job %s: unexpected error", self.job.name)
+                self._fail(f"unexpected error: {e}")
+            self.wake.wait(0.5)
+            self.wake.clear()
+        self._close_target()
+        with self._lock:
+            left, self._requests = self._requests, []
+        for r in left:
+            if r.reply:
+                r.reply({"ok": False, "error": "the agent stopped or reloaded before doing this"})
+
+    def step(self) -> None:
+        """One turn of the worker: requests, source changes, reconciliation, transfers."""
+        with self._lock:
+            requests, self._requests = self._requests, []
+            hints, self._hints = self._hints, set()
+        syncs = [r for r in requests if r.kind == "sync"]
+        for r in requests:
+            if r.kind == "retry":
+                self._clear_error()
+            elif r.kind == "reinit":
+                self._reinit(r)
+        mono, wall = time.monotonic(), time.time_ns()
+
+        if not self.job.source.is_dir():
+            self._source_missing = True
+            self._fail(
+                f"the source folder {self.job.source} is missing (an unmounted disk?); "
+                "nothing is deleted on the target while it is"
+            )
+            self._answer(syncs, None)
+            return
+        if self._source_missing:
+            self._source_missing = False
+            self._clear_error()
+
+        forced = bool(syncs)
+        if forced:
+            self._clear_error()
+            self._need_reconcile = True
+            self._allow_deletes = any(r.allow_deletes for r in syncs)
+        elif mono < self._retry_at:
+            self.view.touch(hints, mono, wall)  # keep the view fresh; no hot retry loop
+            return
+        elif self.error:
+            self._clear_error()
+            self._need_reconcile = True
+
+        stats = SyncStats(_now()) if forced else None
+        try:
+            if self._need_reconcile or mono >= self._next_rescan:
+                self._reconcile(mono, wall)
+            elif hints or any(not e.ready for e in self.view.entries.values()):
+                if self.view.touch(hints, mono, wall) | self.view.refresh(mono, wall):
+                    self._replan()
+            if forced or schedule.is_open(self.job.windows, _now()):
+                stats = self._drain(forced, stats)
+            else:
+                self._close_target()
+        except (PermanentError, TransientError) as e:
+            self._target_failed(e, None, stats)
+        finally:
+            if stats is not None:
+                self._finish(stats)
+            if forced:
+                self._allow_deletes = False
+            self._answer(syncs, stats)
+
+    def _answer(self, syncs: list[Request], stats: SyncStats | None) -> None:
+        for r in syncs:
+            if r.reply:
+                r.reply({"ok": self.error is None and (stats is None or not stats.errors),
+                         "error": self.error, "held": self.plan.held, "result": self.last_sync,
+                         "waiting_files": len(self.plan.waiting)})
+
+    # ------------------------------------------------------------ reconciliation
+    def _reconcile(self, mono: float, wall: int) -> None:
+        self.view.scan(mono, wall)
+        target = self._open_target()
+        self.target_files = target.list()
+        self._need_reconcile = False
+        self._next_rescan = mono + self.settings.rescan
+        self._replan()
+        if not self.wants_target():
+            self._close_target()
+
+    def wants_target(self) -> bool:
+        return next_item(self.queue.items(self.job.name), self.plan.blockers, _now(), self.job.family) is not None
+
+    def _replan(self) -> None:
+        if self.target_files is None:
+            return
+        keeps_mtime = self.target.keeps_mtime if self.target else False
+        p = plan(self.view.snapshot(), self.target_files, self.rules, keeps_mtime, self._allow_deletes)
+        dropped = self.state.read_json("dropped.json", {}).get(self.job.name, {})
+        if dropped:
+            p.uploads = [u for u in p.uploads if not self._is_dropped(dropped, "upload", u)]
+            p.deletes = [d for d in p.deletes if not self._is_dropped(dropped, "delete", d)]
+        if p.held and p.held != self.plan.held:
+            log.warning("job %s: %s; held back until 'offsite sync %s --allow-deletes'",
+                        self.job.name, p.held, self.job.name)
+        self.plan = p
+        for path in p.uploads:
+            e = self.view.entries[path]
+            self.queue.put(self.job.name, "upload", path, e.size, e.mtime_ns)
+        for path in p.deletes:
+            t = self.target_files.get(path)
+            self.queue.put(self.job.name, "delete", path, t.size if t else None, None)
+        self._drop_stale()
+
+    def _is_dropped(self, dropped: dict, op: str, path: str) -> bool:
+        d = dropped.get(path)
+        if not d or d.get("op") != op:
+            return False
+        if op == "delete":
+            return True
+        e = self.view.entries.get(path)
+        return e is not None and [e.size, e.mtime_ns] == [d.get("size"), d.get("mtime_ns")]
+
+    def _drop_stale(self) -> None:
+        """Queued work the current plan no longer wants: done elsewhere, vanished, superseded."""
+        uploads, waiting, deletes = set(self.plan.uploads), set(self.plan.waiting), set(self.plan.deletes)
+        for it in self.queue.items(self.job.name):
+            if it.state == "in-flight":
+                continue
+            wanted = (it.path in uploads or it.path in waiting) if it.op == "upload" else it.path in deletes
+            if it.state == "failed" and (it.path in self.view.entries or it.op == "delete"):
+                continue  # failed items wait for the user, unless their file is gone
+            if not wanted:
+                if it.op == "upload" and it.path not in self.view.entries:
+                    log.info("job %s: %s vanished at the source before it was sent; skipped",
+                             self.job.name, it.path)
+                    self._skipped += 1
+                self.queue.ack(it.id)
+
+    # ------------------------------------------------------------ transfers
+    def _drain(self, forced: bool, stats: SyncStats | None) -> SyncStats | None:
+        while not self.stopping.is_set():
+            now = _now()
+            if not forced and not schedule.is_open(self.job.windows, now):
+                break
+            self._fold_hints()
+            it = next_item(self.queue.items(self.job.name), self.plan.blockers, now, self.job.family)
+            if it is None:
+                break
+            if stats is None:
+                stats = SyncStats(now)
+            with self._lock:
+                self.phase = "syncing"
+            if not self._execute(it, stats, forced):
+                break
+            self._replan()
+        self._close_target()
+        with self._lock:
+            if self.phase == "syncing":
+                self.phase = "idle"
+        return stats
+
+    def _fold_hints(self) -> None:
+        with self._lock:
+            hints, self._hints = self._hints, set()
+        mono, wall = time.monotonic(), time.time_ns()
+        if self.view.touch(hints, mono, wall) | self.view.refresh(mono, wall):
+            self._replan()
+
+    def _execute(self, it: QueueItem, stats: SyncStats, forced: bool) -> bool:
+        """Run one item; False when the job must stop draining."""
+        try:
+            target = self._open_target()
+            if it.op == "upload":
+                self._upload(target, it, stats, forced)
+            else:
+                self.queue.lease(it.id)
+                target.delete(it.path)
+                self.target_files.pop(it.path, None)
+                self.queue.ack(it.id)
+                stats.files_deleted += 1
+                log.info("job %s: deleted %s", self.job.name, it.path)
+            self._transient_since = None
+            return True
+        except Interrupted:
+            self.queue.release(it.id, count_attempt=False)
+            return False
+        except SourceError as e:
+            log.error("job %s: %s", self.job.name, e)
+            self.queue.fail(it.id, str(e))
+            stats.error(str(e))
+            return True
+        except (TransientError, PermanentError) as e:
+            self._target_failed(e, it, stats)
+            return isinstance(e, TransientError) and self.error is None
+
+    def _upload(self, target: Target, it: QueueItem, stats: SyncStats, forced: bool) -> None:
+        src = self.job.source.joinpath(*it.path.split("/"))
+        entry = self.view.entries.get(it.path)
+        try:
+            f = open(src, "rb")
+        except FileNotFoundError:
+            self.queue.ack(it.id)
+            stats.files_skipped += 1
+            log.info("job %s: %s vanished at the source before it was sent; skipped", self.job.name, it.path)
+            self.view.touch({it.path}, time.monotonic(), time.time_ns())
+            return
+        except OSError as e:
+            raise SourceError(f"cannot read {src} ({e.strerror})") from None
+        with f:
+            st = os.fstat(f.fileno())
+            if entry is None or not entry.ready or (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+                self.view.recheck(it.path, time.monotonic(), time.time_ns())
+                self.queue.release(it.id, count_attempt=False)
+                return
+            self.queue.lease(it.id)
+            size, mtime = st.st_size, st.st_mtime_ns
+            done = 0
+
+            def progress(n: int) -> None:
+                nonlocal done
+                done += n
+                stats.bytes_sent += n
+                self.throttle.consume(n, self.stopping)
+                if self.on_progress:
+                    self.on_progress(it.path, done, size)
+                if self.stopping.is_set():
+                    raise Interrupted("the agent is stopping")
+                if not forced and not schedule.is_open(self.job.windows, _now()):
+                    raise Interrupted("the job's window closed")
+
+            try:
+                target.upload(it.path, f, size, mtime, progress)
+            except OSError as e:
+                raise SourceError(f"cannot read {src} ({e.strerror})") from None
+            try:
+                after = os.stat(src)
+            except OSError:
+                after = None
+            if after is None or (after.st_size, after.st_mtime_ns) != (size, mtime):
+                target.discard(it.path)
+                self.view.recheck(it.path, time.monotonic(), time.time_ns())
+                self.queue.release(it.id, "changed while it was sent; sent again once it settles",
+                                   count_attempt=False)
+                log.info("job %s: %s changed while it was sent; it is sent again once it settles",
+                         self.job.name, it.path)
+                return
+            target.publish(it.path, size, mtime)
+        self.target_files[it.path] = RemoteFile(size, mtime if target.keeps_mtime else None)
+        self.queue.ack(it.id)
+        stats.files_sent += 1
+        log.info("job %s: sent %s (%d bytes)", self.job.name, it.path, size)
+
+    # ------------------------------------------------------------ target sessions
+    def _open_target(self) -> Target:
+        if self.target is not None:
+            return self.target
+        while not self.slots.acquire(timeout=0.5):  # max_connections, all jobs together
+            if self.stopping.is_set():
+                raise Interrupted("the agent is stopping")
+        try:
+            target = make_target(self.job)
+            target.open()
+            self._check_owner(target)
+        except BaseException:
+            self.slots.release()
+            raise
+        self.target = target
+        return target
+
+    def _close_target(self) -> None:
+        if self.target is not None:
+            try:
+                self.target.close()
+            finally:
+                self.target = None
+                self.slots.release()
+
+    def _check_owner(self, target: Target) -> None:
+        mine, theirs = self.state.owner_id(self.job.name), target.read_owner()
+        if theirs is None:
+            target.write_owner(mine or self.state.new_owner_id(self.job.name))
+        elif theirs != mine:
+            with self._lock:
+                self.owner_state = "mismatch"
+            raise OwnerMismatch(
+                f"target folder is owned by another job: {target.describe()} carries another "
+                f"owner ID; run 'offsite reinit {self.job.name}' to take it over"
+            )
+        with self._lock:
+            self.owner_state = "ok"
+
+    def _reinit(self, req: Request) -> None:
+        self._close_target()
+        try:
+            where = control.take_over(self.job, self.state)
+        except OffsiteError as e:
+            if req.reply:
+                req.reply({"ok": False, "error": str(e)})
+            return
+        self._clear_error()
+        self._need_reconcile = True
+        with self._lock:
+            self.owner_state = "ok"
+        log.info("job %s: took over the target folder %s", self.job.name, where)
+        if req.reply:
+            req.reply({"ok": True, "error": None, "target": where})
+
+    # ------------------------------------------------------------ trouble
+    def _target_failed(self, e: OffsiteError, it: QueueItem | None, stats: SyncStats | None) -> None:
+        self._close_target()
+        if stats is not None:
+            stats.error(str(e))
+        if isinstance(e, TransientError):
+            mono = time.monotonic()
+            if self._transient_since is None:
+                self._transient_since, self._transient_count = mono, 0
+            self._transient_count += 1
+            if mono - self._transient_since < self.settings.retry_for:
+                wait = backoff(self._transient_count)
+            else:  # this attempt is over: park until the next chance
+                wait = self.settings.rescan
+                self._transient_since = None
+                log.warning("job %s: %s; retrying for %ds did not help, next try in %ds",
+                            self.job.name, e, self.settings.retry_for, wait)
+            if it is not None:
+                self.queue.release(it.id, str(e), _now() + dt.timedelta(seconds=wait))
+            else:
+                self._retry_at = time.monotonic() + wait
+                self._need_reconcile = True
+            log.info("job %s: %s (retrying in %.0fs)", self.job.name, e, wait)
+            return
+        if it is not None:
+            self.queue.release(it.id, str(e), count_attempt=True)
+        self._fail(str(e))
+
+    def _fail(self, msg: str) -> None:
+        with self._lock:
+            first = self.error != msg
+            self.error, self.phase = msg, "error"
+        if first:
+            log.error("job %s: %s", self.job.name, msg)
+        self._retry_at = time.monotonic() + self.settings.rescan
+        self._close_target()
+
+    def _clear_error(self) -> None:
+        with self._lock:
+            self.error = None
+            if self.phase == "error":
+                self.phase = "idle"
+        self._retry_at = 0.0
+
+    def _finish(self, stats: SyncStats) -> None:
+        stats.files_skipped += self._skipped
+        self._skipped = 0
+        result = stats.result(_now())
+        with self._lock:
+            self.last_sync = result
+        self.state.update_json("results.json", lambda d: d.__setitem__(self.job.name, result))
+        log.info("job %s: sync %s: %d sent (%d bytes), %d deleted, %d skipped%s", self.job.name,
+                 "ok" if result["ok"] else "failed", stats.files_sent, stats.bytes_sent,
+                 stats.files_deleted, stats.files_skipped,
+                 "" if result["ok"] else ": " + "; ".join(stats.errors))

@@ -1,0 +1,191 @@
+"""The agent: `offsite run`.
+
+The main thread is a plain loop: it reacts to flags set by signal handlers (stop, reload),
+answers requests from the control mailbox, restarts watchers that died, and rewrites
+status.json every second. All work happens in the job runners' threads.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from .. import config as config_mod
+from .. import logs
+from ..config import Config
+from ..errors import LockedError, OffsiteError
+from ..queue import WorkQueue
+from ..state import StateDir
+from ..watchers import SourceWatcher
+from . import control
+from .job import JobRunner, Request
+from .throttle import Throttle
+
+log = logging.getLogger(__name__)
+STOP_GRACE = 8.0  # seconds the runners get to reach a resumable point
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state = StateDir(config.agent.state_dir)
+        self.runners: dict[str, JobRunner] = {}
+        self.watchers: dict[str, SourceWatcher] = {}
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.started = dt.datetime.now().astimezone()
+        self.queue: WorkQueue | None = None
+
+    # -- signals only set flags
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def request_reload(self, *_: object) -> None:
+        self._reload.set()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self.request_reload)
+
+    def run(self) -> int:
+        self.state.ensure()
+        if not self.state.take_lock("agent"):
+            raise LockedError(f"another agent already holds the state directory {self.state.root}")
+        try:
+            logs.to_file(self.state.log_dir)
+            self.queue = WorkQueue(self.state.queue_dir)
+            self.queue.compact()
+            self._install_signals()
+            self._start_jobs()
+            log.info("offsite agent started (pid %d) with %d job(s) from %s",
+                     os.getpid(), len(self.runners), self.config.path)
+            last_status = 0.0
+            while not self._stop.is_set():
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self._do_reload()
+                self._handle_requests()
+                self._check_watchers()
+                if time.monotonic() - last_status >= 1.0:
+                    self._write_status(running=True)
+                    last_status = time.monotonic()
+                self._stop.wait(0.2)
+            log.info("offsite agent stopping")
+        finally:
+            self._stop_jobs()
+            self._write_status(running=False)
+            if self.queue is not None:
+                self.queue.close()
+            self.state.lock.release()
+        log.info("offsite agent stopped")
+        return 0
+
+    # -- jobs and watchers
+    def _start_jobs(self) -> None:
+        assert self.queue is not None
+        slots = threading.BoundedSemaphore(self.config.agent.max_connections)
+        shared = Throttle(self.config.agent.bandwidth)
+        for job in self.config.jobs:
+            runner = JobRunner(job, self.config.agent, self.queue, self.state, slots, shared)
+            self.runners[job.name] = runner
+            watcher = SourceWatcher(job.source, runner.hint)
+            try:
+                watcher.start()
+            except OSError as e:
+                log.error("job %s: cannot watch %s (%s); relying on rescans", job.name, job.source, e)
+            self.watchers[job.name] = watcher
+            runner.start()
+
+    def _stop_jobs(self) -> None:
+        for r in self.runners.values():
+            r.stop()
+        deadline = time.monotonic() + STOP_GRACE
+        for name, r in self.runners.items():
+            if not r.join(max(0.1, deadline - time.monotonic())):
+                log.warning("job %s did not stop in time", name)
+        for w in self.watchers.values():
+            w.stop()
+        self.runners, self.watchers = {}, {}
+
+    def _check_watchers(self) -> None:
+        for name, w in self.watchers.items():
+            runner = self.runners[name]
+            if not w.alive() and runner.job.source.is_dir():
+                log.warning("job %s: the watcher stopped; restarting it and rescanning", name)
+                w.stop()
+                try:
+                    w.start()
+                except OSError as e:
+                    log.error("job %s: cannot watch %s (%s)", name, runner.job.source, e)
+                runner.hint("")  # the whole folder: events may have been missed
+
+    def _do_reload(self) -> None:
+        try:
+            new = config_mod.load(self.config.path)
+        except OffsiteError as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        if Path(new.agent.state_dir) != Path(self.config.agent.state_dir):
+            log.error("reload refused: state_dir cannot change while the agent runs (restart it)")
+            return
+        log.info("reloading the configuration from %s", self.config.path)
+        self._stop_jobs()
+        self.config = new
+        logging.getLogger().setLevel(new.agent.log_level.upper())
+        self._start_jobs()
+
+    # -- the control mailbox
+    def _handle_requests(self) -> None:
+        assert self.queue is not None
+        for rid, req in self.state.requests():
+            op = req.get("op")
+            reply = lambda data, rid=rid: self.state.reply(rid, data)  # noqa: E731
+            try:
+                if op in ("sync", "reinit"):
+                    runner = self.runners.get(req.get("job", ""))
+                    if runner is None:
+                        reply({"ok": False, "error": f"no job named {req.get('job')!r}"})
+                        continue
+                    runner.request(Request(op, bool(req.get("allow_deletes")), reply))
+                elif op == "retry":
+                    items = control.retry(self.queue, req.get("ids"))
+                    for name in {i.job for i in items}:
+                        if name in self.runners:
+                            self.runners[name].request(Request("retry"))
+                    reply({"ok": True, "items": [i.id for i in items]})
+                elif op == "drop":
+                    it = control.drop(self.queue, self.state, int(req["id"]))
+                    reply({"ok": True, "item": it.to_json()})
+                else:
+                    reply({"ok": False, "error": f"unknown request {op!r}"})
+            except OffsiteError as e:
+                reply({"ok": False, "error": str(e)})
+
+    # -- status
+    def _write_status(self, running: bool) -> None:
+        now = dt.datetime.now().astimezone()
+        try:
+            rss = psutil.Process().memory_info().rss
+        except psutil.Error:
+            rss = None
+        data = {
+            "agent": {"running": running, "pid": os.getpid() if running else None,
+                      "started": self.started.isoformat(timespec="seconds") if running else None,
+                      "rss_bytes": rss if running else None},
+            "jobs": [r.status(now) for r in self.runners.values()],
+            "written": now.isoformat(timespec="seconds"),
+        }
+        try:
+            self.state.write_json("status.json", data)
+        except OffsiteError as e:
+            log.error("%s", e)

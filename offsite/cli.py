@@ -1,0 +1,447 @@
+"""The `offsite` command: argument parsing, one top-level error handler, the commands.
+
+Every user error is an OffsiteError and prints as one line with its exit code; only an
+unexpected error prints a traceback. JSON goes to stdout, messages to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import config as config_mod
+from . import logs
+from .agent import control, schedule
+from .agent.job import JobRunner, Request
+from .agent.service import Agent
+from .config import Config, Job
+from .errors import EXIT_FAILED, EXIT_OK, LockedError, OffsiteError, UsageError
+from .queue import WorkQueue, read_items
+from .selection import Rules, plan
+from .state import StateDir
+from .targets import make_target
+from .units import format_bytes
+from .watchers import SourceView
+
+log = logging.getLogger("offsite")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except OffsiteError as e:
+        print(f"offsite: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("offsite: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (offsite status | head): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="offsite", description="Replicate backup images offsite.")
+    p.add_argument("-c", "--config", metavar="PATH", help="agent.toml (default: $OFFSITE_CONFIG, ./agent.toml, system location)")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    def cmd(name: str, func, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    cmd("run", cmd_run, "run the agent in the foreground")
+    sp = cmd("check", cmd_check, "validate the config and test each job's target")
+    sp.add_argument("jobs", nargs="*", metavar="JOB")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("status", cmd_status, "is the agent running, and how is each job doing")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("sync", cmd_sync, "run a job now, ignoring its window; returns when it is idle")
+    sp.add_argument("job", metavar="JOB")
+    sp.add_argument("--allow-deletes", action="store_true", help="apply deletions held back for confirmation")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("plan", cmd_plan, "show what would be sent and deleted, without doing it")
+    sp.add_argument("job", metavar="JOB")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("reinit", cmd_reinit, "take over a target folder whose owner ID belongs to someone else")
+    sp.add_argument("job", metavar="JOB")
+
+    q = sub.add_parser("queue", help="inspect and steer the queue", description="inspect and steer the queue")
+    qs = q.add_subparsers(metavar="ACTION")
+    q.set_defaults(func=lambda a: (q.print_help(sys.stderr), 2)[1])
+    sp = qs.add_parser("list", help="list queued items")
+    sp.set_defaults(func=cmd_queue_list)
+    sp.add_argument("--job")
+    sp.add_argument("--state", choices=("ready", "in-flight", "failed"))
+    sp.add_argument("--json", action="store_true")
+    sp = qs.add_parser("show", help="show one item")
+    sp.set_defaults(func=cmd_queue_show)
+    sp.add_argument("id", type=int, metavar="ID")
+    sp.add_argument("--json", action="store_true")
+    sp = qs.add_parser("retry", help="make an item, or every failed item, ready now")
+    sp.set_defaults(func=cmd_queue_retry)
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("id", type=int, nargs="?", metavar="ID")
+    g.add_argument("--failed", action="store_true")
+    sp = qs.add_parser("drop", help="remove an item and do not queue that operation again")
+    sp.set_defaults(func=cmd_queue_drop)
+    sp.add_argument("id", type=int, metavar="ID")
+    return p
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = Path(args.config) if args.config else config_mod.default_config_path()
+    return config_mod.load(path)
+
+
+def _job(cfg: Config, name: str) -> Job:
+    job = cfg.job(name)
+    if job is None:
+        raise UsageError(f"no job named {name!r} in {cfg.path} (jobs: {', '.join(j.name for j in cfg.jobs)})")
+    return job
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _ask_agent(state: StateDir, request: dict) -> dict:
+    rid = state.submit(request)
+    return state.wait_reply(rid)
+
+
+class _Writer:
+    """Hold the state directory's lock for a command that changes state without an agent."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.state = StateDir(cfg.agent.state_dir)
+        self.queue: WorkQueue | None = None
+
+    def __enter__(self) -> "_Writer":
+        self.state.ensure()
+        if not self.state.take_lock("sync"):
+            holder = self.state.holder()
+            raise LockedError(
+                f"another offsite process (pid {holder.get('pid', '?')}) holds the state directory "
+                f"{self.state.root}; try again when it is done"
+            )
+        self.queue = WorkQueue(self.state.queue_dir)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.queue is not None:
+            self.queue.close()
+        self.state.lock.release()
+
+
+def _agent_answers(state: StateDir) -> bool:
+    """An agent (not a standalone sync) holds the lock and reads the mailbox."""
+    return state.agent_running() and state.holder().get("kind") == "agent"
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    logs.to_stderr(cfg.agent.log_level)
+    return Agent(cfg).run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    state = StateDir(cfg.agent.state_dir)
+    jobs = [_job(cfg, n) for n in args.jobs] if args.jobs else list(cfg.jobs)
+    results, failed = [], False
+    for job in jobs:
+        line = {"job": job.name, "target": job.location.describe() + f" folder {job.folder}",
+                "ok": False, "owner": "unknown", "error": None}
+        try:
+            target = make_target(job)
+            target.open()
+            try:
+                target.probe()
+                theirs, mine = target.read_owner(), state.owner_id(job.name)
+            finally:
+                target.close()
+            if theirs is None:
+                line["owner"] = "unset"
+            elif theirs == mine:
+                line["owner"] = "ok"
+            else:
+                line["owner"] = "mismatch"
+                raise OffsiteError(
+                    f"target folder is owned by another job; run 'offsite reinit {job.name}' to take it over"
+                )
+            line["ok"] = True
+        except OffsiteError as e:
+            line["error"] = str(e)
+            failed = True
+        results.append(line)
+        if not args.json:
+            if line["ok"]:
+                owner = {"ok": "owner ID ok", "unset": "owner ID not written yet"}[line["owner"]]
+                print(f"{job.name}: ok: {line['target']} ({owner})")
+            else:
+                print(f"{job.name}: FAILED: {line['target']}: {line['error']}")
+    if args.json:
+        _print_json(results)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _status_data(cfg: Config) -> dict:
+    state = StateDir(cfg.agent.state_dir)
+    if _agent_answers(state):
+        for _ in range(20):  # just started: the first status.json is a moment away
+            data = state.read_json("status.json", None)
+            if data and data.get("agent", {}).get("running"):
+                return data
+            time.sleep(0.1)
+    items = read_items(state.queue_dir)
+    results = state.read_json("results.json", {})
+    now = dt.datetime.now().astimezone()
+    jobs = []
+    for job in cfg.jobs:
+        mine = [i for i in items if i.job == job.name]
+        pending = [i for i in mine if i.state != "failed"]
+        last = results.get(job.name)
+        jobs.append({
+            "name": job.name,
+            "state": "error" if last and not last.get("ok") else "idle",
+            "pending_files": len(pending),
+            "pending_bytes": sum(i.size or 0 for i in pending if i.op == "upload"),
+            "failed_files": len(mine) - len(pending),
+            "next_window": (lambda t: t.isoformat(timespec="seconds") if t else None)(
+                schedule.next_opening(job.windows, now)),
+            "owner": "ok" if state.owner_id(job.name) else "unset",
+            "error": None,
+            "last_sync": last,
+        })
+    return {"agent": {"running": False, "pid": None, "started": None, "rss_bytes": None}, "jobs": jobs}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    data = _status_data(cfg)
+    bad = any(j["state"] == "error" for j in data["jobs"])
+    if args.json:
+        _print_json(data)
+        return EXIT_FAILED if bad else EXIT_OK
+    a = data["agent"]
+    if a["running"]:
+        print(f"agent: running, pid {a['pid']}, since {a['started']}, memory {format_bytes(a['rss_bytes'] or 0)}")
+    else:
+        print("agent: not running")
+    for j in data["jobs"]:
+        extra = f", {j['failed_files']} failed" if j["failed_files"] else ""
+        window = f", next window {j['next_window']}" if j.get("next_window") else ""
+        print(f"{j['name']}: {j['state']}, {j['pending_files']} pending "
+              f"({format_bytes(j['pending_bytes'])}){extra}{window}, owner {j['owner']}")
+        if j.get("error"):
+            print(f"  error: {j['error']}")
+        if j.get("held_reason"):
+            print(f"  held: {j['held_reason']}; run 'offsite sync {j['name']} --allow-deletes' to apply them")
+        ls = j.get("last_sync")
+        if ls:
+            print(f"  last sync: {ls['started']} to {ls['finished']}: {'ok' if ls['ok'] else 'FAILED'}, "
+                  f"{ls['files_sent']} sent ({format_bytes(ls['bytes_sent'])}), "
+                  f"{ls['files_deleted']} deleted, {ls['files_skipped']} skipped")
+            for err in ls.get("errors") or []:
+                print(f"    {err}")
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.job:
+        _job(cfg, args.job)
+    items = [i for i in read_items(StateDir(cfg.agent.state_dir).queue_dir)
+             if (not args.job or i.job == args.job) and (not args.state or i.state == args.state)]
+    if args.json:
+        _print_json([i.to_json() for i in items])
+        return EXIT_OK
+    for i in items:
+        err = f"  last error: {i.last_error}" if i.last_error else ""
+        print(f"{i.id:>6} {i.job} {i.op:<6} {i.state:<9} {i.attempts} {i.path}{err}")
+    if not items:
+        print("the queue is empty", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    item = next((i for i in read_items(StateDir(cfg.agent.state_dir).queue_dir) if i.id == args.id), None)
+    if item is None:
+        raise UsageError(f"no queue item with ID {args.id}")
+    if args.json:
+        _print_json(item.to_json())
+    else:
+        for k, v in item.to_json().items():
+            print(f"{k}: {v}")
+    return EXIT_OK
+
+
+def _queue_change(cfg: Config, request: dict) -> dict:
+    state = StateDir(cfg.agent.state_dir)
+    if _agent_answers(state):
+        reply = _ask_agent(state, request)
+        if not reply.get("ok"):
+            raise UsageError(reply.get("error") or "the agent refused")
+        return reply
+    with _Writer(cfg) as w:
+        assert w.queue is not None
+        if request["op"] == "retry":
+            return {"ok": True, "items": [i.id for i in control.retry(w.queue, request["ids"])]}
+        return {"ok": True, "item": control.drop(w.queue, w.state, request["id"]).to_json()}
+
+
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    reply = _queue_change(cfg, {"op": "retry", "ids": None if args.failed else [args.id]})
+    print(f"{len(reply['items'])} item(s) ready to run again", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_queue_drop(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    reply = _queue_change(cfg, {"op": "drop", "id": args.id})
+    it = reply["item"]
+    print(f"dropped item {it['id']}: {it['op']} {it['path']} (job {it['job']})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _print_sync(job: str, reply: dict, as_json: bool) -> int:
+    if as_json:
+        _print_json(reply)
+    else:
+        r = reply.get("result")
+        if r:
+            print(f"{job}: {'ok' if r['ok'] else 'FAILED'}: {r['files_sent']} sent "
+                  f"({format_bytes(r['bytes_sent'])}), {r['files_deleted']} deleted, "
+                  f"{r['files_skipped']} skipped", file=sys.stderr)
+            for err in r.get("errors") or []:
+                print(f"  {err}", file=sys.stderr)
+        if reply.get("error") and not (r and reply["error"] in (r.get("errors") or [])):
+            print(f"{job}: {reply['error']}", file=sys.stderr)
+        if reply.get("held"):
+            print(f"{job}: held: {reply['held']}; run 'offsite sync {job} --allow-deletes' to apply them",
+                  file=sys.stderr)
+        if reply.get("waiting_files"):
+            print(f"{job}: {reply['waiting_files']} file(s) still being written at the source wait for a later sync",
+                  file=sys.stderr)
+    return EXIT_OK if reply.get("ok") else EXIT_FAILED
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    job = _job(cfg, args.job)
+    state = StateDir(cfg.agent.state_dir)
+    if _agent_answers(state):
+        reply = _ask_agent(state, {"op": "sync", "job": job.name, "allow_deletes": args.allow_deletes})
+        return _print_sync(job.name, reply, args.json)
+    logs.to_stderr("warning" if cfg.agent.log_level == "info" else cfg.agent.log_level)
+    with _Writer(cfg) as w:
+        assert w.queue is not None
+        runner = JobRunner(job, cfg.agent, w.queue, w.state,
+                           threading.BoundedSemaphore(cfg.agent.max_connections))
+        if sys.stderr.isatty():
+            runner.on_progress = _ProgressBar().update
+        reply: dict = {}
+        runner.request(Request("sync", args.allow_deletes, reply.update))
+        previous = {s: signal.signal(s, lambda *_: runner.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            runner.step()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+    if runner.stopping.is_set():
+        reply["ok"] = False
+        reply["error"] = "interrupted; the transfer resumes at the next sync"
+    return _print_sync(job.name, reply, args.json)
+
+
+class _ProgressBar:
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def update(self, path: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.2 and done < total:
+            return
+        self._last = now
+        pct = 100 * done // total if total else 100
+        bar = "#" * (pct // 5)
+        name = path if len(path) <= 40 else "..." + path[-37:]
+        sys.stderr.write(f"\r[{bar:<20}] {pct:3d}% {format_bytes(done)} of {format_bytes(total)} {name}\x1b[K")
+        sys.stderr.flush()
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    job = _job(cfg, args.job)
+    view = SourceView(job.source, cfg.agent.settle, job.family)
+    view.scan(time.monotonic(), time.time_ns())
+    target = make_target(job)
+    target.open(create=False)
+    try:
+        listing = target.list()
+    finally:
+        target.close()
+    state = StateDir(cfg.agent.state_dir)
+    dropped = state.read_json("dropped.json", {}).get(job.name, {})
+    p = plan(view.snapshot(), listing, Rules.of(job), target.keeps_mtime)
+    uploads = [u for u in p.uploads if dropped.get(u, {}).get("op") != "upload"]
+    deletes = [d for d in p.deletes if dropped.get(d, {}).get("op") != "delete"]
+    sizes = {u: view.entries[u].size for u in uploads}
+    if args.json:
+        _print_json({"job": job.name, "uploads": [{"path": u, "size": sizes[u]} for u in uploads],
+                     "deletes": [{"path": d, "size": listing[d].size} for d in deletes],
+                     "waiting": p.waiting, "held": p.held, "held_deletes": p.held_count})
+        return EXIT_OK
+    print(f"plan for job {job.name} ({target.describe()}):")
+    for u in uploads:
+        print(f"  upload {u} ({format_bytes(sizes[u])})")
+    for d in deletes:
+        print(f"  delete {d}")
+    for w in p.waiting:
+        print(f"  waiting {w} (still being written at the source)")
+    if p.held:
+        print(f"  held: {p.held}; 'offsite sync {job.name} --allow-deletes' applies them")
+    print(f"{len(uploads)} upload(s), {format_bytes(sum(sizes.values()))}; {len(deletes)} deletion(s)")
+    return EXIT_OK
+
+
+def cmd_reinit(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    job = _job(cfg, args.job)
+    state = StateDir(cfg.agent.state_dir)
+    if _agent_answers(state):
+        reply = _ask_agent(state, {"op": "reinit", "job": job.name})
+        if not reply.get("ok"):
+            raise OffsiteError(reply.get("error") or "the agent refused")
+        where = reply.get("target")
+    else:
+        with _Writer(cfg) as w:
+            where = control.take_over(job, w.state)
+    print(f"{job.name}: this job now owns {where}", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,541 @@
+"""agent.toml: parsed once into frozen, typed objects.
+
+Each option is declared once below (name, parser, default, secret); the declarations drive
+validation, secret resolution and redaction. Unknown keys, wrong types and impossible values
+raise ConfigError naming the file, the key path and what is allowed: the agent never starts
+on a config it does not fully understand.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from .agent.schedule import DAYS, Window
+from .errors import ConfigError
+from .units import parse_bandwidth, parse_duration
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
+
+REQUIRED = object()
+TARGET_TYPES = ("local", "smb", "sftp", "ftp", "ftps", "s3")
+MODES = ("all", "daily-only", "intra-daily-only", "daily-monthly")
+FAMILIES = ("auto", "shadowprotect", "macrium")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Secret:
+    """A secret value that never prints itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+# ---------------------------------------------------------------- value parsers
+# Each takes the raw TOML value and returns the typed value, or raises ValueError whose
+# text says what is allowed.
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"must be a non-empty string (got {v!r})")
+    return v
+
+
+def _boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"must be true or false (got {v!r})")
+    return v
+
+
+def _integer(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"must be a whole number from {lo} to {hi} (got {v!r})")
+        return v
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if v not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)} (got {v!r})")
+        return v
+
+    return parse
+
+
+def _duration(lo: float) -> Callable[[Any], float]:
+    def parse(v: Any) -> float:
+        seconds = parse_duration(v)
+        if seconds < lo:
+            raise ValueError(f"must be at least {int(lo)}s (got {v!r})")
+        return seconds
+
+    return parse
+
+
+def _hostport(v: Any) -> str:
+    m = re.match(r"^(.+):(\d{1,5})$", v) if isinstance(v, str) else None
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ValueError(f'must be "host:port", such as "127.0.0.1:9108" (got {v!r})')
+    return v
+
+
+def _host(v: Any) -> str:
+    v = _string(v)
+    if any(c.isspace() for c in v) or "/" in v:
+        raise ValueError(f"must be a host name or address (got {v!r})")
+    return v
+
+
+def _unc(v: Any) -> str:
+    v = _string(v)
+    parts = [p for p in re.split(r"[\\/]", v) if p]
+    if not (v.startswith("\\\\") or v.startswith("//")) or len(parts) < 2:
+        raise ValueError(
+            f"must be a UNC path such as \\\\server\\share\\folder or //server/share/folder (got {v!r})"
+        )
+    return v
+
+
+def _absolute_posix(v: Any) -> str:
+    v = _string(v)
+    if not v.startswith("/"):
+        raise ValueError(f"must be an absolute path on the server, starting with / (got {v!r})")
+    return v
+
+
+def _port(v: Any) -> int:
+    return _integer(1, 65535)(v)
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option: its parser, default, and whether it is a secret."""
+
+    parse: Callable[[Any], Any]
+    default: Any = None
+    secret: bool = False
+    path: bool = False  # a local file path, resolved against the config file's folder
+    help: str = ""
+
+
+AGENT_OPTIONS: dict[str, Opt] = {
+    "state_dir": Opt(_string, None, path=True, help="queue, checkpoints, results, logs"),
+    "log_level": Opt(_choice(*LOG_LEVELS), "info"),
+    "settle": Opt(_duration(0), 30.0, help="quiet period before a file counts as complete"),
+    "rescan": Opt(_duration(1), 3600.0, help="full reconciliation interval"),
+    "max_connections": Opt(_integer(1, 256), 8),
+    "bandwidth": Opt(parse_bandwidth, None),
+    "retry_for": Opt(_duration(0), 600.0),
+    "metrics": Opt(_hostport, None),
+}
+
+# Options of each target type. Every secret also comes as <name>_env and <name>_file.
+TARGET_OPTIONS: dict[str, dict[str, Opt]] = {
+    "local": {"path": Opt(_string, REQUIRED, path=True)},
+    "smb": {
+        "path": Opt(_unc, REQUIRED),
+        "username": Opt(_string),
+        "domain": Opt(_string),
+        "password": Opt(_string, secret=True),
+        "port": Opt(_port, 445),
+    },
+    "sftp": {
+        "host": Opt(_host, REQUIRED),
+        "port": Opt(_port, 22),
+        "path": Opt(_absolute_posix, REQUIRED),
+        "username": Opt(_string, REQUIRED),
+        "key_file": Opt(_string, path=True),
+        "key_passphrase": Opt(_string, secret=True),
+        "password": Opt(_string, secret=True),
+        "known_hosts": Opt(_string, path=True),
+        "host_key": Opt(_string),
+        "accept_new_host_key": Opt(_boolean, False),
+        "compress": Opt(_boolean, False),
+    },
+    "ftp": {
+        "host": Opt(_host, REQUIRED),
+        "port": Opt(_port, 21),
+        "path": Opt(_absolute_posix, REQUIRED),
+        "username": Opt(_string, "anonymous"),
+        "password": Opt(_string, secret=True),
+        "passive": Opt(_boolean, True),
+    },
+    "s3": {
+        "bucket": Opt(_string, REQUIRED),
+        "prefix": Opt(lambda v: v if isinstance(v, str) else _string(v), ""),
+        "region": Opt(_string),
+        "endpoint": Opt(_string),
+        "addressing_style": Opt(_choice("auto", "path", "virtual"), "auto"),
+        "access_key_id": Opt(_string),
+        "secret_access_key": Opt(_string, secret=True),
+        "storage_class": Opt(_string),
+        "object_lock_days": Opt(_integer(1, 36500)),
+    },
+}
+TARGET_OPTIONS["ftps"] = {**TARGET_OPTIONS["ftp"], "ca_file": Opt(_string, path=True)}
+
+
+def _job_name(v: Any) -> str:
+    if not isinstance(v, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", v):
+        raise ValueError(
+            "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+            f"(got {v!r})"
+        )
+    return v
+
+
+def _folder(v: Any) -> str:
+    """A folder below the location path: relative, no '..', never the agent's .offsite."""
+    parts = PurePosixPath(v.replace("\\", "/")).parts if isinstance(v, str) else ()
+    if (
+        not parts
+        or v.startswith(("/", "\\"))
+        or ":" in v
+        or any(p in ("..", ".") or p.casefold() == ".offsite" for p in parts)
+    ):
+        raise ValueError(f"must be a relative folder name without '..' (got {v!r})")
+    return "/".join(parts)
+
+
+JOB_OPTIONS: dict[str, Opt] = {
+    "name": Opt(_job_name, REQUIRED, help="unique; used on the command line"),
+    "source": Opt(_string, REQUIRED, path=True, help="the managed folder"),
+    "folder": Opt(_folder, None, help="created under the location's path; default: the job name"),
+    "mode": Opt(_choice(*MODES), None, help="default: daily-monthly for s3, else all"),
+    "include_intra_daily": Opt(_boolean, False),
+    "replicate_base": Opt(_boolean, True),
+    "mirror_deletes": Opt(_boolean, True),
+    "max_deletes": Opt(_integer(0, 10_000_000), 100),
+    "family": Opt(_choice(*FAMILIES), "auto"),
+    "bandwidth": Opt(parse_bandwidth, None),
+}
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    state_dir: Path
+    log_level: str
+    settle: float
+    rescan: float
+    max_connections: int
+    bandwidth: float | None
+    retry_for: float
+    metrics: str | None
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a target lives: its type and validated options (secrets as Secret)."""
+
+    name: str
+    type: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def describe(self) -> str:
+        """A short, secret-free description for messages: 'sftp backup@host:/srv'."""
+        o = self.options
+        if self.type == "local":
+            return f"local {o['path']}"
+        if self.type == "smb":
+            return f"smb {o['path']}"
+        if self.type == "s3":
+            return f"s3 bucket {o['bucket']}" + (f" prefix {o['prefix']}" if o.get("prefix") else "")
+        return f"{self.type} {o.get('username')}@{o['host']}:{o['port']}{o['path']}"
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    source: Path
+    location: Location
+    folder: str
+    mode: str
+    include_intra_daily: bool
+    replicate_base: bool
+    mirror_deletes: bool
+    max_deletes: int
+    family: str
+    bandwidth: float | None
+    windows: tuple[Window, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    agent: AgentSettings
+    locations: Mapping[str, Location]
+    jobs: tuple[Job, ...]
+
+    def job(self, name: str) -> Job | None:
+        return next((j for j in self.jobs if j.name == name), None)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def default_config_path() -> Path:
+    """-c PATH, else $OFFSITE_CONFIG, else ./agent.toml, else the system location."""
+    env = os.environ.get("OFFSITE_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("agent.toml")
+    if local.exists():
+        return local
+    if os.name == "nt":
+        return Path(os.environ.get("ProgramData", r"C:\ProgramData")) / "offsite" / "agent.toml"
+    return Path("/etc/offsite/agent.toml")
+
+
+def default_state_dir() -> Path:
+    if os.name == "nt":
+        return Path(os.environ.get("ProgramData", r"C:\ProgramData")) / "offsite" / "state"
+    return Path("/var/lib/offsite")
+
+
+def load(path: Path) -> Config:
+    """Read and validate `path`; raise ConfigError with one clear line on any problem."""
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        raw = tomllib.loads(raw_bytes.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return _Parser(path).config(raw)
+
+
+class _Parser:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.resolve().parent
+        self._owner_only: bool | None = None
+
+    def fail(self, key: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {what}")
+
+    def table(self, value: Any, key: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a table (got {value!r})")
+        return value
+
+    def options(self, raw: dict, decl: dict[str, Opt], key: str, extra: tuple[str, ...] = ()) -> dict:
+        """Validate `raw` against `decl`; resolve secrets; return name -> value."""
+        allowed = set(decl) | set(extra)
+        for name, opt in decl.items():
+            if opt.secret:
+                allowed |= {f"{name}_env", f"{name}_file"}
+        for name in raw:
+            if name not in allowed:
+                raise self.fail(
+                    f"{key}.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})"
+                )
+        out: dict[str, Any] = {}
+        for name, opt in decl.items():
+            if opt.secret:
+                out[name] = self.secret(raw, name, key)
+                continue
+            if name not in raw:
+                if opt.default is REQUIRED:
+                    raise self.fail(f"{key}.{name}", "is required")
+                out[name] = opt.default
+                continue
+            try:
+                value = opt.parse(raw[name])
+            except ValueError as e:
+                raise self.fail(f"{key}.{name}", str(e)) from None
+            out[name] = self.resolve(value) if opt.path else value
+        return out
+
+    def resolve(self, value: str) -> Path:
+        p = Path(os.path.expandvars(os.path.expanduser(value)))
+        return p if p.is_absolute() else self.base / p
+
+    def secret(self, raw: dict, name: str, key: str) -> Secret | None:
+        given = [k for k in (name, f"{name}_env", f"{name}_file") if k in raw]
+        if len(given) > 1:
+            raise self.fail(f"{key}.{name}", f"give only one of {', '.join(given)}")
+        if not given:
+            return None
+        k = given[0]
+        value = raw[k]
+        if not isinstance(value, str) or not value:
+            raise self.fail(f"{key}.{k}", "must be a non-empty string")
+        if k == name:
+            self.require_owner_only(f"{key}.{k}")
+            return Secret(value)
+        if k.endswith("_env"):
+            if value not in os.environ:
+                raise self.fail(f"{key}.{k}", f"environment variable {value} is not set")
+            return Secret(os.environ[value])
+        file = self.resolve(value)
+        try:
+            return Secret(file.read_text(encoding="utf-8").rstrip("\r\n"))
+        except OSError as e:
+            raise self.fail(f"{key}.{k}", f"cannot read {file} ({e.strerror})") from None
+
+    def require_owner_only(self, key: str) -> None:
+        """Secrets may stand in agent.toml only when no one but its owner can read it."""
+        if os.name == "nt":  # ACLs, not mode bits: not checked on Windows
+            return
+        mode = stat.S_IMODE(self.path.stat().st_mode)
+        if mode & 0o077:
+            raise self.fail(
+                key,
+                f"a secret may be written in the config file only when the file is readable by "
+                f"its owner only (its mode is {mode:04o}; chmod 600 it, or use the _env or _file form)",
+            )
+
+    def config(self, raw: dict) -> Config:
+        for name in raw:
+            if name not in ("agent", "locations", "jobs"):
+                raise self.fail(name, "unknown key (allowed: agent, locations, jobs)")
+        agent_raw = self.table(raw.get("agent", {}), "agent")
+        a = self.options(agent_raw, AGENT_OPTIONS, "agent")
+        agent = AgentSettings(
+            state_dir=a["state_dir"] or default_state_dir(), **{k: v for k, v in a.items() if k != "state_dir"}
+        )
+        locations = {}
+        for name, loc_raw in self.table(raw.get("locations", {}), "locations").items():
+            locations[name] = self.location(name, self.table(loc_raw, f"locations.{name}"), f"locations.{name}")
+        jobs_raw = raw.get("jobs", [])
+        if not isinstance(jobs_raw, list):
+            raise self.fail("jobs", "must be an array of tables, written [[jobs]]")
+        if not jobs_raw:
+            raise self.fail("jobs", "at least one [[jobs]] table is required")
+        jobs: list[Job] = []
+        for i, job_raw in enumerate(jobs_raw):
+            job = self.job(self.table(job_raw, f"jobs[{i}]"), f"jobs[{i}]", locations)
+            if any(j.name == job.name for j in jobs):
+                raise self.fail(f"jobs[{i}].name", f"duplicate job name {job.name!r}")
+            jobs.append(job)
+        seen: dict[tuple, str] = {}
+        for job in jobs:
+            where = (job.location.type, tuple(sorted((k, str(v)) for k, v in job.location.options.items()
+                                                     if k in ("path", "host", "port", "bucket", "prefix"))),
+                     job.folder.casefold())
+            if where in seen:
+                raise self.fail(
+                    f"jobs.{job.name}.folder",
+                    f"job {seen[where]!r} already replicates into the same target folder",
+                )
+            seen[where] = job.name
+        return Config(self.path, agent, MappingProxyType(locations), tuple(jobs))
+
+    def location(self, name: str, raw: dict, key: str) -> Location:
+        kind = raw.get("type")
+        if kind not in TARGET_TYPES:
+            if kind is None:
+                raise self.fail(f"{key}.type", f"is required (one of {', '.join(TARGET_TYPES)})")
+            raise self.fail(f"{key}.type", f"must be one of {', '.join(TARGET_TYPES)} (got {kind!r})")
+        opts = self.options(raw, TARGET_OPTIONS[kind], key, extra=("type",))
+        if kind == "sftp":
+            if not opts["key_file"] and not opts["password"]:
+                raise self.fail(key, "an sftp location needs key_file or password")
+            if opts["host_key"] and opts["known_hosts"]:
+                raise self.fail(key, "give known_hosts or host_key, not both")
+        if kind == "smb":
+            opts.update(_smb_identity(opts))
+        return Location(name, kind, MappingProxyType(opts))
+
+    def job(self, raw: dict, key: str, locations: dict[str, Location]) -> Job:
+        o = self.options(raw, JOB_OPTIONS, key, extra=("location", "target", "windows"))
+        source: Path = o["source"]
+        if not source.is_dir():
+            raise self.fail(f"{key}.source", f"{source} is not an existing folder")
+        if ("location" in raw) == ("target" in raw):
+            raise self.fail(key, "give either location (a name under [locations]) or target (an inline table)")
+        if "location" in raw:
+            loc_name = raw["location"]
+            if loc_name not in locations:
+                known = ", ".join(sorted(locations)) or "none are defined"
+                raise self.fail(f"{key}.location", f"no location named {loc_name!r} (known: {known})")
+            location = locations[loc_name]
+        else:
+            location = self.location(o["name"], self.table(raw["target"], f"{key}.target"), f"{key}.target")
+        folder = o["folder"] or o["name"]
+        mode = o["mode"] or ("daily-monthly" if location.type == "s3" else "all")
+        if o["include_intra_daily"] and mode != "all":
+            raise self.fail(f"{key}.include_intra_daily", f'applies to mode "all" only (mode is "{mode}")')
+        return Job(
+            name=o["name"], source=source, location=location, folder=folder, mode=mode,
+            include_intra_daily=o["include_intra_daily"], replicate_base=o["replicate_base"],
+            mirror_deletes=o["mirror_deletes"], max_deletes=o["max_deletes"], family=o["family"],
+            bandwidth=o["bandwidth"], windows=self.windows(raw.get("windows"), f"{key}.windows"),
+        )
+
+    def windows(self, raw: Any, key: str) -> tuple[Window, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(key, "must be a non-empty list of tables such as { days = [\"mon\"], start = \"19:00\", end = \"07:00\" }")
+        out = []
+        for i, w in enumerate(raw):
+            k = f"{key}[{i}]"
+            w = self.table(w, k)
+            for name in w:
+                if name not in ("days", "start", "end"):
+                    raise self.fail(f"{k}.{name}", "unknown key (allowed: days, end, start)")
+            days = w.get("days", list(DAYS))
+            if not isinstance(days, list) or not days or any(d not in DAYS for d in days):
+                raise self.fail(f"{k}.days", f"must be a non-empty list of {', '.join(DAYS)} (got {days!r})")
+            start = self.clock(w.get("start", "00:00"), f"{k}.start", allow_24=False)
+            end = self.clock(w["end"], f"{k}.end", allow_24=True) if "end" in w else None
+            out.append(Window(frozenset(DAYS.index(d) for d in days), start, end))
+        return tuple(out)
+
+    def clock(self, v: Any, key: str, allow_24: bool) -> dt.time:
+        m = re.match(r"^([01]\d|2[0-4]):([0-5]\d)$", v) if isinstance(v, str) else None
+        if m and m.group(1) == "24":
+            if allow_24 and m.group(2) == "00":
+                return dt.time(0, 0)  # 24:00 ends at midnight: the next day's 00:00
+            m = None
+        if not m:
+            raise self.fail(key, f'must be a local time "HH:MM" from 00:00 to 23:59 (got {v!r})')
+        return dt.time(int(m.group(1)), int(m.group(2)))
+
+
+def _smb_identity(opts: dict) -> dict:
+    """DOMAIN\\user and user@domain fill in the domain when it is not given."""
+    user, domain = opts.get("username"), opts.get("domain")
+    if user and "\\" in user:
+        d, user = user.split("\\", 1)
+        domain = domain or d
+    elif user and "@" in user:
+        user, d = user.split("@", 1)
+        domain = domain or d
+    return {"username": user, "domain": domain}

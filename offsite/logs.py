@@ -1,0 +1,30 @@
+"""Logging set-up: stderr for every command, plus the state directory's log for the agent."""
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+from .system import open_private
+
+FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def to_stderr(level: str) -> None:
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root.handlers[:] = [handler]
+
+
+def to_file(folder: Path) -> None:
+    """Also log to folder/offsite.log (owner-only, rotated at 10 MiB, 3 kept)."""
+    path = folder / "offsite.log"
+    if not path.exists():
+        open_private(path, "a").close()  # owner-only before the handler opens it
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=10 * 1024 * 1024,
+                                                   backupCount=3, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FORMAT))
+    logging.getLogger().addHandler(handler)

@@ -1,0 +1,253 @@
+"""Queue items and the queue they live in.
+
+Semantics (at-least-once): an item is leased (in-flight), then acknowledged once its effect
+is complete on the target, or released with its last error and a not-before time (parked),
+or marked failed. Nothing is removed when it is handed out; after a crash the writer's
+open turns in-flight items back to ready. Repeated events for one path coalesce into one
+ready item per (job, path).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterable
+
+import persistqueue
+import persistqueue.serializers.json as pq_json
+from persistqueue.sqlackqueue import AckStatus
+
+from ..errors import StateError
+
+_TABLE = "ack_queue_default"  # persist-queue's table for name="default"
+_STATES = {AckStatus.inited: "ready", AckStatus.ready: "ready", AckStatus.unack: "in-flight",
+           AckStatus.ack_failed: "failed"}
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    id: int
+    job: str
+    op: str  # "upload" | "delete"
+    path: str  # relative to the job's source
+    size: int | None
+    state: str  # "ready" | "in-flight" | "failed"
+    attempts: int = 0
+    last_error: str | None = None
+    enqueued: str = ""  # ISO 8601 with offset
+    next_attempt: str | None = None
+    mtime_ns: int | None = None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("mtime_ns")
+        return d
+
+    def due(self, now: dt.datetime) -> bool:
+        return self.next_attempt is None or dt.datetime.fromisoformat(self.next_attempt) <= now
+
+
+def _data(item: QueueItem) -> dict:
+    d = asdict(item)
+    for k in ("id", "state"):
+        d.pop(k)
+    return d
+
+
+def _item(pqid: int, data: dict, status) -> QueueItem:
+    return QueueItem(id=pqid, state=_STATES.get(str(status), "ready"), **data)
+
+
+def now_iso() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class WorkQueue:
+    """The writer's view: all live items in memory, every change written through."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            # auto_resume: whatever was in flight when the last writer died runs again.
+            self._q = persistqueue.SQLiteAckQueue(
+                str(folder), auto_resume=True, multithreading=True,
+                serializer=pq_json,
+            )
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"{folder}: the queue database cannot be opened ({e})") from None
+        self._lock = threading.RLock()
+        self._items: dict[int, QueueItem] = {}
+        self._by_path: dict[tuple[str, str], set[int]] = {}  # (job, path) -> item ids
+        for row in self._q.queue():
+            if str(row["status"]) == AckStatus.acked:
+                continue
+            self._remember(_item(row["id"], row["data"], row["status"]))
+        self._acked_since_clear = 0
+
+    def _remember(self, it: QueueItem) -> QueueItem:
+        self._items[it.id] = it
+        self._by_path.setdefault((it.job, it.path), set()).add(it.id)
+        return it
+
+    def _forget(self, item_id: int) -> None:
+        it = self._items.pop(item_id, None)
+        if it is not None:
+            ids = self._by_path.get((it.job, it.path))
+            if ids is not None:
+                ids.discard(item_id)
+                if not ids:
+                    del self._by_path[(it.job, it.path)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._q.close()
+
+    # -- reading
+    def items(self, job: str | None = None) -> list[QueueItem]:
+        with self._lock:
+            return [i for i in self._items.values() if job is None or i.job == job]
+
+    def get(self, item_id: int) -> QueueItem | None:
+        with self._lock:
+            return self._items.get(item_id)
+
+    # -- writing
+    def put(self, job: str, op: str, path: str, size: int | None = None,
+            mtime_ns: int | None = None) -> QueueItem:
+        """Queue `op` for `path`, coalescing with a ready or failed item for the same path."""
+        with self._lock:
+            for item_id in sorted(self._by_path.get((job, path), ())):
+                it = self._items[item_id]
+                same_version = it.op == op and (it.size, it.mtime_ns) == (size, mtime_ns)
+                if it.state == "in-flight":
+                    if same_version:
+                        return it  # already being done
+                    continue
+                if same_version:
+                    return it
+                if it.op == op:  # a newer version of the same file
+                    it = self._update(replace(it, size=size, mtime_ns=mtime_ns, last_error=None))
+                    if it.state == "failed":
+                        self.release(it.id, count_attempt=False)
+                    return self._items[it.id]
+                self._ack(it.id)  # the newer event wins: upload then delete, or the reverse
+            item = QueueItem(id=0, job=job, op=op, path=path, size=size, state="ready",
+                             enqueued=now_iso(), mtime_ns=mtime_ns)
+            pqid = self._q.put(_data(item))
+            return self._remember(replace(item, id=pqid))
+
+    def lease(self, item_id: int) -> QueueItem:
+        """Mark the item in flight and hand it out."""
+        with self._lock:
+            it = self._items[item_id]
+            it = replace(it, attempts=it.attempts + 1)
+            self._q.update(_data(it), id=item_id)
+            self._q.get(id=item_id, block=False)  # status -> unack
+            it = replace(it, state="in-flight")
+            self._items[item_id] = it
+            return it
+
+    def ack(self, item_id: int) -> None:
+        """The item's effect is complete on the target (or it no longer has one)."""
+        with self._lock:
+            self._ack(item_id)
+
+    def release(self, item_id: int, error: str | None = None,
+                not_before: dt.datetime | None = None, count_attempt: bool = True) -> None:
+        """Back to ready, with its last error and a time before which it is not tried."""
+        with self._lock:
+            it = self._items.get(item_id)
+            if it is None:
+                return
+            it = replace(
+                it, state="ready", last_error=error if error is not None else it.last_error,
+                next_attempt=not_before.isoformat(timespec="seconds") if not_before else None,
+                attempts=it.attempts if count_attempt else max(0, it.attempts - 1),
+            )
+            self._q.update(_data(it), id=item_id)
+            self._q.nack(id=item_id)
+            self._items[item_id] = it
+
+    def fail(self, item_id: int, error: str) -> None:
+        """Needs a person: stays failed until `queue retry`."""
+        with self._lock:
+            it = self._items.get(item_id)
+            if it is None:
+                return
+            it = replace(it, state="failed", last_error=error, next_attempt=None)
+            self._q.update(_data(it), id=item_id)
+            self._q.ack_failed(id=item_id)
+            self._items[item_id] = it
+
+    def retry(self, item_ids: Iterable[int]) -> int:
+        """Failed or parked items become ready now."""
+        n = 0
+        with self._lock:
+            for item_id in item_ids:
+                it = self._items.get(item_id)
+                if it is None or it.state == "in-flight":
+                    continue
+                self.release(item_id, not_before=None, count_attempt=True)
+                n += 1
+        return n
+
+    def drop(self, item_id: int) -> bool:
+        with self._lock:
+            if item_id not in self._items:
+                return False
+            self._ack(item_id)
+            return True
+
+    def _update(self, it: QueueItem) -> QueueItem:
+        self._q.update(_data(it), id=it.id)
+        self._items[it.id] = it
+        return it
+
+    def pending_for(self, job: str, path: str) -> list[QueueItem]:
+        with self._lock:
+            return [self._items[i] for i in self._by_path.get((job, path), ())]
+
+    def _ack(self, item_id: int) -> None:
+        self._q.ack(id=item_id)
+        self._forget(item_id)
+        self._acked_since_clear += 1
+        if self._acked_since_clear >= 1000:
+            # persist-queue keeps acked rows until told (#77/#84/#150).
+            self._q.clear_acked_data(keep_latest=0, clear_ack_failed=False)
+            self._acked_since_clear = 0
+
+    def compact(self) -> None:
+        """Drop acknowledged rows and give the space back (at start and now and then)."""
+        with self._lock:
+            self._q.clear_acked_data(keep_latest=0, clear_ack_failed=False)
+            self._q.shrink_disk_usage()
+            self._acked_since_clear = 0
+
+
+def read_items(folder: Path) -> list[QueueItem]:
+    """Every live item, read through SQLite opened read-only: the writer is never disturbed."""
+    db = Path(folder) / "data.db"
+    if not db.exists():
+        return []
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = conn.execute(
+                f"SELECT _id, data, status FROM {_TABLE} WHERE status != ? ORDER BY _id",
+                (int(AckStatus.acked),),
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return []
+        raise StateError(f"{db}: the queue database cannot be read ({e})") from None
+    except sqlite3.DatabaseError as e:
+        raise StateError(f"{db}: the queue database cannot be read ({e})") from None
+    out = []
+    for pqid, data, status in rows:
+        raw = json.loads(data)
+        out.append(_item(pqid, raw, status))
+    return out

@@ -1,0 +1,131 @@
+"""The state directory: queue, owner IDs, results, status and the control mailbox.
+
+Layout (created owner-only):
+    agent.lock        held by the one process that may write (the agent, or a standalone sync)
+    queue/            the durable queue (persist-queue, SQLite)
+    owners.json       each job's owner ID, as written into its target folder
+    results.json      each job's last sync result
+    dropped.json      operations the user dropped with `queue drop`, by file version
+    status.json       the running agent's view, rewritten every second
+    control/          requests from commands to the running agent, and its replies
+    logs/offsite.log  the agent's log
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import OffsiteError, StateError
+from .system import FileLock, make_private_dir, open_private
+
+
+class StateDir:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.queue_dir = self.root / "queue"
+        self.control_dir = self.root / "control"
+        self.log_dir = self.root / "logs"
+        self.lock = FileLock(self.root / "agent.lock")
+        self._write_lock = threading.Lock()
+
+    def ensure(self) -> None:
+        try:
+            make_private_dir(self.root)
+            for d in (self.queue_dir, self.control_dir, self.log_dir):
+                make_private_dir(d)
+        except OSError as e:
+            raise StateError(f"{self.root}: cannot create the state directory ({e.strerror})") from None
+
+    def agent_running(self) -> bool:
+        return self.lock.held_by_other()
+
+    def take_lock(self, kind: str) -> bool:
+        """Become the one writer; `kind` ("agent" or "sync") tells others who holds it."""
+        if not self.lock.acquire():
+            return False
+        self.write_json("holder.json", {"kind": kind, "pid": os.getpid()})
+        return True
+
+    def holder(self) -> dict:
+        """Who holds the lock, as written by take_lock (meaningful while it is held)."""
+        return self.read_json("holder.json", {})
+
+    # -- small JSON documents, replaced atomically
+    def read_json(self, name: str, default: Any) -> Any:
+        try:
+            return json.loads((self.root / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return default
+        except (OSError, ValueError):
+            return default
+
+    def write_json(self, name: str, data: Any) -> None:
+        path = self.root / name
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open_private(tmp) as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StateError(f"{path}: cannot write ({e.strerror})") from None
+
+    def update_json(self, name: str, change: Callable[[dict], None]) -> dict:
+        with self._write_lock:
+            data = self.read_json(name, {})
+            change(data)
+            self.write_json(name, data)
+            return data
+
+    # -- owner IDs
+    def owner_id(self, job: str) -> str | None:
+        return self.read_json("owners.json", {}).get(job)
+
+    def new_owner_id(self, job: str) -> str:
+        owner = f"{job}:{uuid.uuid4().hex}"
+        self.update_json("owners.json", lambda d: d.__setitem__(job, owner))
+        return owner
+
+    # -- control mailbox: commands ask the running agent to act
+    def submit(self, request: dict) -> str:
+        rid = uuid.uuid4().hex
+        tmp = self.control_dir / f".{rid}.tmp"
+        with open_private(tmp) as f:
+            json.dump(request, f)
+        os.replace(tmp, self.control_dir / f"{rid}.request")
+        return rid
+
+    def requests(self) -> list[tuple[str, dict]]:
+        out = []
+        for p in sorted(self.control_dir.glob("*.request")):
+            try:
+                out.append((p.stem, json.loads(p.read_text(encoding="utf-8"))))
+            except (OSError, ValueError):
+                pass
+            p.unlink(missing_ok=True)
+        return out
+
+    def reply(self, rid: str, data: dict) -> None:
+        self.write_json(f"control/{rid}.reply", data)
+
+    def wait_reply(self, rid: str, timeout: float | None = None) -> dict:
+        """Wait for the agent's reply; fail if the agent stops before answering."""
+        path = self.control_dir / f"{rid}.reply"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if path.exists():
+                data = json.loads(path.read_text(encoding="utf-8"))
+                path.unlink(missing_ok=True)
+                return data
+            if not self.agent_running():
+                (self.control_dir / f"{rid}.request").unlink(missing_ok=True)
+                raise OffsiteError("the agent stopped before it answered")
+            if deadline is not None and time.monotonic() > deadline:
+                raise OffsiteError("the agent did not answer in time")
+            time.sleep(0.2)

@@ -1,0 +1,22 @@
+"""Targets: one module per target type, all behind `base.Target`."""
+from __future__ import annotations
+
+from ..config import Job
+from ..errors import PermanentError
+from .base import Target
+
+
+def make_target(job: Job) -> Target:
+    """The target object for `job`'s location and folder (not yet opened)."""
+    kind = job.location.type
+    if kind == "local":
+        from .local import LocalTarget
+
+        return LocalTarget(job.location.options["path"], job.folder)
+    raise PermanentError(
+        f"job {job.name}: target type {kind!r} is accepted in agent.toml but not built into this "
+        "version of offsite yet"
+    )
+
+
+__all__ = ["Target", "make_target"]

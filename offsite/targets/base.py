@@ -1,0 +1,104 @@
+"""The one contract every target type implements.
+
+A target is one job's folder at one location: `<location path>/<folder>/`. Everything the
+agent keeps there for itself lives in `<folder>/.offsite/` (the owner ID and staged
+uploads); nothing is written outside the job's folder. Every method raises only offsite's
+errors: TransientError (retry), PermanentError (needs a person), Interrupted (stopped at a
+resumable point); library exceptions are translated inside each target module.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+from pathlib import PurePosixPath
+from typing import BinaryIO, Callable, ClassVar
+
+from ..errors import PermanentError
+from ..selection import RemoteFile
+
+AGENT_DIR = ".offsite"
+OWNER_FILE = "owner"
+PROBE_NAME = "probe"
+
+# Called with each chunk's byte count as it is written; may sleep (throttling) or raise
+# Interrupted (stop requested) between chunks.
+Progress = Callable[[int], None]
+
+
+def staging_stem(relpath: str) -> str:
+    """A short, safe name for a file's staged upload, whatever its real name."""
+    return hashlib.sha256(relpath.encode("utf-8")).hexdigest()[:32]
+
+
+def check_relpath(relpath: str) -> str:
+    """Refuse any path that could leave the job's folder or touch the agent's own folder."""
+    p = PurePosixPath(relpath)
+    if (
+        not relpath
+        or p.is_absolute()
+        or "\\" in relpath
+        or any(part in ("", ".", "..") for part in relpath.split("/"))
+        or p.parts[0] == AGENT_DIR
+        or "\x00" in relpath
+    ):
+        raise PermanentError(f"refusing the unsafe relative path {relpath!r}")
+    return relpath
+
+
+class Target(abc.ABC):
+    """One job's folder on one location."""
+
+    # Capabilities, declared by each target rather than discovered by type checks.
+    resumable: ClassVar[bool] = False  # an interrupted upload continues from its staged bytes
+    keeps_mtime: ClassVar[bool] = False  # list() reports the source's modification time
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where this target writes, without secrets: for messages."""
+
+    @abc.abstractmethod
+    def open(self, create: bool = True) -> None:
+        """Connect and authenticate; the location path must exist (PermanentError if not);
+        create the job folder and its agent folder when missing (unless `create` is False:
+        then a missing job folder lists as empty and nothing is written)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections; never raises."""
+
+    @abc.abstractmethod
+    def list(self) -> dict[str, RemoteFile]:
+        """Every published file under the job folder by '/'-separated relative path; never
+        anything under the agent folder, never a staged upload."""
+
+    @abc.abstractmethod
+    def read_owner(self) -> str | None:
+        """The owner ID stored in the agent folder, or None when there is none."""
+
+    @abc.abstractmethod
+    def write_owner(self, owner: str) -> None:
+        """Store the owner ID atomically, replacing any other."""
+
+    @abc.abstractmethod
+    def upload(self, relpath: str, src: BinaryIO, size: int, mtime_ns: int, progress: Progress) -> int:
+        """Stage `size` bytes of `src` for `relpath`, resuming staged bytes of the same source
+        version where the target is resumable. Returns the bytes actually sent. Nothing shows
+        under the final name until publish()."""
+
+    @abc.abstractmethod
+    def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
+        """Check the staged upload is complete (size, and checksum where the protocol has one)
+        and move it to its final name in one step, replacing an older version."""
+
+    @abc.abstractmethod
+    def discard(self, relpath: str) -> None:
+        """Remove whatever is staged for `relpath`; nothing staged is fine."""
+
+    @abc.abstractmethod
+    def delete(self, relpath: str) -> None:
+        """Remove a published file; a file already gone counts as deleted."""
+
+    @abc.abstractmethod
+    def probe(self) -> None:
+        """Write, publish (rename) and delete a probe under the agent folder: the check
+        `offsite check` and every sync rely on."""

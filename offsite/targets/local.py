@@ -1,0 +1,245 @@
+"""The `local` target: a folder on a local disk, an external drive or a mounted share.
+
+Uploads are written to `.offsite/staging/<hash>-<size>-<mtime>.part`, checkpointed (fsync,
+then the durable offset recorded) every CHECKPOINT bytes, and published with an fsync and
+an atomic rename. After a crash or power loss an upload resumes from its last checkpoint,
+so bytes that never reached the disk are never trusted.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import PermanentError, TransientError
+from ..selection import RemoteFile
+from .base import AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, staging_stem
+
+CHUNK = 1024 * 1024  # small enough for a smooth throttle; copy_file_range keeps it cheap
+CHECKPOINT = 16 * 1024 * 1024
+
+_TRANSIENT = {errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.EBUSY, errno.EINTR,
+              getattr(errno, "ESTALE", -1), getattr(errno, "EHOSTDOWN", -1),
+              getattr(errno, "ECONNRESET", -1), getattr(errno, "ENOTCONN", -1)}
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", -1)}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+# copy_file_range cannot do this pair of files: fall back to read and write.
+_NO_FAST_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF,
+                 getattr(errno, "ENOTSUP", -1)}
+
+
+class LocalTarget(Target):
+    resumable = True
+    keeps_mtime = True
+
+    def __init__(self, location: Path, folder: str) -> None:
+        self.location = Path(location)
+        self.root = self.location.joinpath(*folder.split("/"))
+        self.agent = self.root / AGENT_DIR
+        self.staging = self.agent / "staging"
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    # -- errors
+    def _error(self, e: OSError, what: str) -> Exception:
+        """Translate an OSError into offsite's tree, once, here."""
+        if e.errno in _FULL:
+            return PermanentError(f"the target disk is full while writing {what} in {self.root}")
+        if e.errno in _DENIED:
+            return PermanentError(f"permission denied on {what} in {self.root}")
+        if e.errno in _TRANSIENT:
+            return TransientError(f"{e.strerror or e} on {what} in {self.root}")
+        if e.errno == errno.ENOENT and not self.location.is_dir():
+            return PermanentError(f"the location path {self.location} does not exist")
+        return PermanentError(f"{e.strerror or e} on {what} in {self.root}")
+
+    # -- contract
+    def open(self, create: bool = True) -> None:
+        if not self.location.is_dir():
+            raise PermanentError(f"the location path {self.location} does not exist or is not a folder")
+        if not create:
+            return
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._error(e, "the job folder") from None
+
+    def close(self) -> None:
+        pass
+
+    def list(self) -> dict[str, RemoteFile]:
+        out: dict[str, RemoteFile] = {}
+        if not self.root.is_dir():
+            return out
+        try:
+            for dirpath, dirnames, filenames in os.walk(self.root, onerror=_raise):
+                rel = Path(dirpath).relative_to(self.root).as_posix()
+                if rel == ".":
+                    rel = ""
+                    dirnames[:] = [d for d in dirnames if d != AGENT_DIR]
+                for name in filenames:
+                    st = os.lstat(os.path.join(dirpath, name))
+                    out[f"{rel}/{name}" if rel else name] = RemoteFile(st.st_size, st.st_mtime_ns)
+        except OSError as e:
+            raise self._error(e, "the job folder listing") from None
+        return out
+
+    def read_owner(self) -> str | None:
+        try:
+            return (self.agent / OWNER_FILE).read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._error(e, "the owner ID") from None
+
+    def write_owner(self, owner: str) -> None:
+        self._write_small(self.agent / OWNER_FILE, owner + "\n", "the owner ID")
+
+    def _write_small(self, path: Path, text: str, what: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as e:
+            raise self._error(e, what) from None
+
+    def _staged(self, relpath: str, size: int, mtime_ns: int) -> tuple[Path, Path]:
+        stem = f"{staging_stem(relpath)}-{size}-{mtime_ns}"
+        return self.staging / f"{stem}.part", self.staging / f"{stem}.ckpt"
+
+    def upload(self, relpath: str, src: BinaryIO, size: int, mtime_ns: int, progress: Progress) -> int:
+        check_relpath(relpath)
+        part, ckpt = self._staged(relpath, size, mtime_ns)
+        self._discard_other_versions(relpath, keep=part.name)
+        offset = self._durable_offset(part, ckpt, size)
+        try:
+            with open(part, "r+b" if offset else "wb") as dst:
+                dst.truncate(offset)
+                try:
+                    sent = self._copy(src, dst, offset, size, ckpt, progress)
+                finally:
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                    self._write_small(ckpt, str(os.fstat(dst.fileno()).st_size), "a checkpoint")
+        except OSError as e:
+            if e.errno in _FULL:
+                self.discard(relpath)  # give the space back; the next attempt starts over
+            raise self._error(e, relpath) from None
+        return sent
+
+    def _durable_offset(self, part: Path, ckpt: Path, size: int) -> int:
+        try:
+            staged = part.stat().st_size
+            durable = int(ckpt.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+        return max(0, min(staged, durable, size))
+
+    def _copy(self, src: BinaryIO, dst: BinaryIO, offset: int, size: int, ckpt: Path,
+              progress: Progress) -> int:
+        fast = hasattr(os, "copy_file_range")
+        pos, last_ckpt = offset, offset
+        while pos < size:
+            n = min(CHUNK, size - pos)
+            got = 0
+            if fast:
+                try:
+                    got = os.copy_file_range(src.fileno(), dst.fileno(), n, pos, pos)
+                except OSError as e:
+                    if e.errno not in _NO_FAST_COPY:
+                        raise
+                    fast = False
+            if not fast:
+                src.seek(pos)
+                data = src.read(n)
+                dst.seek(pos)
+                got = dst.write(data)
+            if got == 0:
+                raise TransientError(f"the source ended at {pos} of {size} bytes")
+            pos += got
+            if pos - last_ckpt >= CHECKPOINT:
+                dst.flush()
+                os.fsync(dst.fileno())
+                self._write_small(ckpt, str(pos), "a checkpoint")
+                last_ckpt = pos
+            progress(got)
+        return pos - offset
+
+    def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
+        check_relpath(relpath)
+        part, ckpt = self._staged(relpath, size, mtime_ns)
+        final = self.root.joinpath(*relpath.split("/"))
+        try:
+            staged = part.stat().st_size
+            if staged != size:
+                self.discard(relpath)
+                raise TransientError(
+                    f"the staged copy of {relpath} has {staged} bytes, not {size}: sending it again"
+                )
+            os.utime(part, ns=(mtime_ns, mtime_ns))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, final)
+            _fsync_dir(final.parent)
+            ckpt.unlink(missing_ok=True)
+        except OSError as e:
+            raise self._error(e, relpath) from None
+
+    def discard(self, relpath: str) -> None:
+        self._discard_other_versions(relpath, keep=None)
+
+    def _discard_other_versions(self, relpath: str, keep: str | None) -> None:
+        stem = staging_stem(relpath)
+        keep_stem = keep[: -len(".part")] if keep else None
+        try:
+            for p in self.staging.glob(f"{stem}-*"):
+                if keep_stem is None or not p.name.startswith(keep_stem + "."):
+                    p.unlink(missing_ok=True)
+        except OSError as e:
+            raise self._error(e, "the staging folder") from None
+
+    def delete(self, relpath: str) -> None:
+        check_relpath(relpath)
+        final = self.root.joinpath(*relpath.split("/"))
+        try:
+            final.unlink(missing_ok=True)
+            parent = final.parent
+            while parent != self.root and self.root in parent.parents:
+                try:
+                    parent.rmdir()  # only when empty
+                except OSError:
+                    break
+                parent = parent.parent
+        except OSError as e:
+            raise self._error(e, relpath) from None
+
+    def probe(self) -> None:
+        tmp, final = self.agent / f"{PROBE_NAME}.tmp", self.agent / PROBE_NAME
+        try:
+            tmp.write_bytes(b"offsite probe\n")
+            os.replace(tmp, final)
+            if final.read_bytes() != b"offsite probe\n":
+                raise PermanentError(f"the probe file in {self.agent} did not read back as written")
+            final.unlink()
+        except OSError as e:
+            raise self._error(e, "a probe file") from None
+
+
+def _raise(e: OSError) -> None:
+    raise e
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (POSIX); Windows has no directory handles to sync."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

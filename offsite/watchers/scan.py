@@ -1,0 +1,180 @@
+"""The source view: every backup file in a managed folder, and whether it is complete.
+
+A file is complete (ready) when the platform's signals say so (reference/backup-files.md
+section 4):
+- a ShadowProtect image whose .md5 sidecar exists;
+- otherwise, its size and mtime have not changed for the job's `settle` period; a file seen
+  for the first time whose mtime is already older than `settle` counts as settled;
+- a Reflect X file also needs its closing trailer; on Windows the file must open with
+  writes denied to others.
+Events only say where to look; `scan()` walks the whole folder and repairs what events
+missed. Symbolic links are never followed and never replicated.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backupfiles import (
+    EXCLUDED_FOLDERS, MACRIUM_TRAILER, BackupFile, Role, classify, is_excluded, md5_sidecar,
+    needs_macrium_trailer,
+)
+from ..selection import SourceFile
+from ..system import write_denied_to_others
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Entry:
+    file: BackupFile
+    size: int
+    mtime_ns: int
+    changed_at: float  # monotonic time the (size, mtime) last changed
+    ready: bool = False
+
+
+class SourceView:
+    def __init__(self, root: Path, settle: float, family: str = "auto") -> None:
+        self.root = Path(root)
+        self.settle = settle
+        self.family = family
+        self.entries: dict[str, Entry] = {}
+        self._unknown_logged: set[str] = set()
+
+    def snapshot(self) -> dict[str, SourceFile]:
+        return {p: SourceFile(e.size, e.mtime_ns, e.ready) for p, e in self.entries.items()}
+
+    def scan(self, mono: float, wall_ns: int) -> bool:
+        """Walk the whole folder; returns True when anything changed."""
+        seen: set[str] = set()
+        changed = False
+        for rel, st in self._walk(self.root, ""):
+            seen.add(rel)
+            changed |= self._observe(rel, st, mono, wall_ns)
+        for rel in [r for r in self.entries if r not in seen]:
+            del self.entries[rel]
+            changed = True
+        return self._evaluate(mono) or changed
+
+    def touch(self, rels: set[str], mono: float, wall_ns: int) -> bool:
+        """Look again at paths named by events (files or folders)."""
+        changed = False
+        for rel in rels:
+            path = self.root.joinpath(*rel.split("/")) if rel else self.root
+            try:
+                st = os.lstat(path)
+            except OSError:
+                st = None
+            if st is not None and stat.S_ISREG(st.st_mode):
+                changed |= self._observe(rel, st, mono, wall_ns)
+                continue
+            # Gone, or a folder: forget what is no longer there, then walk what is.
+            prefix = f"{rel}/" if rel else ""
+            seen: set[str] = set()
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                for r, s in self._walk(path, rel):
+                    seen.add(r)
+                    changed |= self._observe(r, s, mono, wall_ns)
+            for r in [r for r in self.entries if (r == rel or r.startswith(prefix)) and r not in seen]:
+                del self.entries[r]
+                changed = True
+        return self._evaluate(mono) or changed
+
+    def refresh(self, mono: float, wall_ns: int) -> bool:
+        """Stat the files not yet complete again; True when one became complete or moved."""
+        changed = False
+        for rel, e in list(self.entries.items()):
+            if e.ready:
+                continue
+            try:
+                st = os.lstat(self.root / rel)
+            except OSError:
+                del self.entries[rel]
+                changed = True
+                continue
+            changed |= self._observe(rel, st, mono, wall_ns)
+        return self._evaluate(mono) or changed
+
+    def recheck(self, rel: str, mono: float, wall_ns: int) -> None:
+        """After a transfer found the file changed: it must settle again."""
+        e = self.entries.get(rel)
+        if e is not None:
+            e.ready, e.changed_at = False, mono
+        self.touch({rel}, mono, wall_ns)
+
+    # -- internals
+    def _walk(self, top: Path, rel_top: str):
+        try:
+            it = list(os.scandir(top))
+        except OSError:
+            return
+        for de in it:
+            rel = f"{rel_top}/{de.name}" if rel_top else de.name
+            try:
+                if de.is_symlink():
+                    continue
+                if de.is_dir(follow_symlinks=False):
+                    if de.name.casefold() in EXCLUDED_FOLDERS or de.name.startswith("."):
+                        continue
+                    yield from self._walk(Path(de.path), rel)
+                elif de.is_file(follow_symlinks=False):
+                    yield rel, de.stat(follow_symlinks=False)
+            except OSError:
+                continue
+
+    def _observe(self, rel: str, st: os.stat_result, mono: float, wall_ns: int) -> bool:
+        e = self.entries.get(rel)
+        if e is None:
+            f = classify(rel, self.family)
+            if f is None:
+                if not is_excluded(rel) and rel not in self._unknown_logged:
+                    self._unknown_logged.add(rel)
+                    log.info("%s: not a backup file offsite knows; it is not replicated", self.root / rel)
+                return False
+            # First sight: a file untouched for the settle period has already settled.
+            age = (wall_ns - st.st_mtime_ns) / 1e9
+            since = mono - age if age >= self.settle else mono
+            self.entries[rel] = Entry(f, st.st_size, st.st_mtime_ns, since)
+            return True
+        if (e.size, e.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            e.size, e.mtime_ns, e.changed_at, e.ready = st.st_size, st.st_mtime_ns, mono, False
+            return True
+        return False
+
+    def _evaluate(self, mono: float) -> bool:
+        """Decide readiness for the files not yet complete; True when one became complete."""
+        stems_with_md5 = {
+            (e.file.chain, e.file.stem) for e in self.entries.values() if e.file.role is Role.MD5
+        }
+        changed = False
+        for rel, e in self.entries.items():
+            if e.ready:
+                continue
+            f = e.file
+            settled = mono - e.changed_at >= self.settle
+            sidecar = f.role is Role.IMAGE and (f.chain, f.stem) in stems_with_md5 and md5_sidecar(f)
+            if not (settled or sidecar):
+                continue
+            path = self.root / rel
+            if needs_macrium_trailer(rel) and not _has_trailer(path, e.size):
+                continue
+            if not write_denied_to_others(path):
+                continue
+            e.ready = True
+            changed = True
+        return changed
+
+
+def _has_trailer(path: Path, size: int) -> bool:
+    if size < len(MACRIUM_TRAILER):
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(size - len(MACRIUM_TRAILER))
+            return f.read(len(MACRIUM_TRAILER)) == MACRIUM_TRAILER
+    except OSError:
+        return False

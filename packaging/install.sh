@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install offsite into ./.venv (from this checkout) and prepare the example folders that
+# agent.toml uses. Works on a fresh Debian machine as root; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"   # e.g. "[test]"
+
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    # Debian's python3 lacks venv and ensurepip until python3-venv is installed.
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+mkdir -p example/source example/offsite-drive
+echo "offsite installed: $(pwd)/.venv/bin/offsite" >&2

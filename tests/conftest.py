@@ -1,0 +1,157 @@
+"""Shared fixtures: run the real `offsite` command, write configs, start and stop agents.
+
+Every agent a test starts is stopped at teardown, and a test that leaves one running, or
+leaves threads behind, fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+OFFSITE = [sys.executable, "-m", "offsite"]
+
+
+def wait_until(pred: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def run_offsite(cfg: Path, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*OFFSITE, "-c", str(cfg), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+class Site:
+    """A source folder, a location folder and a state directory under one tmp folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.source = root / "source"
+        self.location = root / "drive"
+        self.state = root / "state"
+        self.source.mkdir()
+        self.location.mkdir()
+        self.cfg = root / "agent.toml"
+
+    @property
+    def target(self) -> Path:
+        return self.location / "job1"
+
+    def config(self, job: str = "", agent: str = "", extra: str = "") -> Path:
+        """Write agent.toml for one job `job1` from source to location/job1."""
+        text = f"""
+        [agent]
+        state_dir = "{self.state}"
+        settle = "1s"
+        rescan = "1h"
+        retry_for = "30s"
+        {agent}
+
+        [[jobs]]
+        name = "job1"
+        source = "{self.source}"
+        target = {{ type = "local", path = "{self.location}" }}
+        {job}
+        {extra}
+        """
+        self.cfg.write_text(textwrap.dedent(text))
+        return self.cfg
+
+    def offsite(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return run_offsite(self.cfg, *args, **kw)
+
+    def target_files(self) -> dict[str, int]:
+        """Published files under the job folder (not .offsite), relative path -> size."""
+        out = {}
+        if not self.target.exists():
+            return out
+        for p in self.target.rglob("*"):
+            rel = p.relative_to(self.target).as_posix()
+            if p.is_file() and not rel.startswith(".offsite/"):
+                out[rel] = p.stat().st_size
+        return out
+
+    def status(self) -> dict:
+        r = self.offsite("status", "--json")
+        return json.loads(r.stdout)
+
+    def job_status(self) -> dict:
+        return self.status()["jobs"][0]
+
+
+class AgentProcess:
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.log = site.root / f"agent-{time.monotonic_ns()}.log"
+        self._log = open(self.log, "w")
+        self.proc = subprocess.Popen([*OFFSITE, "-c", str(site.cfg), "run"], stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: self.site.status()["agent"]["running"] or self.proc.poll() is not None,
+                   timeout=20, what="the agent to start")
+        assert self.proc.poll() is None, self.output()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, timeout: float = 10) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return Site(tmp_path)
+
+
+@pytest.fixture
+def start_agent(site: Site):
+    started: list[AgentProcess] = []
+
+    def start() -> AgentProcess:
+        a = AgentProcess(site)
+        started.append(a)
+        return a
+
+    yield start
+    leaked = [a for a in started if a.proc.poll() is None]
+    for a in leaked:
+        a.kill()
+    assert not leaked, "a test left an agent running"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not extra, f"threads left running: {extra}"
