@@ -7,6 +7,7 @@ unknown files). Nothing here touches the disk or the clock.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -84,8 +85,10 @@ def is_excluded(relpath: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=200_000)
 def classify(relpath: str, family: str = "auto") -> BackupFile | None:
-    """The backup file at `relpath`, or None when it is not one the agent replicates."""
+    """The backup file at `relpath`, or None when it is not one the agent replicates.
+    Pure, so cached: the agent classifies the same names on every replan."""
     if is_excluded(relpath):
         return None
     p = PurePosixPath(relpath)

@@ -158,14 +158,19 @@ def plan(
             if f.chain not in out.blockers or f.key < out.blockers[f.chain]:
                 out.blockers[f.chain] = f.key
 
-    deletes = _deletions(src, tgt, in_source, rules)
-    if deletes and not src and not allow_deletes:
-        out.held, out.held_count = "the source folder holds no backup files", len(deletes)
-    elif len(deletes) > rules.max_deletes and not allow_deletes:
-        out.held = f"{len(deletes)} deletions exceed max_deletes = {rules.max_deletes}"
-        out.held_count = len(deletes)
-    else:
-        out.deletes = deletes
+    # Retention is the mode's own rule and runs only on what is complete on the target;
+    # the max_deletes guard is for deletions mirrored from the source (SPEC section 5).
+    retention = _retention(tgt) if rules.mode == "daily-monthly" else []
+    mirrored = [p for p in _mirrored(tgt, in_source, rules) if p not in retention]
+    images = [p for p in mirrored if tgt[p].role not in (Role.MD5, Role.BITMAP)]
+    if mirrored and not src and not allow_deletes:
+        out.held, out.held_count = "the source folder holds no backup files", len(mirrored)
+        mirrored = []
+    elif len(images) > rules.max_deletes and not allow_deletes:
+        out.held = f"{len(images)} deletions exceed max_deletes = {rules.max_deletes}"
+        out.held_count = len(mirrored)
+        mirrored = []
+    out.deletes = sorted(retention + mirrored, key=lambda p: (tgt[p].chain, tgt[p].key))
     return out
 
 
@@ -178,18 +183,12 @@ def _same(s: SourceFile, t: RemoteFile, f: BackupFile, keeps_mtime: bool) -> boo
     return True
 
 
-def _deletions(
-    src: dict[str, BackupFile], tgt: dict[str, BackupFile], in_source: set[str], rules: Rules
-) -> list[str]:
-    out = []
-    if rules.mode == "daily-monthly":
-        out = _retention(tgt)
-    if rules.mirror_deletes:
-        for path, f in tgt.items():
-            mirrors = f.family == "macrium" or rules.mode == "all"
-            if mirrors and pathkey(path) not in in_source and path not in out:
-                out.append(path)
-    return sorted(out, key=lambda p: (tgt[p].chain, tgt[p].key))
+def _mirrored(tgt: dict[str, BackupFile], in_source: set[str], rules: Rules) -> list[str]:
+    """Target files whose source is gone, where the job mirrors deletions."""
+    if not rules.mirror_deletes:
+        return []
+    return [path for path, f in tgt.items()
+            if (f.family == "macrium" or rules.mode == "all") and pathkey(path) not in in_source]
 
 
 def _retention(tgt: dict[str, BackupFile]) -> list[str]:

@@ -176,7 +176,10 @@ class LocalTarget(Target):
         part, ckpt = self._staged(relpath, size, mtime_ns)
         final = self.root.joinpath(*relpath.split("/"))
         try:
-            staged = part.stat().st_size
+            try:
+                staged = part.stat().st_size
+            except FileNotFoundError:
+                raise TransientError(f"nothing is staged for {relpath}: sending it again") from None
             if staged != size:
                 self.discard(relpath)
                 raise TransientError(

@@ -1,0 +1,213 @@
+"""The replication modes and retention against a simulated ImageManager.
+
+The simulation writes two months of 15-minute incrementals with their .md5 sidecars,
+nightly dailies, weekly and monthly consolidations, and deletes files by ImageManager's
+retention. Every six simulated hours the plan is applied to a simulated target, the way
+the agent applies it; the tests check the target's content against each mode's rule and,
+at every step, that uploads come in chain order and deletions never precede uploads.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from imagemanager import ImageManager
+from offsite.backupfiles import Level, Role, classify
+from offsite.selection import RemoteFile, Rules, SourceFile, plan
+
+DAYS = 62  # October and November: two monthlies, so daily-monthly retention fires
+
+
+def simulate(rules: Rules, days: int = DAYS, start_after: int = 0, check=None):
+    """Run the simulation; apply each plan to a simulated target. Returns (im, target)."""
+    im = ImageManager(volumes=("C_VOL", "System Reserved_VOL"))
+    im.start()
+    target: dict[str, RemoteFile] = {}
+    for quarter in range(days * 4):
+        im.run(dt.timedelta(hours=6))
+        if quarter < start_after * 4:
+            continue
+        source = {p: SourceFile(s, 0) for p, s in im.files.items()}
+        p = plan(source, target, rules)
+        assert p.held is None, p.held
+        if check:
+            check(p, source, target)
+        _assert_chain_order(p.uploads)
+        for u in p.uploads:
+            target[u] = RemoteFile(source[u].size)
+        for d in p.deletes:
+            del target[d]
+    return im, target
+
+
+def _assert_chain_order(uploads):
+    by_chain: dict = {}
+    for u in uploads:
+        f = classify(u)
+        by_chain.setdefault(f.chain, []).append(f.key)
+    for keys in by_chain.values():
+        assert keys == sorted(keys)
+
+
+def kinds(paths, *levels, roles=(Role.IMAGE,)):
+    return {p for p in paths if (f := classify(p)) and f.level in levels and f.role in roles}
+
+
+def with_md5(images):
+    return set(images) | {p[: p.rfind(".")] + ".md5" for p in images}
+
+
+def test_mode_all_mirrors_consolidated_files():
+    im, target = simulate(Rules(mode="all"))
+    expected = with_md5(kinds(im.files, Level.BASE, Level.DAILY, Level.WEEKLY, Level.MONTHLY))
+    assert set(target) == expected
+    assert not kinds(target, Level.INTRA)
+    # dailies older than 15 days are gone at the source, and so on the target
+    ever_dailies = {p for p, k in im.ever.items() if k == "daily"}
+    assert len(kinds(target, Level.DAILY)) == len(kinds(im.files, Level.DAILY)) < len(ever_dailies) / 3
+
+
+def test_mode_all_with_intra_daily_mirrors_everything():
+    # ImageManager deletes a day of incrementals each night: 96 per volume, over 100 for two
+    im, target = simulate(Rules(mode="all", include_intra_daily=True, max_deletes=200), days=10)
+    assert set(target) == set(im.files)
+    ever_intra = {p for p, k in im.ever.items() if k == "intra"}
+    assert 2 * 7 * 96 <= len(kinds(target, Level.INTRA)) < len(ever_intra)  # a week of 15-minute files
+
+
+def test_mode_all_without_mirror_deletes_keeps_everything_sent():
+    im, target = simulate(Rules(mode="all", mirror_deletes=False), days=20)
+    ever = {p for p, k in im.ever.items() if k != "intra"}
+    assert set(target) == with_md5(ever)
+
+
+def test_daily_only_sends_base_and_dailies_and_never_deletes():
+    im, target = simulate(Rules(mode="daily-only"))
+    ever_dailies = {p for p, k in im.ever.items() if k == "daily"}
+    bases = {p for p, k in im.ever.items() if k == "base"}
+    assert set(target) == with_md5(ever_dailies | bases)
+    assert len(ever_dailies) == 2 * DAYS  # every night's daily, though the source deleted most
+
+
+def test_intra_daily_only_sends_base_and_originals():
+    im, target = simulate(Rules(mode="intra-daily-only"), days=9)
+    ever_intra = {p for p, k in im.ever.items() if k == "intra"}
+    bases = {p for p, k in im.ever.items() if k == "base"}
+    assert set(target) == with_md5(ever_intra | bases)
+
+
+def test_daily_monthly_keeps_monthlies_and_dailies_since_the_previous_monthly():
+    seen_retention = []
+
+    def check(p, source, target):
+        # retention only once the new monthly and its .md5 are complete on the target
+        for d in p.deletes:
+            seen_retention.append(d)
+            f = classify(d)
+            complete = sorted(classify(m).point for m in kinds(target, Level.MONTHLY)
+                              if m[: m.rfind(".")] + ".md5" in target and classify(m).chain == f.chain)
+            assert len(complete) >= 2 and f.point < complete[-2]
+        assert not kinds(p.deletes, Level.BASE, Level.MONTHLY, Level.INTRA, roles=tuple(Role))
+
+    im, target = simulate(Rules(mode="daily-monthly"), days=DAYS + 31, check=check)
+    assert seen_retention, "retention never ran"
+    for vol in ("c_vol", "system reserved_vol"):
+        monthlies = sorted(classify(m).point for m in kinds(target, Level.MONTHLY) if classify(m).chain[2] == vol)
+        assert len(monthlies) == 3  # end of October, November, December
+        dailies = [classify(d).point for d in kinds(target, Level.DAILY) if classify(d).chain[2] == vol]
+        assert dailies and min(dailies) >= monthlies[-2]  # nothing older than the previous monthly
+        # at least one month of dailies: every night since the previous monthly
+        assert len(dailies) >= 31
+    assert not kinds(target, Level.WEEKLY, Level.INTRA)  # the dailies were there: no weekly links
+    assert kinds(target, Level.BASE) == {p for p, k in im.ever.items() if k == "base"}
+
+
+def test_daily_monthly_sends_a_weekly_where_its_dailies_are_gone():
+    # The agent starts 25 days late: the first weeks' dailies were already deleted at the
+    # source, so the weeklies that absorbed them are the only link.
+    im, target = simulate(Rules(mode="daily-monthly"), days=26, start_after=25)
+    weeklies = kinds(target, Level.WEEKLY)
+    assert weeklies
+    source_daily_points = {(classify(d).chain, classify(d).point) for d in kinds(im.files, Level.DAILY)}
+    for w in weeklies:
+        assert (classify(w).chain, classify(w).point) not in source_daily_points
+    # a weekly whose daily still exists is not sent
+    assert all((classify(w).chain, classify(w).point) not in source_daily_points
+               for w in kinds(im.files, Level.WEEKLY) if w in target)
+    assert any((classify(w).chain, classify(w).point) in source_daily_points
+               for w in kinds(im.files, Level.WEEKLY) if w not in target)
+
+
+@pytest.mark.parametrize("mode", ["all", "daily-only", "intra-daily-only", "daily-monthly"])
+def test_replicate_base_false_sends_the_base_sidecar_only(mode):
+    im, target = simulate(Rules(mode=mode, replicate_base=False), days=2)
+    assert "C_VOL-b001.spf" not in target and "C_VOL-b001.md5" in target
+
+
+@pytest.mark.parametrize("mode", ["all", "daily-only", "intra-daily-only", "daily-monthly"])
+def test_sidecars_follow_their_image(mode):
+    im, target = simulate(Rules(mode=mode), days=3)
+    for p in target:
+        if p.endswith(".md5"):
+            stem = p[:-4]
+            assert stem + ".spi" in target or stem + ".spf" in target, p
+
+
+def test_files_not_ready_wait_and_block_their_chain():
+    source = {
+        "C_VOL-b001.spf": SourceFile(10, 1),
+        "C_VOL-b001.md5": SourceFile(1, 1),
+        "C_VOL-b001-i001-cd.spi": SourceFile(5, 1, ready=False),
+        "C_VOL-b001-i002-cd.spi": SourceFile(5, 1),
+    }
+    p = plan(source, {}, Rules())
+    assert p.uploads == ["C_VOL-b001.spf", "C_VOL-b001.md5", "C_VOL-b001-i002-cd.spi"]
+    assert p.waiting == ["C_VOL-b001-i001-cd.spi"]
+    assert p.blockers == {classify("C_VOL-b001.spf").chain: classify("C_VOL-b001-i001-cd.spi").key}
+
+
+def test_a_file_of_another_size_on_the_target_is_sent_again():
+    source = {"C_VOL-b001.spf": SourceFile(10, 1)}
+    assert plan(source, {"C_VOL-b001.spf": RemoteFile(7)}, Rules()).uploads == ["C_VOL-b001.spf"]
+    assert plan(source, {"C_VOL-b001.spf": RemoteFile(10)}, Rules()).uploads == []
+
+
+def test_mass_deletion_is_held_back():
+    target = {f"C_VOL-b001-i{i:03d}-cd.{ext}": RemoteFile(1) for i in range(1, 12) for ext in ("spi", "md5")}
+    source = {"C_VOL-b001-i011-cd.spi": SourceFile(1, 0), "C_VOL-b001-i011-cd.md5": SourceFile(1, 0)}
+    p = plan(source, target, Rules(max_deletes=5))
+    assert p.deletes == [] and p.held_count == 20 and "10 deletions exceed max_deletes = 5" in p.held
+    p = plan(source, target, Rules(max_deletes=5), allow_deletes=True)
+    assert len(p.deletes) == 20
+    assert plan(source, target, Rules(max_deletes=10)).deletes  # images counted, not sidecars
+
+
+def test_retention_is_not_held_back_by_max_deletes():
+    target = {f"C_VOL-b001-i{i:03d}-cd.spi": RemoteFile(1) for i in range(1, 20)}
+    target.update({"C_VOL-b001-i019-cd-cm.spi": RemoteFile(1), "C_VOL-b001-i019-cd-cm.md5": RemoteFile(1),
+                   "C_VOL-b001-i030-cd-cm.spi": RemoteFile(1), "C_VOL-b001-i030-cd-cm.md5": RemoteFile(1)})
+    p = plan({}, target, Rules(mode="daily-monthly", max_deletes=2))
+    assert len(p.deletes) == 18 and p.held is None  # dailies 1..18, before the previous monthly
+
+
+def test_an_empty_source_never_empties_the_target():
+    target = {"C_VOL-b001.spf": RemoteFile(1), "C_VOL-b001.md5": RemoteFile(1)}
+    p = plan({}, target, Rules(max_deletes=100))
+    assert p.deletes == [] and p.held == "the source folder holds no backup files"
+
+
+def test_unknown_files_on_the_target_are_never_deleted():
+    p = plan({"C_VOL-b001.spf": SourceFile(1, 0)}, {"notes.txt": RemoteFile(1), "C_VOL-b001.spf": RemoteFile(1)}, Rules())
+    assert p.deletes == [] and p.uploads == []
+
+
+def test_macrium_sets_are_mirrored_and_changed_files_sent_again():
+    a, b = "PC1/{g}/4F6F6CACA58B077D-00-00.mrimg", "PC1/{g}/4F6F6CACA58B077D-01-01.mrimg"
+    target = {a: RemoteFile(100, 5_000_000_000), "PC1/{g}/4F6F6CACA58B077D-02-02.mrimg": RemoteFile(1, 1)}
+    source = {a: SourceFile(100, 9_000_000_000), b: SourceFile(50, 1)}  # a: a synthetic full merged into it
+    p = plan(source, target, Rules(mode="daily-only"), keeps_mtime=True)  # modes do not apply to Macrium
+    assert p.uploads == [a, b]
+    assert p.deletes == ["PC1/{g}/4F6F6CACA58B077D-02-02.mrimg"]
+    # where the target cannot keep mtimes, size decides
+    assert plan(source, target, Rules(), keeps_mtime=False).uploads == [b]
