@@ -106,9 +106,9 @@ def _parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ helpers
 
 
-def _config(args: argparse.Namespace) -> Config:
+def _config(args: argparse.Namespace, check_sources: bool = True) -> Config:
     path = Path(args.config) if args.config else config_mod.default_config_path()
-    return config_mod.load(path)
+    return config_mod.load(path, check_sources)
 
 
 def _job(cfg: Config, name: str) -> Job:
@@ -239,7 +239,7 @@ def _status_data(cfg: Config) -> dict:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, check_sources=False)  # works while a source disk is unplugged
     data = _status_data(cfg)
     bad = any(j["state"] == "error" for j in data["jobs"])
     if args.json:
@@ -270,7 +270,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, check_sources=False)  # works while a source disk is unplugged
     if args.job:
         _job(cfg, args.job)
     items = [i for i in read_items(StateDir(cfg.agent.state_dir).queue_dir)
@@ -287,7 +287,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, check_sources=False)  # works while a source disk is unplugged
     item = next((i for i in read_items(StateDir(cfg.agent.state_dir).queue_dir) if i.id == args.id), None)
     if item is None:
         raise UsageError(f"no queue item with ID {args.id}")
@@ -314,14 +314,14 @@ def _queue_change(cfg: Config, request: dict) -> dict:
 
 
 def cmd_queue_retry(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, check_sources=False)  # works while a source disk is unplugged
     reply = _queue_change(cfg, {"op": "retry", "ids": None if args.failed else [args.id]})
     print(f"{len(reply['items'])} item(s) ready to run again", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_queue_drop(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = _config(args, check_sources=False)  # works while a source disk is unplugged
     reply = _queue_change(cfg, {"op": "drop", "id": args.id})
     it = reply["item"]
     print(f"dropped item {it['id']}: {it['op']} {it['path']} (job {it['job']})", file=sys.stderr)

@@ -321,8 +321,10 @@ def default_state_dir() -> Path:
     return Path("/var/lib/offsite")
 
 
-def load(path: Path) -> Config:
-    """Read and validate `path`; raise ConfigError with one clear line on any problem."""
+def load(path: Path, check_sources: bool = True) -> Config:
+    """Read and validate `path`; raise ConfigError with one clear line on any problem.
+    `check_sources=False` is for commands that must work while a source disk is unplugged
+    (status, queue): they skip the check that each job's source folder exists."""
     path = Path(path)
     try:
         raw_bytes = path.read_bytes()
@@ -336,12 +338,13 @@ def load(path: Path) -> Config:
         raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return _Parser(path).config(raw)
+    return _Parser(path, check_sources).config(raw)
 
 
 class _Parser:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, check_sources: bool = True) -> None:
         self.path = path
+        self.check_sources = check_sources
         self.base = path.resolve().parent
         self._owner_only: bool | None = None
 
@@ -475,7 +478,7 @@ class _Parser:
     def job(self, raw: dict, key: str, locations: dict[str, Location]) -> Job:
         o = self.options(raw, JOB_OPTIONS, key, extra=("location", "target", "windows"))
         source: Path = o["source"]
-        if not source.is_dir():
+        if self.check_sources and not source.is_dir():
             raise self.fail(f"{key}.source", f"{source} is not an existing folder")
         if ("location" in raw) == ("target" in raw):
             raise self.fail(key, "give either location (a name under [locations]) or target (an inline table)")

@@ -55,14 +55,16 @@ class Site:
         return self.location / "job1"
 
     def config(self, job: str = "", agent: str = "", extra: str = "") -> Path:
-        """Write agent.toml for one job `job1` from source to location/job1."""
+        """Write agent.toml for one job `job1` from source to location/job1. `agent` lines
+        replace the defaults of the same key."""
+        settings = {"state_dir": f'"{self.state}"', "settle": '"1s"', "rescan": '"1h"', "retry_for": '"30s"'}
+        for line in filter(None, (x.strip() for x in agent.splitlines())):
+            key, value = (part.strip() for part in line.split("=", 1))
+            settings[key] = value
+        agent_lines = "\n        ".join(f"{k} = {v}" for k, v in settings.items())
         text = f"""
         [agent]
-        state_dir = "{self.state}"
-        settle = "1s"
-        rescan = "1h"
-        retry_for = "30s"
-        {agent}
+        {agent_lines}
 
         [[jobs]]
         name = "job1"
@@ -128,8 +130,15 @@ def site(tmp_path: Path) -> Site:
     return Site(tmp_path)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
 @pytest.fixture
-def start_agent(site: Site):
+def start_agent(site: Site, request):
     started: list[AgentProcess] = []
 
     def start() -> AgentProcess:
@@ -141,7 +150,12 @@ def start_agent(site: Site):
     leaked = [a for a in started if a.proc.poll() is None]
     for a in leaked:
         a.kill()
-    assert not leaked, "a test left an agent running"
+    passed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.passed
+    if leaked and passed:
+        pytest.fail("a test left an agent running")
+    for a in started:
+        if not passed:
+            print(f"--- agent log {a.log.name} ---\n{a.output()[-4000:]}")
 
 
 @pytest.fixture(autouse=True)

@@ -95,3 +95,23 @@ class ImageManager:
         while self.now < end:
             out += self.step()
         return out
+
+
+def write_events(folder, events: list[Event], pause: float = 0.0) -> None:
+    """Play events onto a real folder: images are written in two halves with a pause, the way
+    a backup is written over time; deletions remove the file."""
+    import os
+    import time
+
+    for ev in events:
+        path = folder / ev.path
+        if ev.op == "delete":
+            path.unlink(missing_ok=True)
+            continue
+        data = os.urandom(ev.size)
+        with open(path, "wb") as f:
+            f.write(data[: ev.size // 2])
+            f.flush()
+            if pause:
+                time.sleep(pause)
+            f.write(data[ev.size // 2:])

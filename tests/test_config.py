@@ -268,3 +268,12 @@ def test_bad_command_line_is_exit_2(folder):
     assert r.returncode == 2
     r = run_offsite(write(folder, GOOD_JOB), "sync", "no-such-job")
     assert r.returncode == 2 and "no job named 'no-such-job'" in r.stderr
+
+
+def test_status_and_queue_work_while_a_source_is_unplugged(folder):
+    path = write(folder, '[agent]\nstate_dir = "st"\n' + GOOD_JOB)
+    (folder / "src").rmdir()
+    assert run_offsite(path, "status").returncode == 0
+    assert run_offsite(path, "queue", "list").returncode == 0
+    r = run_offsite(path, "check")
+    assert r.returncode == 2 and "jobs[0].source:" in r.stderr

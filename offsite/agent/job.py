@@ -85,6 +85,7 @@ class JobRunner:
         self.plan = Plan()
         self.wake = threading.Event()
         self.stopping = threading.Event()
+        self.rewatch = threading.Event()  # the source folder was gone: its watch is dead
         self.on_progress: Callable[[str, int, int], None] | None = None  # path, done, total
         self._lock = threading.Lock()
         self._hints: set[str] = set()
@@ -195,6 +196,7 @@ class JobRunner:
 
         if not self.job.source.is_dir():
             self._source_missing = True
+            self.rewatch.set()
             self._fail(
                 f"the source folder {self.job.source} is missing (an unmounted disk?); "
                 "nothing is deleted on the target while it is"
@@ -204,6 +206,7 @@ class JobRunner:
         if self._source_missing:
             self._source_missing = False
             self._clear_error()
+            self._need_reconcile = True
 
         forced = bool(syncs)
         if forced:

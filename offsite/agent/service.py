@@ -120,8 +120,11 @@ class Agent:
     def _check_watchers(self) -> None:
         for name, w in self.watchers.items():
             runner = self.runners[name]
-            if not w.alive() and runner.job.source.is_dir():
-                log.warning("job %s: the watcher stopped; restarting it and rescanning", name)
+            lost = runner.rewatch.is_set()
+            if (lost or not w.alive()) and runner.job.source.is_dir():
+                runner.rewatch.clear()
+                log.warning("job %s: %s; watching it again and rescanning", name,
+                            "the source folder is back" if lost else "the watcher stopped")
                 w.stop()
                 try:
                     w.start()
@@ -149,7 +152,10 @@ class Agent:
         assert self.queue is not None
         for rid, req in self.state.requests():
             op = req.get("op")
-            reply = lambda data, rid=rid: self.state.reply(rid, data)  # noqa: E731
+            def reply(data: dict, rid: str = rid) -> None:
+                self._write_status(running=True)  # a status read right after the answer is current
+                self.state.reply(rid, data)
+
             try:
                 if op in ("sync", "reinit"):
                     runner = self.runners.get(req.get("job", ""))
