@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"   # e.g. "[test]"
 
-if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    # Debian's python3 lacks venv and ensurepip until python3-venv is installed.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    # A minimal Debian has no python3; Debian's python3 lacks venv until python3-venv is in.
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"

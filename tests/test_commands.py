@@ -1,0 +1,107 @@
+"""The queue, plan and check commands, with and without a running agent."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from conftest import wait_until
+from offsite.queue import WorkQueue
+
+CLOSED = 'windows = [{ days = ["mon"], start = "00:00", end = "00:01" }]'
+
+
+def old_file(path, size=100):
+    path.write_bytes(os.urandom(size))
+    os.utime(path, (time.time() - 3600, time.time() - 3600))
+
+
+def items(site):
+    r = site.offsite("queue", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_queue_commands_with_the_agent_running(site, start_agent):
+    site.config(job=CLOSED)
+    old_file(site.source / "C_VOL-b001.spf")
+    old_file(site.source / "C_VOL-b001-i001-cd.spi")
+    agent = start_agent()
+    queued = wait_until(lambda: len(i := items(site)) == 2 and i, what="two queued items")
+    assert {i["state"] for i in queued} == {"ready"} and {i["op"] for i in queued} == {"upload"}
+    daily = next(i for i in queued if i["path"] == "C_VOL-b001-i001-cd.spi")
+
+    r = site.offsite("queue", "show", str(daily["id"]), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["path"] == "C_VOL-b001-i001-cd.spi"
+    assert site.offsite("queue", "list", "--state", "failed", "--json").stdout.strip() == "[]"
+
+    r = site.offsite("queue", "drop", str(daily["id"]))
+    assert r.returncode == 0 and "dropped item" in r.stderr
+    time.sleep(1.5)  # replans do not bring it back
+    assert [i["path"] for i in items(site)] == ["C_VOL-b001.spf"]
+    plan = json.loads(site.offsite("plan", "job1", "--json").stdout)
+    assert [u["path"] for u in plan["uploads"]] == ["C_VOL-b001.spf"]
+
+    base = items(site)[0]
+    r = site.offsite("queue", "retry", str(base["id"]))
+    assert r.returncode == 0 and "1 item(s) ready" in r.stderr
+    r = site.offsite("queue", "retry", "999999")
+    assert r.returncode == 2 and "no queue item with ID 999999" in r.stderr
+    r = site.offsite("queue", "drop", "999999")
+    assert r.returncode == 2 and "no queue item with ID 999999" in r.stderr
+    assert agent.stop() == 0
+
+
+def test_queue_commands_without_an_agent(site):
+    site.config()
+    site.state.mkdir()
+    q = WorkQueue(site.state / "queue")
+    a = q.put("job1", "upload", "C_VOL-b001.spf", 100, 1)
+    q.lease(a.id)
+    q.fail(a.id, "cannot read /x/C_VOL-b001.spf (Permission denied)")
+    q.close()
+    failed = json.loads(site.offsite("queue", "list", "--state", "failed", "--json").stdout)
+    assert [(i["id"], i["last_error"]) for i in failed] == [(a.id, "cannot read /x/C_VOL-b001.spf (Permission denied)")]
+    r = site.offsite("status", "--json")
+    assert json.loads(r.stdout)["jobs"][0]["failed_files"] == 1
+    r = site.offsite("queue", "retry", "--failed")
+    assert r.returncode == 0 and "1 item(s) ready" in r.stderr
+    assert [i["state"] for i in items(site)] == ["ready"]
+    r = site.offsite("queue", "drop", str(a.id))
+    assert r.returncode == 0 and items(site) == []
+
+
+def test_plan_shows_uploads_and_deletions_without_doing_them(site):
+    site.config()
+    old_file(site.source / "C_VOL-b001.spf", 1000)
+    (site.source / "C_VOL-b001-i002-cd.spi").write_bytes(b"growing")  # not settled
+    (site.target).mkdir()
+    (site.target / "C_VOL-b001-i001-cd.spi").write_bytes(b"old")  # gone at the source
+    r = site.offsite("plan", "job1", "--json")
+    assert r.returncode == 0, r.stderr
+    p = json.loads(r.stdout)
+    assert p["uploads"] == [{"path": "C_VOL-b001.spf", "size": 1000}]
+    assert p["deletes"] == [{"path": "C_VOL-b001-i001-cd.spi", "size": 3}]
+    assert p["waiting"] == ["C_VOL-b001-i002-cd.spi"] and p["held"] is None
+    r = site.offsite("plan", "job1")
+    assert "upload C_VOL-b001.spf" in r.stdout and "delete C_VOL-b001-i001-cd.spi" in r.stdout
+    assert sorted(x.name for x in site.target.iterdir()) == ["C_VOL-b001-i001-cd.spi"]  # nothing done
+    assert not site.state.exists()
+
+
+def test_check_reports_each_job_in_one_line(site):
+    site.config(extra=f"""
+[[jobs]]
+name = "unplugged"
+source = "{site.source}"
+target = {{ type = "local", path = "{site.root / 'usb-not-mounted'}" }}
+""")
+    r = site.offsite("check")
+    assert r.returncode == 1
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("job1: ok: local ") and "owner ID not written yet" in lines[0]
+    assert lines[1].startswith("unplugged: FAILED: local ") and "usb-not-mounted does not exist" in lines[1]
+    assert not (site.root / "usb-not-mounted").exists()
+    r = site.offsite("check", "job1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["ok"] is True
+    assert not list((site.target / ".offsite").glob("probe*"))  # the probe cleaned up after itself

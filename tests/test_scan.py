@@ -1,0 +1,95 @@
+"""Source readiness: sidecars, settling, Reflect X trailers, exclusions, symlinks."""
+from __future__ import annotations
+
+import os
+import time
+
+from offsite.watchers import SourceView
+
+NOW = time.time_ns()
+
+
+def view(tmp_path, settle=30.0):
+    return SourceView(tmp_path, settle)
+
+
+def write(path, data=b"x" * 100, age=0.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    t = time.time() - age
+    os.utime(path, (t, t))
+
+
+def test_old_files_are_ready_at_first_sight_new_ones_settle(tmp_path):
+    write(tmp_path / "C_VOL-b001.spf", age=120)
+    write(tmp_path / "C_VOL-b001-i001-cd.spi")
+    v = view(tmp_path)
+    v.scan(1000.0, time.time_ns())
+    snap = v.snapshot()
+    assert snap["C_VOL-b001.spf"].ready and not snap["C_VOL-b001-i001-cd.spi"].ready
+    v.refresh(1029.0, time.time_ns())
+    assert not v.snapshot()["C_VOL-b001-i001-cd.spi"].ready
+    v.refresh(1030.5, time.time_ns())
+    assert v.snapshot()["C_VOL-b001-i001-cd.spi"].ready
+
+
+def test_a_changing_file_starts_settling_again(tmp_path):
+    f = tmp_path / "C_VOL-b001-i001-cd.spi"
+    write(f)
+    v = view(tmp_path)
+    v.scan(0.0, time.time_ns())
+    with open(f, "ab") as fh:
+        fh.write(b"more")
+    v.refresh(29.0, time.time_ns())
+    v.refresh(58.0, time.time_ns())
+    assert not v.snapshot()[f.name].ready
+    v.refresh(59.5, time.time_ns())
+    assert v.snapshot()[f.name].ready and v.snapshot()[f.name].size == 104
+
+
+def test_the_md5_sidecar_means_the_image_is_complete(tmp_path):
+    write(tmp_path / "C_VOL-b001-i005.spi")
+    v = view(tmp_path)
+    v.scan(0.0, time.time_ns())
+    assert not v.snapshot()["C_VOL-b001-i005.spi"].ready
+    write(tmp_path / "C_VOL-b001-i005.md5", b"0" * 32 + b" *C_VOL-b001-i005.spi\r\n")
+    v.touch({"C_VOL-b001-i005.md5"}, 1.0, time.time_ns())
+    snap = v.snapshot()
+    assert snap["C_VOL-b001-i005.spi"].ready and not snap["C_VOL-b001-i005.md5"].ready
+
+
+def test_reflect_x_files_need_their_trailer(tmp_path):
+    write(tmp_path / "pc/{g}/ABC-00-00.mrimgx", b"data" * 10, age=120)
+    write(tmp_path / "pc/{g}/ABC-01-01.mrimgx", b"data" * 10 + b"\0" * 8 + b"MACRIUM_FILE", age=120)
+    v = view(tmp_path)
+    v.scan(0.0, time.time_ns())
+    snap = v.snapshot()
+    assert not snap["pc/{g}/ABC-00-00.mrimgx"].ready and snap["pc/{g}/ABC-01-01.mrimgx"].ready
+
+
+def test_excluded_unknown_and_linked_files_are_not_seen(tmp_path):
+    write(tmp_path / "Incrementals/C_VOL-b001-i001-cd.spi", age=120)
+    write(tmp_path / "readme.txt", age=120)
+    write(tmp_path / ".hidden/C_VOL-b001.spf", age=120)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    write(outside / "C_VOL-b009.spf", age=120)
+    os.symlink(outside, tmp_path / "linked-folder")
+    os.symlink(outside / "C_VOL-b009.spf", tmp_path / "C_VOL-b009.spf")
+    write(tmp_path / "sub/C_VOL-b001.spf", age=120)
+    v = view(tmp_path)
+    v.scan(0.0, time.time_ns())
+    assert list(v.snapshot()) == ["sub/C_VOL-b001.spf"]
+
+
+def test_touch_forgets_vanished_files_and_folders(tmp_path):
+    write(tmp_path / "a/C_VOL-b001.spf", age=120)
+    write(tmp_path / "a/C_VOL-b001.md5", age=120)
+    write(tmp_path / "C_VOL-b002.spf", age=120)
+    v = view(tmp_path)
+    v.scan(0.0, time.time_ns())
+    (tmp_path / "a/C_VOL-b001.spf").unlink()
+    (tmp_path / "a/C_VOL-b001.md5").unlink()
+    (tmp_path / "a").rmdir()
+    assert v.touch({"a"}, 1.0, time.time_ns())
+    assert list(v.snapshot()) == ["C_VOL-b002.spf"]
