@@ -105,3 +105,18 @@ target = {{ type = "local", path = "{site.root / 'usb-not-mounted'}" }}
     r = site.offsite("check", "job1", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)[0]["ok"] is True
     assert not list((site.target / ".offsite").glob("probe*"))  # the probe cleaned up after itself
+
+
+def test_a_file_that_vanishes_before_it_is_sent_is_skipped_and_counted(site, start_agent):
+    site.config(job=CLOSED)
+    old_file(site.source / "C_VOL-b001.spf")
+    old_file(site.source / "C_VOL-b001-i001-cd.spi")
+    agent = start_agent()
+    wait_until(lambda: len(items(site)) == 2, what="two queued items")
+    (site.source / "C_VOL-b001-i001-cd.spi").unlink()  # ImageManager's retention got there first
+    r = site.offsite("sync", "job1", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)["result"]
+    assert (result["files_sent"], result["files_skipped"]) == (1, 1)
+    assert site.target_files() == {"C_VOL-b001.spf": 100} and items(site) == []
+    assert agent.stop() == 0

@@ -1,6 +1,7 @@
 """agent.toml: valid configs parse into typed values; each malformed one is one line, exit 2."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import subprocess
@@ -122,7 +123,7 @@ def test_full_example_parses(folder):
     assert share["password"].reveal() == "s3cret-env"
     assert "s3cret" not in repr(share)
     assert c.locations["ftp"].options["password"].reveal() == "s3cret-file"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         fs.mode = "x"  # frozen
 
 

@@ -39,6 +39,8 @@ def test_a_file_still_written_at_the_source_blocks_later_files_of_its_chain():
     items = [item("C_VOL-b001-i002-cd.spi"), item("C_VOL-b001-i002-cd.md5")]
     blockers = {chain_of("C_VOL-b001.spf"): classify("C_VOL-b001-i001-cd.spi").key}
     assert next_item(items, blockers, NOW) is None
+    blockers = {chain_of("C_VOL-b001.spf"): classify("C_VOL-b001-i002-cd.spi").key}
+    assert next_item(items, blockers, NOW) is None  # the queued file itself is being written again
     blockers = {chain_of("C_VOL-b001.spf"): classify("C_VOL-b001-i003-cd.spi").key}
     assert next_item(items, blockers, NOW).path == "C_VOL-b001-i002-cd.spi"
 

@@ -341,3 +341,23 @@ def test_sync_without_an_agent_and_sighup_reload(site, start_agent):
     wait_until(lambda: "C_VOL-b001-i001-cd.spi" in site.target_files(), what="the reloaded config to apply")
     assert agent.stop() == 0
     assert "reloading the configuration" in agent.output()
+
+
+def test_a_file_changed_while_it_is_sent_is_not_published_and_is_sent_again(site, start_agent):
+    site.config(agent='bandwidth = "20MB/s"', job="include_intra_daily = true")
+    f = site.source / "C_VOL-b001-i001.spi"
+    f.write_bytes(os.urandom(40 * MiB))
+    os.utime(f, (time.time() - 60, time.time() - 60))
+    agent = start_agent()
+    wait_until(lambda: staged_size(site) > 5 * MiB, what="the transfer to start")
+    with open(f, "ab") as fh:
+        fh.write(os.urandom(MiB))  # the writer was not done after all
+    changed_at = time.monotonic()
+    while time.monotonic() - changed_at < 2.5:
+        assert site.target_files() == {}  # the copy in flight is never published
+        time.sleep(0.05)
+    wait_until(lambda: site.target_files().get("C_VOL-b001-i001.spi") == 41 * MiB, timeout=30,
+               what="the settled file to be sent again")
+    assert sha(site.target / "C_VOL-b001-i001.spi") == sha(f)
+    assert "changed while it was sent" in agent.output()
+    assert agent.stop() == 0

@@ -42,8 +42,8 @@ def next_item(
             key, first = uploads[0]
             if first.state != "ready" or not first.due(now):
                 continue  # the chain waits for its first file: nothing may overtake it
-            if chain in blockers and blockers[chain] < key:
-                continue  # an earlier file of the chain is still being written
+            if chain in blockers and blockers[chain] <= key:
+                continue  # this file, or an earlier one of its chain, is still being written
             candidate = (key, first)
         else:
             if chain in blockers:

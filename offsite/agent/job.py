@@ -233,6 +233,8 @@ class JobRunner:
                 self._close_target()
         except (PermanentError, TransientError) as e:
             self._target_failed(e, None, stats)
+        except Interrupted:
+            pass  # stopping: nothing was in flight outside _execute
         finally:
             if stats is not None:
                 self._finish(stats)
@@ -380,8 +382,7 @@ class JobRunner:
         with f:
             st = os.fstat(f.fileno())
             if entry is None or not entry.ready or (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
-                self.view.recheck(it.path, time.monotonic(), time.time_ns())
-                self.queue.release(it.id, count_attempt=False)
+                self.view.recheck(it.path, time.monotonic(), time.time_ns())  # changed since planned
                 return
             self.queue.lease(it.id)
             size, mtime = st.st_size, st.st_mtime_ns

@@ -156,7 +156,8 @@ class WorkQueue:
 
     def release(self, item_id: int, error: str | None = None,
                 not_before: dt.datetime | None = None, count_attempt: bool = True) -> None:
-        """Back to ready, with its last error and a time before which it is not tried."""
+        """Back to ready, with its last error and a time before which it is not tried.
+        `count_attempt=False`: the lease just ended does not count as an attempt."""
         with self._lock:
             it = self._items.get(item_id)
             if it is None:
@@ -164,7 +165,7 @@ class WorkQueue:
             it = replace(
                 it, state="ready", last_error=error if error is not None else it.last_error,
                 next_attempt=not_before.isoformat(timespec="seconds") if not_before else None,
-                attempts=it.attempts if count_attempt else max(0, it.attempts - 1),
+                attempts=it.attempts - 1 if not count_attempt and it.state == "in-flight" else it.attempts,
             )
             self._q.update(_data(it), id=item_id)
             self._q.nack(id=item_id)
