@@ -158,6 +158,25 @@ def start_agent(site: Site, request):
             print(f"--- agent log {a.log.name} ---\n{a.output()[-4000:]}")
 
 
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    """Real servers on loopback, started on first use, stopped at the end."""
+    from servers import Servers
+
+    s = Servers(tmp_path_factory.mktemp("servers"))
+    yield s
+    s.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    from servers import VERSIONS
+
+    if VERSIONS:
+        terminalreporter.write_sep("-", "servers used")
+        for kind, version in sorted(VERSIONS.items()):
+            terminalreporter.write_line(f"{kind}: {version}")
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads():
     before = set(threading.enumerate())

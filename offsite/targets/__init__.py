@@ -13,6 +13,10 @@ def make_target(job: Job) -> Target:
         from .local import LocalTarget
 
         return LocalTarget(job.location.options["path"], job.folder)
+    if kind == "sftp":
+        from .sftp import SftpTarget
+
+        return SftpTarget(job.location.options, job.folder)
     raise PermanentError(
         f"job {job.name}: target type {kind!r} is accepted in agent.toml but not built into this "
         "version of offsite yet"

@@ -1,0 +1,184 @@
+"""What SFTP, FTP/FTPS and SMB targets share: a remote file system with rename.
+
+`RemoteFileTarget` implements the whole Target contract on a few primitives each protocol
+module provides (stat, list a folder, make folders, write at an offset, rename, remove).
+Uploads are staged as `<folder>/.offsite/staging/<hash>-<size>-<mtime>.part`, resumed from
+the staged file's size, checked for size, and published with one rename.
+"""
+from __future__ import annotations
+
+import abc
+import posixpath
+from typing import BinaryIO, Iterator
+
+from ..errors import PermanentError, TransientError
+from ..selection import RemoteFile
+from .base import AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, staging_stem
+
+
+class Entry:
+    __slots__ = ("name", "is_dir", "size", "mtime_ns")
+
+    def __init__(self, name: str, is_dir: bool, size: int = 0, mtime_ns: int | None = None) -> None:
+        self.name, self.is_dir, self.size, self.mtime_ns = name, is_dir, size, mtime_ns
+
+
+class RemoteFileTarget(Target):
+    """A target on a remote file system; subclasses provide the primitives below."""
+
+    resumable = True
+    CHUNK = 1024 * 1024
+
+    def __init__(self, location_path: str, folder: str) -> None:
+        self.location = location_path.rstrip("/") or "/"
+        self.root = posixpath.join(self.location, folder)
+        self.agent = posixpath.join(self.root, AGENT_DIR)
+        self.staging = posixpath.join(self.agent, "staging")
+
+    # ---------------------------------------------------------------- primitives
+    @abc.abstractmethod
+    def _connect(self) -> None:
+        """Connect and authenticate (raising offsite errors)."""
+
+    @abc.abstractmethod
+    def _size(self, path: str) -> int | None:
+        """The size of a file, or None if there is none."""
+
+    @abc.abstractmethod
+    def _is_dir(self, path: str) -> bool:
+        """Does this folder exist?"""
+
+    @abc.abstractmethod
+    def _listdir(self, path: str) -> list[Entry]:
+        """The entries of a folder."""
+
+    @abc.abstractmethod
+    def _mkdir(self, path: str) -> None:
+        """Create one folder whose parent exists; an existing folder is fine."""
+
+    @abc.abstractmethod
+    def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> None:
+        """Write src[offset:size] at `offset` of `path` (created or truncated to `offset`)."""
+
+    @abc.abstractmethod
+    def _rename(self, src: str, dst: str) -> None:
+        """Move src to dst, replacing dst, as one step where the protocol allows."""
+
+    @abc.abstractmethod
+    def _remove(self, path: str) -> None:
+        """Remove a file; a missing file is fine."""
+
+    def _set_mtime(self, path: str, mtime_ns: int) -> None:
+        """Set the modification time where the protocol can (keeps_mtime)."""
+
+    def _put_small(self, path: str, data: bytes) -> None:
+        import io
+
+        self._write(path, 0, io.BytesIO(data), len(data), lambda n: None)
+
+    @abc.abstractmethod
+    def _get_small(self, path: str) -> bytes | None:
+        """A small file's content, or None if there is none."""
+
+    # ---------------------------------------------------------------- the contract
+    def open(self, create: bool = True) -> None:
+        self._connect()
+        if not self._is_dir(self.location):
+            raise PermanentError(f"the location path {self.location} does not exist on {self.describe_server()}")
+        if create:
+            self._makedirs(self.staging)
+
+    def describe(self) -> str:
+        return f"{self.describe_server()}:{self.root}"
+
+    @abc.abstractmethod
+    def describe_server(self) -> str:
+        """user@host:port, without secrets."""
+
+    def _makedirs(self, path: str) -> None:
+        missing = []
+        p = path
+        while p not in ("/", "", self.location) and not self._is_dir(p):
+            missing.append(p)
+            p = posixpath.dirname(p)
+        for d in reversed(missing):
+            self._mkdir(d)
+
+    def _walk(self, path: str, rel: str) -> Iterator[tuple[str, Entry]]:
+        for e in self._listdir(path):
+            if e.name in (".", ".."):
+                continue
+            r = f"{rel}/{e.name}" if rel else e.name
+            if e.is_dir:
+                if not rel and e.name == AGENT_DIR:
+                    continue
+                yield from self._walk(posixpath.join(path, e.name), r)
+            else:
+                yield r, e
+
+    def list(self) -> dict[str, RemoteFile]:
+        if not self._is_dir(self.root):
+            return {}
+        return {r: RemoteFile(e.size, e.mtime_ns if self.keeps_mtime else None)
+                for r, e in self._walk(self.root, "")}
+
+    def read_owner(self) -> str | None:
+        data = self._get_small(posixpath.join(self.agent, OWNER_FILE))
+        return data.decode("utf-8").strip() or None if data is not None else None
+
+    def write_owner(self, owner: str) -> None:
+        self._makedirs(self.agent)
+        tmp = posixpath.join(self.agent, OWNER_FILE + ".tmp")
+        self._put_small(tmp, (owner + "\n").encode("utf-8"))
+        self._rename(tmp, posixpath.join(self.agent, OWNER_FILE))
+
+    def _staged(self, relpath: str, size: int, mtime_ns: int) -> str:
+        return posixpath.join(self.staging, f"{staging_stem(relpath)}-{size}-{mtime_ns}.part")
+
+    def _final(self, relpath: str) -> str:
+        return posixpath.join(self.root, check_relpath(relpath))
+
+    def upload(self, relpath: str, src: BinaryIO, size: int, mtime_ns: int, progress: Progress) -> int:
+        check_relpath(relpath)
+        staged = self._staged(relpath, size, mtime_ns)
+        self._discard_others(relpath, keep=posixpath.basename(staged))
+        offset = self._size(staged) or 0
+        if offset > size:
+            offset = 0
+        self._write(staged, offset, src, size, progress)
+        return size - offset
+
+    def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
+        final = self._final(relpath)
+        staged = self._staged(relpath, size, mtime_ns)
+        got = self._size(staged)
+        if got is None:
+            raise TransientError(f"nothing is staged for {relpath}: sending it again")
+        if got != size:
+            self._remove(staged)
+            raise TransientError(f"the staged copy of {relpath} has {got} bytes, not {size}: sending it again")
+        self._set_mtime(staged, mtime_ns)
+        self._makedirs(posixpath.dirname(final))
+        self._rename(staged, final)
+
+    def discard(self, relpath: str) -> None:
+        self._discard_others(relpath, keep=None)
+
+    def _discard_others(self, relpath: str, keep: str | None) -> None:
+        stem = staging_stem(relpath) + "-"
+        if not self._is_dir(self.staging):
+            return
+        for e in self._listdir(self.staging):
+            if e.name.startswith(stem) and e.name != keep:
+                self._remove(posixpath.join(self.staging, e.name))
+
+    def delete(self, relpath: str) -> None:
+        self._remove(self._final(relpath))
+
+    def probe(self) -> None:
+        tmp, final = posixpath.join(self.agent, PROBE_NAME + ".tmp"), posixpath.join(self.agent, PROBE_NAME)
+        self._put_small(tmp, b"offsite probe\n")
+        self._rename(tmp, final)
+        if self._get_small(final) != b"offsite probe\n":
+            raise PermanentError(f"the probe file in {self.agent} did not read back as written")
+        self._remove(final)

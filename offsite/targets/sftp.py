@@ -1,0 +1,223 @@
+"""The `sftp` target: paramiko, host keys always verified.
+
+Tuning from reference/servers.md: AES-GCM preferred (the CTR and CBC ciphers are disabled),
+pipelined 1 MiB writes, 255 KiB requests for OpenSSH servers (32 KiB, the protocol's
+guarantee, for others), and the default channel window (a large one makes paramiko slow).
+Publishing uses posix-rename@openssh.com where the server offers it.
+"""
+from __future__ import annotations
+
+import base64
+import errno
+import socket
+import stat
+from typing import Any, BinaryIO, Mapping
+
+import paramiko
+
+from ..errors import PermanentError, TransientError
+from .base import Progress
+from .filesystem import Entry, RemoteFileTarget
+
+_SLOW_CIPHERS = ["aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]
+OPENSSH_REQUEST = 261120  # what OpenSSH's sftp-server advertises (limits@openssh.com)
+TIMEOUT = 30.0
+
+
+class SftpTarget(RemoteFileTarget):
+    keeps_mtime = True
+
+    def __init__(self, options: Mapping[str, Any], folder: str) -> None:
+        super().__init__(options["path"], folder)
+        self.o = options
+        self.client: paramiko.SSHClient | None = None
+        self.sftp: paramiko.SFTPClient | None = None
+        self.request_size = 32768
+
+    def describe_server(self) -> str:
+        return f"sftp {self.o['username']}@{self.o['host']}:{self.o['port']}"
+
+    # ---------------------------------------------------------------- connection
+    def _connect(self) -> None:
+        client = paramiko.SSHClient()
+        where = f"{self.o['host']}:{self.o['port']}"
+        try:
+            if self.o.get("host_key"):
+                key = _parse_host_key(self.o["host_key"])
+                name = self.o["host"] if self.o["port"] == 22 else f"[{self.o['host']}]:{self.o['port']}"
+                client.get_host_keys().add(name, key.get_name(), key)
+            elif self.o.get("known_hosts"):
+                client.load_host_keys(str(self.o["known_hosts"]))
+            if self.o.get("accept_new_host_key"):
+                client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            else:
+                client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        except (OSError, paramiko.SSHException, ValueError) as e:
+            raise PermanentError(f"cannot read the host keys for {where}: {e}") from None
+        passphrase = self.o.get("key_passphrase")
+        password = self.o.get("password")
+        try:
+            client.connect(
+                self.o["host"], self.o["port"], username=self.o["username"],
+                key_filename=str(self.o["key_file"]) if self.o.get("key_file") else None,
+                passphrase=passphrase.reveal() if passphrase else None,
+                password=password.reveal() if password else None,
+                look_for_keys=False, allow_agent=False, compress=bool(self.o.get("compress")),
+                timeout=TIMEOUT, banner_timeout=TIMEOUT, auth_timeout=TIMEOUT,
+                disabled_algorithms={"ciphers": _SLOW_CIPHERS},
+            )
+            if self.o.get("accept_new_host_key") and self.o.get("known_hosts"):
+                client.save_host_keys(str(self.o["known_hosts"]))  # remember what was accepted
+            self.sftp = client.open_sftp()
+            self.sftp.get_channel().settimeout(TIMEOUT)
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise PermanentError(
+                f"the host key of {where} does not match the known one: refusing to connect "
+                "(if the server was reinstalled, update known_hosts)") from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise PermanentError(f"authentication failed for {self.o['username']}@{where}") from None
+        except paramiko.PasswordRequiredException:
+            client.close()
+            raise PermanentError(f"the key file {self.o.get('key_file')} needs key_passphrase") from None
+        except paramiko.SSHException as e:
+            client.close()
+            if "known_hosts" in str(e):
+                raise PermanentError(
+                    f"the host key of {where} is unknown: add it to known_hosts, give host_key, "
+                    "or set accept_new_host_key = true") from None
+            raise TransientError(f"SSH connection to {where} failed: {e}") from None
+        except (socket.timeout, TimeoutError):
+            client.close()
+            raise TransientError(f"the connection to {where} timed out") from None
+        except ConnectionRefusedError:
+            client.close()
+            raise TransientError(f"the connection to {where} was refused") from None
+        except OSError as e:
+            client.close()
+            if isinstance(e, FileNotFoundError) and self.o.get("key_file"):
+                raise PermanentError(f"the key file {self.o['key_file']} does not exist") from None
+            raise TransientError(f"cannot connect to {where}: {e.strerror or e}") from None
+        self.client = client
+        if "openssh" in (client.get_transport().remote_version or "").lower():
+            self.request_size = OPENSSH_REQUEST
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001 - closing never fails the caller
+                pass
+        self.client, self.sftp = None, None
+
+    def _call(self, what: str, fn, *args):
+        """Run one SFTP call, translating failures into offsite's errors."""
+        if self.sftp is None:
+            raise TransientError(f"not connected to {self.describe_server()}")
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            raise
+        except PermissionError:
+            raise PermanentError(f"permission denied on {what} on {self.describe_server()}") from None
+        except (socket.timeout, TimeoutError, ConnectionError) as e:
+            raise TransientError(f"{what} on {self.describe_server()}: {e}") from None
+        except OSError as e:
+            # SFTP v3 reports most server-side errors, a full disk among them, as "Failure".
+            if e.errno == errno.ENOSPC:
+                raise PermanentError(f"the disk of {self.describe_server()} is full while writing {what}") from None
+            raise PermanentError(f"{what} failed on {self.describe_server()}: {e}") from None
+        except (paramiko.SSHException, EOFError) as e:
+            raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {e}") from None
+
+    # ---------------------------------------------------------------- primitives
+    def _stat(self, path: str):
+        try:
+            return self._call(path, self.sftp.stat, path)
+        except FileNotFoundError:
+            return None
+
+    def _size(self, path: str) -> int | None:
+        st = self._stat(path)
+        return None if st is None or stat.S_ISDIR(st.st_mode or 0) else st.st_size
+
+    def _is_dir(self, path: str) -> bool:
+        st = self._stat(path)
+        return st is not None and stat.S_ISDIR(st.st_mode or 0)
+
+    def _listdir(self, path: str) -> list[Entry]:
+        try:
+            attrs = self._call(path, self.sftp.listdir_attr, path)
+        except FileNotFoundError:
+            return []
+        return [Entry(a.filename, stat.S_ISDIR(a.st_mode or 0), a.st_size or 0,
+                      int(a.st_mtime) * 1_000_000_000 if a.st_mtime is not None else None) for a in attrs]
+
+    def _mkdir(self, path: str) -> None:
+        try:
+            self._call(path, self.sftp.mkdir, path)
+        except (PermanentError, FileNotFoundError):
+            if not self._is_dir(path):
+                raise
+
+    def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> None:
+        def body() -> None:
+            with self.sftp.open(path, "r+b" if offset else "wb", bufsize=self.CHUNK) as dst:
+                dst.MAX_REQUEST_SIZE = self.request_size
+                dst.set_pipelined(True)
+                if offset:
+                    dst.truncate(offset)
+                    dst.seek(offset)
+                src.seek(offset)
+                pos = offset
+                while pos < size:
+                    data = src.read(min(self.CHUNK, size - pos))
+                    if not data:
+                        raise TransientError(f"the source ended at {pos} of {size} bytes")
+                    dst.write(data)
+                    pos += len(data)
+                    progress(len(data))
+
+        try:
+            self._call(path, body)
+        except FileNotFoundError:
+            raise PermanentError(f"the staging folder is missing on {self.describe_server()}") from None
+
+    def _set_mtime(self, path: str, mtime_ns: int) -> None:
+        t = mtime_ns / 1e9
+        self._call(path, self.sftp.utime, path, (t, t))
+
+    def _rename(self, src: str, dst: str) -> None:
+        try:
+            self._call(dst, self.sftp.posix_rename, src, dst)
+        except (PermanentError, OSError):
+            # No posix-rename: plain SFTP rename refuses to replace, so remove the old one first.
+            self._remove(dst)
+            self._call(dst, self.sftp.rename, src, dst)
+
+    def _remove(self, path: str) -> None:
+        try:
+            self._call(path, self.sftp.remove, path)
+        except FileNotFoundError:
+            pass
+
+    def _get_small(self, path: str) -> bytes | None:
+        try:
+            def read() -> bytes:
+                with self.sftp.open(path, "rb") as f:
+                    return f.read()
+            return self._call(path, read)
+        except FileNotFoundError:
+            return None
+
+
+def _parse_host_key(text: str) -> paramiko.PKey:
+    """'ssh-ed25519 AAAA...' (as in known_hosts, with or without the host name)."""
+    parts = text.split()
+    if len(parts) >= 3 and not parts[0].startswith(("ssh-", "ecdsa-")):
+        parts = parts[1:]
+    if len(parts) < 2:
+        raise ValueError("host_key must look like 'ssh-ed25519 AAAA...'")
+    return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
+

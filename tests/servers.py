@@ -1,0 +1,169 @@
+"""Real servers on 127.0.0.1 for the target tests (recipes: reference/servers.md).
+
+Each server starts once per test session, on a free port, with all its state under the
+session's scratch folder; it is stopped by pid at the end. A server that cannot start
+raises, so its tests fail with the reason: they are never silently skipped.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VERSIONS: dict[str, str] = {}  # printed at the end of the test run
+PASSWORD = "Srvtest-Pass1"  # the test user's password on every server
+SMB_USER = "srvtest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port} within {timeout}s: {log.read_text()[-2000:]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()  # PID 1 here reaps zombies late: count them as gone
+    except FileNotFoundError:
+        return False
+
+
+class Server:
+    name = "server"
+
+    def __init__(self, base: Path) -> None:
+        self.base = base / self.name
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.procs: list[subprocess.Popen] = []
+        self.log = self.base / "server.log"
+
+    def spawn(self, argv: list[str], **kw) -> subprocess.Popen:
+        log = open(self.log, "ab")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            while _alive(p.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(p.pid):
+                os.killpg(p.pid, signal.SIGKILL)
+            try:
+                p.wait(1)
+            except subprocess.TimeoutExpired:
+                pass
+        self.procs = []
+
+
+def _run(*argv: str, **kw) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout
+
+
+class SSHD(Server):
+    """OpenSSH sshd, key authentication for root."""
+
+    name = "sftp"
+
+    def start(self) -> None:
+        b = self.base
+        for key in ("host_ed25519", "client_ed25519"):
+            if not (b / key).exists():
+                _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(b / key))
+        shutil.copy(b / "client_ed25519.pub", b / "authorized_keys")
+        os.chmod(b / "authorized_keys", 0o644)
+        self.root = b / "root"
+        self.root.mkdir(exist_ok=True)
+        self.port = free_port()
+        (b / "sshd_config").write_text(f"""Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {b}/host_ed25519
+PidFile {b}/sshd.pid
+AuthorizedKeysFile {b}/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+X11Forwarding no
+AllowTcpForwarding no
+Subsystem sftp internal-sftp
+""")
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        _run("/usr/sbin/sshd", "-t", "-f", str(b / "sshd_config"))
+        p = self.spawn(["/usr/sbin/sshd", "-D", "-e", "-f", str(b / "sshd_config")])
+        wait_port(self.port, p, self.log)
+        keys = _run("ssh-keyscan", "-t", "ed25519", "-p", str(self.port), "127.0.0.1")
+        if not keys.strip():
+            raise RuntimeError("ssh-keyscan found no host key")
+        (b / "known_hosts").write_text(keys)
+        VERSIONS["sftp"] = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+
+    def options(self, path: Path | None = None) -> dict:
+        return {"type": "sftp", "host": "127.0.0.1", "port": self.port, "path": str(path or self.root),
+                "username": "root", "key_file": str(self.base / "client_ed25519"),
+                "known_hosts": str(self.base / "known_hosts")}
+
+
+SERVERS = {"sftp": SSHD}
+
+
+class Servers:
+    """Starts each kind of server on first use; stops them all at the end."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.running: dict[str, Server] = {}
+
+    def get(self, kind: str) -> Server:
+        if kind not in self.running:
+            server = SERVERS[kind](self.base)
+            try:
+                server.start()
+            except Exception:
+                server.stop()
+                raise
+            self.running[kind] = server
+        return self.running[kind]
+
+    def stop(self) -> None:
+        for s in self.running.values():
+            s.stop()
+
+
+if __name__ == "__main__":  # start one by hand: python tests/servers.py sftp
+    import json
+    import tempfile
+
+    servers = Servers(Path(tempfile.mkdtemp()))
+    s = servers.get(sys.argv[1])
+    print(json.dumps(s.options(), indent=1))
+    try:
+        signal.pause()
+    finally:
+        servers.stop()

@@ -1,0 +1,227 @@
+"""The target contract: one suite that every target type passes against a real server.
+
+A new target is one entry in KINDS and one server in servers.py. Differences between
+targets come from what each target declares (resumable, keeps_mtime), never from test
+branches on the type.
+"""
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from offsite import config
+from offsite.errors import Interrupted, PermanentError, TransientError
+from offsite.targets import make_target
+from offsite.targets.base import Target
+
+KINDS = ["local", "sftp"]
+MiB = 1024 * 1024
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    return "'" + str(v) + "'"
+
+
+class Remote:
+    """One target kind at one test: builds targets and looks at the server side directly."""
+
+    def __init__(self, kind: str, servers, tmp_path: Path) -> None:
+        self.kind = kind
+        self.tmp = tmp_path
+        if kind == "local":
+            self.location_dir = tmp_path / "drive"
+            self.location_dir.mkdir()
+            self.options = {"type": "local", "path": str(self.location_dir)}
+        else:
+            server = servers.get(kind)
+            self.location_dir = server.root / uuid.uuid4().hex[:8]
+            self.location_dir.mkdir()
+            self.options = server.options(self.location_dir)
+        self.src = tmp_path / "src"
+        self.src.mkdir(exist_ok=True)
+
+    def job(self, folder: str = "job", **override):
+        opts = {**self.options, **override}
+        lines = "\n".join(f"{k} = {toml_value(v)}" for k, v in opts.items())
+        cfg = self.tmp / "agent.toml"
+        cfg.write_text(f"[locations.t]\n{lines}\n\n[[jobs]]\nname = 'j'\nsource = '{self.src}'\n"
+                       f"location = 't'\nfolder = '{folder}'\n")
+        os.chmod(cfg, 0o600)
+        return config.load(cfg).jobs[0]
+
+    def target(self, folder: str = "job", **override) -> Target:
+        t = make_target(self.job(folder, **override))
+        t.open()
+        return t
+
+    def server_files(self, folder: str = "job") -> dict[str, bytes]:
+        """Everything under the job folder on the server, the agent's folder included."""
+        root = self.location_dir / folder
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(params=KINDS)
+def remote(request, servers, tmp_path) -> Remote:
+    return Remote(request.param, servers, tmp_path)
+
+
+def source(tmp_path: Path, size: int, name: str = "src.bin") -> tuple[Path, int, int]:
+    p = tmp_path / name
+    p.write_bytes(os.urandom(size))
+    st = p.stat()
+    return p, st.st_size, st.st_mtime_ns
+
+
+def send(t: Target, relpath: str, path: Path, progress=lambda n: None) -> int:
+    st = path.stat()
+    with open(path, "rb") as f:
+        sent = t.upload(relpath, f, st.st_size, st.st_mtime_ns, progress)
+    t.publish(relpath, st.st_size, st.st_mtime_ns)
+    return sent
+
+
+def test_upload_is_invisible_until_published_then_complete(remote, tmp_path):
+    t = remote.target()
+    p, size, mtime = source(tmp_path, 3 * MiB + 17)
+    with open(p, "rb") as f:
+        assert t.upload("C_VOL-b001.spf", f, size, mtime, lambda n: None) == size
+    assert t.list() == {}
+    assert "C_VOL-b001.spf" not in remote.server_files()
+    t.publish("C_VOL-b001.spf", size, mtime)
+    listed = t.list()
+    assert set(listed) == {"C_VOL-b001.spf"} and listed["C_VOL-b001.spf"].size == size
+    if t.keeps_mtime:
+        assert abs(listed["C_VOL-b001.spf"].mtime_ns - mtime) < 2e9
+    files = remote.server_files()
+    assert files["C_VOL-b001.spf"] == p.read_bytes()
+    assert not [f for f in files if f.startswith(".offsite/staging/")]  # nothing left staged
+    t.close()
+
+
+def test_an_interrupted_upload_resumes_or_starts_over(remote, tmp_path):
+    t = remote.target()
+    p, size, mtime = source(tmp_path, 12 * MiB)
+    done = []
+
+    def stop_half_way(n):
+        done.append(n)
+        if sum(done) >= 6 * MiB:
+            raise Interrupted("window closed")
+
+    with open(p, "rb") as f, pytest.raises(Interrupted):
+        t.upload("a/b.spf", f, size, mtime, stop_half_way)
+    t.close()
+    t = remote.target()  # a new connection, as after a restart
+    assert t.list() == {}
+    sent = send(t, "a/b.spf", p)
+    if t.resumable:
+        assert sent <= size - 4 * MiB  # most of what was sent before is kept
+    else:
+        assert sent == size
+    assert remote.server_files()["a/b.spf"] == p.read_bytes()
+    t.close()
+
+
+def test_publish_refuses_an_incomplete_upload(remote, tmp_path):
+    t = remote.target()
+    p, size, mtime = source(tmp_path, 1000)
+    with open(p, "rb") as f:
+        t.upload("x.spf", f, size, mtime, lambda n: None)
+    with pytest.raises(TransientError):
+        t.publish("x.spf", size + 1, mtime)  # the size the agent expects is not what was staged
+    assert t.list() == {}
+    t.close()
+
+
+def test_a_new_version_replaces_the_old_one(remote, tmp_path):
+    t = remote.target()
+    p, _, _ = source(tmp_path, 5000)
+    send(t, "x.mrimg", p)
+    p.write_bytes(os.urandom(7000))
+    send(t, "x.mrimg", p)
+    assert t.list()["x.mrimg"].size == 7000
+    assert remote.server_files()["x.mrimg"] == p.read_bytes()
+    t.close()
+
+
+def test_delete_and_a_delete_that_finds_nothing(remote, tmp_path):
+    t = remote.target()
+    p, _, _ = source(tmp_path, 10)
+    send(t, "d/x.spi", p)
+    t.delete("d/x.spi")
+    assert t.list() == {}
+    t.delete("d/x.spi")  # a retried delete that finds nothing succeeded
+    t.delete("never/was.spi")
+    t.close()
+
+
+def test_owner_id_create_read_replace(remote):
+    t = remote.target()
+    assert t.read_owner() is None
+    t.write_owner("job-a:1")
+    assert t.read_owner() == "job-a:1"
+    t2 = remote.target()
+    assert t2.read_owner() == "job-a:1"  # another connection sees it
+    t2.write_owner("job-b:2")  # reinit
+    assert t.read_owner() == "job-b:2"
+    assert t.list() == {}  # the agent's folder is never listed
+    t.close()
+    t2.close()
+
+
+def test_the_job_folder_is_created_under_an_existing_location(remote):
+    t = remote.target(folder="deep/er/job")
+    t.probe()
+    assert (remote.location_dir / "deep/er/job/.offsite").is_dir()
+    t.close()
+
+
+def test_a_missing_location_path_is_reported_as_such(remote):
+    missing = str(remote.location_dir / "not-there")
+    t = make_target(remote.job(path=missing))
+    with pytest.raises(PermanentError, match="location path .*not-there does not exist"):
+        t.open()
+    t.close()
+    assert not Path(missing).exists()
+
+
+AWKWARD = [
+    "with space/C_VOL-b001.spf",
+    "Système Réservé_VOL-b001.spf",
+    "O'Brien's PC/C_VOL-b001.spf",
+    "日本語/データ-b001.spf",
+    "a/b/c/d/e/f/C_VOL-b001-i001.spi",
+    "L" * 200 + "-b001.spf",
+    "semi;colon & amp/x-b001.spf",
+]
+
+
+@pytest.mark.parametrize("name", AWKWARD, ids=range(len(AWKWARD)))
+def test_awkward_names(remote, tmp_path, name):
+    t = remote.target()
+    p, size, _ = source(tmp_path, 2048)
+    send(t, name, p)
+    assert set(t.list()) == {name}
+    assert remote.server_files()[name] == p.read_bytes()
+    t.delete(name)
+    assert t.list() == {}
+    t.close()
+
+
+@pytest.mark.parametrize("bad", ["../escape.spf", "/abs.spf", ".offsite/owner", "a/../../x.spf"])
+def test_nothing_is_written_outside_the_job_folder(remote, bad):
+    t = remote.target()
+    with pytest.raises(PermanentError):
+        t.upload(bad, io.BytesIO(b"x"), 1, 0, lambda n: None)
+    with pytest.raises(PermanentError):
+        t.delete(bad)
+    assert not (remote.location_dir / "escape.spf").exists()
+    t.close()
