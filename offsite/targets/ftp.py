@@ -1,0 +1,196 @@
+"""The `ftp` and `ftps` targets: the standard library's ftplib.
+
+FTPS is explicit TLS (AUTH TLS) with the server certificate verified (`ca_file` for a
+private CA) and the TLS session reused on the data channel, which strict servers require
+(CPython #63699). FTP has no checksums, so publish() checks the size with SIZE: a peer can
+drop the tail of a TLS stream without an error. Uploads resume with REST + STOR.
+"""
+from __future__ import annotations
+
+import ftplib
+import io
+import socket
+import ssl
+from datetime import datetime, timezone
+from typing import Any, BinaryIO, Callable, Mapping
+
+from ..errors import PermanentError, TransientError
+from .base import Progress
+from .filesystem import Entry, RemoteFileTarget
+
+TIMEOUT = 30.0
+BLOCK = 1024 * 1024
+
+
+class _FTP_TLS(ftplib.FTP_TLS):
+    """FTP_TLS that reuses the control connection's TLS session on data connections."""
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
+        return conn, size
+
+
+class _Limited(io.RawIOBase):
+    """Reads at most `left` bytes of `src`: what was there when the upload started."""
+
+    def __init__(self, src: BinaryIO, left: int) -> None:
+        self.src, self.left = src, left
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.src.read(n) if n else b""
+        self.left -= len(data)
+        return data
+
+
+class FtpTarget(RemoteFileTarget):
+    keeps_mtime = False  # MFMT is not universal; sizes decide
+
+    def __init__(self, options: Mapping[str, Any], folder: str, tls: bool) -> None:
+        super().__init__(options["path"], folder)
+        self.o = options
+        self.tls = tls
+        self.ftp: ftplib.FTP | None = None
+
+    def describe_server(self) -> str:
+        return f"{'ftps' if self.tls else 'ftp'} {self.o['username']}@{self.o['host']}:{self.o['port']}"
+
+    def _connect(self) -> None:
+        where = f"{self.o['host']}:{self.o['port']}"
+        if self.tls:
+            try:
+                ctx = ssl.create_default_context(cafile=str(self.o["ca_file"]) if self.o.get("ca_file") else None)
+            except (OSError, ssl.SSLError) as e:
+                raise PermanentError(f"cannot load ca_file {self.o.get('ca_file')}: {e}") from None
+            ftp: ftplib.FTP = _FTP_TLS(context=ctx, timeout=TIMEOUT)
+        else:
+            ftp = ftplib.FTP(timeout=TIMEOUT)
+        ftp.encoding = "utf-8"
+        password = self.o.get("password")
+        try:
+            ftp.connect(self.o["host"], self.o["port"])
+            ftp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # long STORs idle the control link
+            if self.tls:
+                ftp.auth()
+            ftp.login(self.o["username"], password.reveal() if password else "")
+            if self.tls:
+                ftp.prot_p()
+            ftp.set_pasv(bool(self.o.get("passive", True)))
+            ftp.voidcmd("TYPE I")
+        except ssl.SSLCertVerificationError as e:
+            ftp.close()
+            raise PermanentError(f"the TLS certificate of {where} could not be verified ({e.verify_message}); "
+                                 "set ca_file for a private CA") from None
+        except ftplib.error_perm as e:
+            ftp.close()
+            if str(e).startswith("530"):
+                raise PermanentError(f"authentication failed for {self.o['username']}@{where}") from None
+            raise PermanentError(f"{where} refused the session: {_reply(e)}") from None
+        except ConnectionRefusedError:
+            ftp.close()
+            raise TransientError(f"the connection to {where} was refused") from None
+        except (OSError, EOFError, ftplib.Error) as e:
+            ftp.close()
+            raise TransientError(f"cannot connect to {where}: {e}") from None
+        self.ftp = ftp
+
+    def close(self) -> None:
+        if self.ftp is not None:
+            try:
+                self.ftp.quit()
+            except Exception:  # noqa: BLE001 - closing never fails the caller
+                self.ftp.close()
+        self.ftp = None
+
+    def _call(self, what: str, fn: Callable, *args, missing_ok: bool = False, **kw):
+        if self.ftp is None:
+            raise TransientError(f"not connected to {self.describe_server()}")
+        try:
+            return fn(*args, **kw)
+        except ftplib.error_perm as e:
+            if missing_ok and str(e).startswith("550"):
+                return None
+            if str(e).startswith("552"):
+                raise PermanentError(f"the storage of {self.describe_server()} is full while writing {what}") from None
+            raise PermanentError(f"{what} failed on {self.describe_server()}: {_reply(e)}") from None
+        except ftplib.error_temp as e:
+            raise TransientError(f"{what} on {self.describe_server()}: {_reply(e)}") from None
+        except (OSError, EOFError, ftplib.Error) as e:
+            raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {e}") from None
+
+    # ---------------------------------------------------------------- primitives
+    def _size(self, path: str) -> int | None:
+        def size() -> int | None:
+            self.ftp.voidcmd("TYPE I")  # listings switch to ASCII, where SIZE is refused
+            return self.ftp.size(path)
+        return self._call(path, size, missing_ok=True)
+
+    def _is_dir(self, path: str) -> bool:
+        ok = self._call(path, self.ftp.cwd, path, missing_ok=True)
+        return ok is not None
+
+    def _listdir(self, path: str) -> list[Entry]:
+        rows = self._call(path, lambda: list(self.ftp.mlsd(path, facts=["type", "size", "modify"])),
+                          missing_ok=True) or []
+        out = []
+        for name, facts in rows:
+            kind = facts.get("type", "file")
+            if kind in ("cdir", "pdir"):
+                continue
+            out.append(Entry(name, kind == "dir", int(facts.get("size", 0) or 0), _mtime(facts.get("modify"))))
+        return out
+
+    def _mkdir(self, path: str) -> None:
+        try:
+            self._call(path, self.ftp.mkd, path)
+        except PermanentError:
+            if not self._is_dir(path):
+                raise
+
+    def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> int:
+        if offset:
+            try:
+                self._call(path, self.ftp.sendcmd, f"REST {offset}")
+                self.ftp.sendcmd("REST 0")  # only probing: storbinary sends its own REST
+            except PermanentError:
+                offset = 0  # no resume on this server: start over
+        src.seek(offset)
+        reader = _Limited(src, size - offset)
+        self._call(path, self.ftp.storbinary, f"STOR {path}", reader, blocksize=BLOCK,
+                   callback=lambda block: progress(len(block)), rest=offset or None)
+        return size - offset
+
+    def _rename(self, src: str, dst: str) -> None:
+        try:
+            self._call(dst, self.ftp.rename, src, dst)
+        except PermanentError:
+            self._remove(dst)  # servers that refuse to replace: remove, then rename
+            self._call(dst, self.ftp.rename, src, dst)
+
+    def _remove(self, path: str) -> None:
+        if self._size(path) is not None:
+            self._call(path, self.ftp.delete, path, missing_ok=True)
+
+    def _get_small(self, path: str) -> bytes | None:
+        buf = io.BytesIO()
+        done = self._call(path, self.ftp.retrbinary, f"RETR {path}", buf.write, missing_ok=True)
+        return None if done is None else buf.getvalue()
+
+
+def _reply(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _mtime(modify: str | None) -> int | None:
+    if not modify:
+        return None
+    try:
+        t = datetime.strptime(modify[:14], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return int(t.timestamp()) * 1_000_000_000
