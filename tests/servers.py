@@ -56,23 +56,30 @@ class Server:
         self.procs: list[subprocess.Popen] = []
         self.log = self.base / "server.log"
 
-    def spawn(self, argv: list[str], **kw) -> subprocess.Popen:
+    def spawn(self, argv: list[str], new_session: bool = True) -> subprocess.Popen:
+        """Start a server in its own process group (smbd makes its own: new_session=False)."""
         log = open(self.log, "ab")
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, **kw)
+                             start_new_session=new_session)
         self.procs.append(p)
         return p
 
     def stop(self) -> None:
         for p in self.procs:
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    p.terminate()
         deadline = time.monotonic() + 10
         for p in self.procs:
             while _alive(p.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if _alive(p.pid):
-                os.killpg(p.pid, signal.SIGKILL)
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    p.kill()
             try:
                 p.wait(1)
             except subprocess.TimeoutExpired:
@@ -172,7 +179,76 @@ class FTPSD(FTPD):
     tls = True
 
 
-SERVERS = {"sftp": SSHD, "ftp": FTPD, "ftps": FTPSD}
+class Samba(Server):
+    """Samba smbd with one writable share and one read-only share, user srvtest."""
+
+    name = "smb"
+
+    def start(self) -> None:
+        b = self.base
+        self.root = b / "share"
+        self.readonly = b / "readonly"
+        for d in (self.root, self.readonly, *(b / x for x in ("run", "lock", "state", "cache", "private", "ncalrpc", "log"))):
+            d.mkdir(exist_ok=True)
+        if subprocess.run(["id", SMB_USER], capture_output=True).returncode != 0:
+            _run("useradd", "--no-create-home", "--home-dir", str(self.root), "--shell", "/usr/sbin/nologin", SMB_USER)
+        self.port = free_port()
+        conf = b / "smb.conf"
+        conf.write_text(f"""[global]
+   server role = standalone server
+   workgroup = WORKGROUP
+   netbios name = OFFSITETEST
+   interfaces = 127.0.0.1
+   bind interfaces only = yes
+   smb ports = {self.port}
+   disable netbios = yes
+   server min protocol = SMB2_02
+   pid directory = {b}/run
+   lock directory = {b}/lock
+   state directory = {b}/state
+   cache directory = {b}/cache
+   private dir = {b}/private
+   ncalrpc dir = {b}/ncalrpc
+   binddns dir = {b}/private
+   log file = {b}/log/log.%m
+   log level = 1
+   passdb backend = tdbsam:{b}/private/passdb.tdb
+   map to guest = never
+   load printers = no
+   printing = bsd
+   printcap name = /dev/null
+   disable spoolss = yes
+   usershare path =
+[share]
+   path = {self.root}
+   read only = no
+   valid users = {SMB_USER}
+   force user = root
+[readonly]
+   path = {self.readonly}
+   read only = yes
+   valid users = {SMB_USER}
+""")
+        subprocess.run(["smbpasswd", "-c", str(conf), "-a", "-s", SMB_USER], input=f"{PASSWORD}\n{PASSWORD}\n",
+                       capture_output=True, text=True, check=True)
+        # smbd --foreground calls setsid() itself, which fails in a session we already made.
+        p = self.spawn(["smbd", "--foreground", "--debug-stdout", "-s", str(conf)], new_session=False)
+        wait_port(self.port, p, self.log)
+        deadline = time.monotonic() + 20
+        while subprocess.run(["smbclient", "//127.0.0.1/share", "-p", str(self.port), "-U", f"{SMB_USER}%{PASSWORD}",
+                              "-c", "ls"], capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"smbd does not serve the share: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        VERSIONS["smb"] = "Samba " + _run("smbd", "--version").strip().replace("Version ", "")
+
+    def options(self, path: Path | None = None) -> dict:
+        rel = (path or self.root).relative_to(self.root).as_posix()
+        unc = "//127.0.0.1/share" + ("" if rel == "." else "/" + rel)  # missing dirs too
+        return {"type": "smb", "path": unc, "port": self.port, "username": SMB_USER, "password": PASSWORD}
+
+
+SERVERS = {"sftp": SSHD, "ftp": FTPD, "ftps": FTPSD, "smb": Samba}
 
 
 class Servers:

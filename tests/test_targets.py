@@ -18,7 +18,7 @@ from offsite.errors import Interrupted, PermanentError, TransientError
 from offsite.targets import make_target
 from offsite.targets.base import Target
 
-KINDS = ["local", "sftp", "ftp", "ftps"]
+KINDS = ["local", "sftp", "ftp", "ftps", "smb"]
 MiB = 1024 * 1024
 
 
@@ -36,17 +36,19 @@ class Remote:
     def __init__(self, kind: str, servers, tmp_path: Path) -> None:
         self.kind = kind
         self.tmp = tmp_path
-        if kind == "local":
-            self.location_dir = tmp_path / "drive"
-            self.location_dir.mkdir()
-            self.options = {"type": "local", "path": str(self.location_dir)}
-        else:
-            server = servers.get(kind)
-            self.location_dir = server.root / uuid.uuid4().hex[:8]
-            self.location_dir.mkdir()
-            self.options = server.options(self.location_dir)
+        self.server = servers.get(kind) if kind != "local" else None
+        root = self.server.root if self.server else tmp_path
+        self.location_dir = root / uuid.uuid4().hex[:8]
+        self.location_dir.mkdir()
+        self.options = self.options_for(self.location_dir)
         self.src = tmp_path / "src"
         self.src.mkdir(exist_ok=True)
+
+    def options_for(self, local_dir: Path) -> dict:
+        """Location options naming `local_dir` the way this kind's server sees it."""
+        if self.server is None:
+            return {"type": "local", "path": str(local_dir)}
+        return self.server.options(local_dir)
 
     def job(self, folder: str = "job", **override):
         opts = {**self.options, **override}
@@ -187,12 +189,12 @@ def test_the_job_folder_is_created_under_an_existing_location(remote):
 
 
 def test_a_missing_location_path_is_reported_as_such(remote):
-    missing = str(remote.location_dir / "not-there")
-    t = make_target(remote.job(path=missing))
+    missing = remote.location_dir / "not-there"
+    t = make_target(remote.job(path=remote.options_for(missing)["path"]))
     with pytest.raises(PermanentError, match="location path .*not-there does not exist"):
         t.open()
     t.close()
-    assert not Path(missing).exists()
+    assert not missing.exists()
 
 
 AWKWARD = [

@@ -21,6 +21,10 @@ def make_target(job: Job) -> Target:
         from .ftp import FtpTarget
 
         return FtpTarget(job.location.options, job.folder, tls=kind == "ftps")
+    if kind == "smb":
+        from .smb import SmbTarget
+
+        return SmbTarget(job.location.options, job.folder)
     raise PermanentError(
         f"job {job.name}: target type {kind!r} is accepted in agent.toml but not built into this "
         "version of offsite yet"

@@ -1,0 +1,172 @@
+"""The `smb` target: smbprotocol's smbclient.
+
+Writes go through unbuffered 4 MiB writes that loop on short writes (a raw SMB write may
+take fewer bytes than given, silently: reference/servers.md), `port=` is passed to every
+call, and the session is dropped at close and made anew at open, because smbprotocol
+neither re-authenticates an expired session (#90) nor notices new credentials for a
+server it has a session with.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, BinaryIO, Callable, Mapping
+
+import smbclient
+from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError
+
+from ..errors import PermanentError, TransientError
+from .base import Progress
+from .filesystem import Entry, RemoteFileTarget
+
+CHUNK = 4 * 1024 * 1024
+_ACCESS_DENIED, _DISK_FULL, _LOGON_FAILURE = 0xC0000022, 0xC000007F, 0xC000006D
+_QUOTA = 0xC0000044
+
+
+def parse_unc(path: str) -> tuple[str, str, str]:
+    """'\\\\server\\share\\a\\b' or '//server/share/a/b' -> (server, share, '/a/b')."""
+    parts = [p for p in re.split(r"[\\/]", path) if p]
+    return parts[0], parts[1], "/" + "/".join(parts[2:]) if len(parts) > 2 else "/"
+
+
+class SmbTarget(RemoteFileTarget):
+    keeps_mtime = True
+    CHUNK = CHUNK
+
+    def __init__(self, options: Mapping[str, Any], folder: str) -> None:
+        self.server, self.share, inside = parse_unc(options["path"])
+        super().__init__(inside, folder)
+        self.o = options
+        self.port = options["port"]
+        self.connected = False
+
+    def describe_server(self) -> str:
+        user = self.o.get("username") or "guest"
+        return f"smb {user}@//{self.server}:{self.port}/{self.share}"
+
+    def _unc(self, path: str) -> str:
+        return f"\\\\{self.server}\\{self.share}" + path.replace("/", "\\").rstrip("\\")
+
+    def _connect(self) -> None:
+        password = self.o.get("password")
+        where = f"{self.server}:{self.port}"
+        try:
+            smbclient.register_session(
+                self.server, username=self.o.get("username"), password=password.reveal() if password else None,
+                port=self.port, connection_timeout=30,
+                **({"auth_protocol": "ntlm"} if self.o.get("username") else {}),
+            )
+            self.connected = True
+            smbclient.stat(self._unc("/"), port=self.port)  # the share itself
+        except (SMBAuthenticationError,) as e:
+            self.close()
+            raise PermanentError(f"authentication failed for {self.o.get('username')}@{where}: {e}") from None
+        except SMBOSError as e:
+            self.close()
+            if e.ntstatus == _LOGON_FAILURE:
+                raise PermanentError(f"authentication failed for {self.o.get('username')}@{where}") from None
+            if e.ntstatus == _ACCESS_DENIED:
+                raise PermanentError(f"access to the share //{self.server}/{self.share} is denied") from None
+            raise PermanentError(f"the share //{self.server}/{self.share} cannot be opened: {e.strerror}") from None
+        except ValueError as e:  # smbprotocol reports a failed TCP connection this way
+            self.close()
+            raise TransientError(f"cannot connect to {where}: {_tail(e)}") from None
+        except (SMBException, OSError) as e:
+            self.close()
+            raise TransientError(f"the SMB session with {where} failed: {e}") from None
+
+    def close(self) -> None:
+        if self.connected:
+            try:
+                smbclient.delete_session(self.server, port=self.port)
+            except Exception:  # noqa: BLE001 - closing never fails the caller
+                pass
+        self.connected = False
+
+    def _call(self, what: str, fn: Callable, *args, missing_ok: bool = False, **kw):
+        if not self.connected:
+            raise TransientError(f"not connected to {self.describe_server()}")
+        try:
+            return fn(*args, port=self.port, **kw)
+        except SMBOSError as e:
+            if isinstance(e, FileNotFoundError) or e.errno == 2:
+                if missing_ok:
+                    return None
+                raise PermanentError(f"{what} does not exist on {self.describe_server()}") from None
+            if e.ntstatus in (_DISK_FULL, _QUOTA):
+                raise PermanentError(f"the share {self.describe_server()} is full while writing {what}") from None
+            if e.ntstatus == _ACCESS_DENIED:
+                raise PermanentError(f"permission denied on {what} on {self.describe_server()}") from None
+            raise PermanentError(f"{what} failed on {self.describe_server()}: {e.strerror}") from None
+        except (SMBException, OSError, ValueError) as e:
+            raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {e}") from None
+
+    # ---------------------------------------------------------------- primitives
+    def _size(self, path: str) -> int | None:
+        st = self._call(path, smbclient.stat, self._unc(path), missing_ok=True)
+        return None if st is None or st.st_file_attributes & 0x10 else st.st_size
+
+    def _is_dir(self, path: str) -> bool:
+        st = self._call(path, smbclient.stat, self._unc(path), missing_ok=True)
+        return st is not None and bool(st.st_file_attributes & 0x10)
+
+    def _listdir(self, path: str) -> list[Entry]:
+        def entries() -> list[Entry]:
+            out = []
+            for e in smbclient.scandir(self._unc(path), port=self.port):
+                info = e.smb_info  # what the listing carried: e.stat() would call again without port=
+                mtime = int(info.last_write_time.timestamp() * 1e9) if info.last_write_time else None
+                out.append(Entry(e.name, bool(info.file_attributes & 0x10), info.end_of_file, mtime))
+            return out
+
+        return self._call(path, lambda port: entries(), missing_ok=True) or []
+
+    def _mkdir(self, path: str) -> None:
+        try:
+            self._call(path, smbclient.mkdir, self._unc(path))
+        except PermanentError:
+            if not self._is_dir(path):
+                raise
+
+    def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> int:
+        def body(port: int) -> None:
+            with smbclient.open_file(self._unc(path), mode="r+b" if offset else "wb", buffering=0,
+                                     port=port) as dst:
+                if offset:
+                    dst.truncate(offset)
+                    dst.seek(offset)
+                src.seek(offset)
+                pos = offset
+                while pos < size:
+                    data = src.read(min(CHUNK, size - pos))
+                    if not data:
+                        raise TransientError(f"the source ended at {pos} of {size} bytes")
+                    view = memoryview(data)
+                    while view:
+                        view = view[dst.write(view):]  # raw writes can be short
+                    pos += len(data)
+                    progress(len(data))
+
+        self._call(path, body)
+        return size - offset
+
+    def _set_mtime(self, path: str, mtime_ns: int) -> None:
+        self._call(path, smbclient.utime, self._unc(path), ns=(mtime_ns, mtime_ns))
+
+    def _rename(self, src: str, dst: str) -> None:
+        self._call(dst, smbclient.replace, self._unc(src), self._unc(dst))
+
+    def _remove(self, path: str) -> None:
+        self._call(path, smbclient.remove, self._unc(path), missing_ok=True)
+
+    def _get_small(self, path: str) -> bytes | None:
+        def read(port: int) -> bytes:
+            with smbclient.open_file(self._unc(path), mode="rb", port=port) as f:
+                return f.read()
+
+        return self._call(path, read, missing_ok=True)
+
+
+def _tail(e: Exception) -> str:
+    text = str(e)
+    return text.split(": ", 1)[-1] if ": " in text else text
