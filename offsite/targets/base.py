@@ -50,6 +50,7 @@ class Target(abc.ABC):
 
     # Capabilities, declared by each target rather than discovered by type checks.
     resumable: ClassVar[bool] = False  # an interrupted upload continues from its staged bytes
+    resume_min_size: ClassVar[int] = 0  # smaller files are sent in one piece, never resumed
     keeps_mtime: ClassVar[bool] = False  # list() reports the source's modification time
 
     @abc.abstractmethod

@@ -1,0 +1,283 @@
+"""The `s3` target: boto3, for AWS and S3-compatible stores.
+
+Large files go up as multipart uploads whose part size grows with the file, so the largest
+images stay under S3's 10,000 parts; each part carries its Content-MD5, which the server
+checks. The upload ID lives in a small record under `<prefix>/<folder>/.offsite/staging/`,
+so an interrupted upload resumes after a restart from the parts the server lists, and the
+object appears under its key only when the upload is completed. Small files are sent with
+one PUT at publish time. Multipart uploads that no record names are aborted as strays.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from typing import Any, BinaryIO, Callable, Mapping
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+from ..errors import PermanentError, TransientError
+from ..selection import RemoteFile
+from .base import AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, staging_stem
+
+MiB = 1024 * 1024
+MIN_PART = 16 * MiB  # also the largest file sent with one PUT
+MAX_PARTS = 9000  # S3 allows 10,000; leave room
+
+_AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationHeaderMalformed", "InvalidToken",
+         "ExpiredToken", "InvalidClientTokenId"}
+_TRANSIENT = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
+              "Throttling", "ThrottlingException", "503", "500", "502", "504"}
+
+
+def part_size(size: int) -> int:
+    """Parts of at least 16 MiB, in whole MiB, few enough for the largest images."""
+    need = -(-size // MAX_PARTS)
+    return max(MIN_PART, -(-need // MiB) * MiB)
+
+
+class S3Target(Target):
+    resumable = True
+    resume_min_size = MIN_PART + 1  # up to one part: a single PUT at publish
+    keeps_mtime = False  # listings carry no metadata; sizes decide
+
+    def __init__(self, options: Mapping[str, Any], folder: str) -> None:
+        self.o = options
+        self.bucket = options["bucket"]
+        prefix = (options.get("prefix") or "").strip("/")
+        self.root = f"{prefix}/{folder}/" if prefix else f"{folder}/"
+        self.agent = self.root + AGENT_DIR + "/"
+        self.staging = self.agent + "staging/"
+        self.client = None
+        self._small: dict[str, bytes] = {}
+
+    def describe(self) -> str:
+        where = f" at {self.o['endpoint']}" if self.o.get("endpoint") else ""
+        return f"s3://{self.bucket}/{self.root}{where}"
+
+    # ---------------------------------------------------------------- calls
+    def _call(self, what: str, fn: Callable, missing_ok: bool = False, **kw):
+        try:
+            return fn(**kw)
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if missing_ok and (code in ("NoSuchKey", "404", "NoSuchUpload", "NotFound") or status == 404):
+                return None
+            if code == "NoSuchBucket":
+                raise PermanentError(f"the bucket {self.bucket} does not exist") from None
+            if code in _AUTH:
+                raise PermanentError(f"authentication failed for bucket {self.bucket}: {code}") from None
+            if code in ("AccessDenied", "403") or status == 403:
+                raise PermanentError(f"access denied on {what} in bucket {self.bucket}") from None
+            if code in _TRANSIENT or (status or 0) >= 500:
+                raise TransientError(f"{what} in bucket {self.bucket}: {code or status}") from None
+            raise PermanentError(f"{what} failed in bucket {self.bucket}: {code} {e.response.get('Error', {}).get('Message', '')}".rstrip()) from None
+        except NoCredentialsError:
+            raise PermanentError("no S3 credentials: set access_key_id and secret_access_key, or the "
+                                 "standard AWS environment variables or files") from None
+        except EndpointConnectionError:
+            raise TransientError(f"cannot connect to {self.o.get('endpoint') or 'S3'}") from None
+        except (BotoCoreError, OSError) as e:
+            raise TransientError(f"{what} in bucket {self.bucket}: {e}") from None
+
+    def open(self, create: bool = True) -> None:
+        secret = self.o.get("secret_access_key")
+        extra = {}
+        if self.o.get("endpoint"):
+            # Many S3-compatible stores reject boto3's default CRC checksums (boto3 1.36+).
+            extra = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+        cfg = Config(s3={"addressing_style": self.o.get("addressing_style") or "auto"},
+                     retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=30, read_timeout=120, **extra)
+        try:
+            self.client = boto3.client(
+                "s3", endpoint_url=self.o.get("endpoint"), region_name=self.o.get("region"),
+                aws_access_key_id=self.o.get("access_key_id"),
+                aws_secret_access_key=secret.reveal() if secret else None, config=cfg)
+        except (BotoCoreError, ValueError) as e:
+            raise PermanentError(f"cannot set up the S3 client: {e}") from None
+        head = self._call(f"bucket {self.bucket}", self.client.head_bucket, missing_ok=True, Bucket=self.bucket)
+        if head is None:
+            raise PermanentError(f"the location (bucket) {self.bucket} does not exist")
+        if create:
+            self._abort_strays()
+
+    def close(self) -> None:
+        self.client = None
+        self._small.clear()
+
+    def _keys(self, prefix: str) -> list[dict]:
+        out: list[dict] = []
+        token = None
+        while True:
+            kw = {"Bucket": self.bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+            page = self._call("the listing", self.client.list_objects_v2, **kw)
+            out += page.get("Contents", [])
+            if not page.get("IsTruncated"):
+                return out
+            token = page["NextContinuationToken"]
+
+    def list(self) -> dict[str, RemoteFile]:
+        return {o["Key"][len(self.root):]: RemoteFile(o["Size"]) for o in self._keys(self.root)
+                if not o["Key"].startswith(self.agent) and not o["Key"].endswith("/")}
+
+    def _get(self, key: str) -> bytes | None:
+        r = self._call(key, self.client.get_object, missing_ok=True, Bucket=self.bucket, Key=key)
+        return None if r is None else r["Body"].read()
+
+    def _put(self, key: str, data: bytes, **extra) -> None:
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        self._call(key, self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentMD5=md5, **extra)
+
+    def read_owner(self) -> str | None:
+        data = self._get(self.agent + OWNER_FILE)
+        return data.decode("utf-8").strip() or None if data is not None else None
+
+    def write_owner(self, owner: str) -> None:
+        self._put(self.agent + OWNER_FILE, (owner + "\n").encode("utf-8"))  # a PUT is atomic
+
+    def _object_extra(self) -> dict:
+        extra: dict[str, Any] = {}
+        if self.o.get("storage_class"):
+            extra["StorageClass"] = self.o["storage_class"]
+        if self.o.get("object_lock_days"):
+            until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.o["object_lock_days"])
+            extra.update(ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until)
+        return extra
+
+    # ---------------------------------------------------------------- uploads
+    def _record_key(self, relpath: str, size: int, mtime_ns: int) -> str:
+        return f"{self.staging}{staging_stem(relpath)}-{size}-{mtime_ns}.json"
+
+    def _records(self, relpath: str | None = None) -> list[str]:
+        prefix = self.staging + (staging_stem(relpath) + "-" if relpath else "")
+        return [o["Key"] for o in self._keys(prefix)]
+
+    def upload(self, relpath: str, src: BinaryIO, size: int, mtime_ns: int, progress: Progress) -> int:
+        key = self.root + check_relpath(relpath)
+        record_key = self._record_key(relpath, size, mtime_ns)
+        for other in self._records(relpath):
+            if other != record_key:
+                self._drop_record(other)
+        if size <= MIN_PART:
+            src.seek(0)
+            data = src.read(size)
+            progress(len(data))
+            self._small[relpath] = data
+            return len(data)
+        record = self._get(record_key)
+        done: dict[int, int] = {}
+        if record is not None:
+            rec = json.loads(record)
+            upload_id, psize = rec["upload_id"], rec["part_size"]
+            held = self._etags(key, upload_id)
+            if held is None:  # the upload is gone (aborted, expired): start over
+                record = None
+            else:
+                done = {n: size_ for n, (_, size_) in held.items()}
+        if record is None:
+            psize = part_size(size)
+            r = self._call(key, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
+                           **self._object_extra())
+            upload_id, done = r["UploadId"], {}
+            self._put(record_key, json.dumps({"key": key, "upload_id": upload_id, "part_size": psize}).encode())
+        sent = 0
+        count = -(-size // psize)
+        for n in range(1, count + 1):
+            start = (n - 1) * psize
+            length = min(psize, size - start)
+            if done.get(n) == length:
+                continue
+            src.seek(start)
+            data = src.read(length)
+            if len(data) != length:
+                raise TransientError(f"the source ended at {start + len(data)} of {size} bytes")
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+            self._call(f"{relpath} part {n}", self.client.upload_part, Bucket=self.bucket, Key=key,
+                       UploadId=upload_id, PartNumber=n, Body=data, ContentMD5=md5)
+            sent += length
+            progress(length)
+        return sent
+
+    def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
+        key = self.root + check_relpath(relpath)
+        if size <= MIN_PART:
+            data = self._small.pop(relpath, None)
+            if data is None or len(data) != size:
+                raise TransientError(f"nothing complete is staged for {relpath}: sending it again")
+            self._put(key, data, **self._object_extra())
+        else:
+            record_key = self._record_key(relpath, size, mtime_ns)
+            record = self._get(record_key)
+            if record is None:
+                raise TransientError(f"nothing is staged for {relpath}: sending it again")
+            rec = json.loads(record)
+            etags = self._etags(key, rec["upload_id"])
+            if etags is None or sum(s for _, s in etags.values()) != size:
+                self._drop_record(record_key)
+                raise TransientError(f"the staged upload of {relpath} is incomplete: sending it again")
+            self._call(relpath, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                       UploadId=rec["upload_id"],
+                       MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n} for n, (e, _) in sorted(etags.items())]})
+            self._call(record_key, self.client.delete_object, Bucket=self.bucket, Key=record_key)
+        head = self._call(relpath, self.client.head_object, Bucket=self.bucket, Key=key)
+        if head["ContentLength"] != size:
+            raise TransientError(f"{relpath} has {head['ContentLength']} bytes on the server, not {size}")
+
+    def _etags(self, key: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
+        """Part number -> (ETag, size) of the parts the server holds; None if the upload is gone."""
+        out: dict[int, tuple[str, int]] = {}
+        marker = 0
+        while True:
+            r = self._call(key, self.client.list_parts, missing_ok=True, Bucket=self.bucket, Key=key,
+                           UploadId=upload_id, PartNumberMarker=marker)
+            if r is None:
+                return None
+            for p in r.get("Parts", []):
+                out[p["PartNumber"]] = (p["ETag"], p["Size"])
+            if not r.get("IsTruncated"):
+                return out
+            marker = r["NextPartNumberMarker"]
+
+    def _drop_record(self, record_key: str) -> None:
+        data = self._get(record_key)
+        if data is not None:
+            rec = json.loads(data)
+            self._call(record_key, self.client.abort_multipart_upload, missing_ok=True, Bucket=self.bucket,
+                       Key=rec["key"], UploadId=rec["upload_id"])
+        self._call(record_key, self.client.delete_object, Bucket=self.bucket, Key=record_key)
+
+    def _abort_strays(self) -> None:
+        """Abort multipart uploads under this job's folder that no staging record names."""
+        known = set()
+        for rk in self._records():
+            data = self._get(rk)
+            if data is not None:
+                known.add(json.loads(data)["upload_id"])
+        r = self._call("the upload listing", self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=self.root)
+        for u in r.get("Uploads", []):
+            if u["UploadId"] not in known:
+                self._call(u["Key"], self.client.abort_multipart_upload, missing_ok=True, Bucket=self.bucket,
+                           Key=u["Key"], UploadId=u["UploadId"])
+
+    def discard(self, relpath: str) -> None:
+        self._small.pop(relpath, None)
+        for rk in self._records(relpath):
+            self._drop_record(rk)
+
+    def delete(self, relpath: str) -> None:
+        key = self.root + check_relpath(relpath)
+        self._call(relpath, self.client.delete_object, Bucket=self.bucket, Key=key)  # missing: fine
+
+    def probe(self) -> None:
+        tmp, final = self.agent + PROBE_NAME + ".tmp", self.agent + PROBE_NAME
+        self._put(tmp, b"offsite probe\n")
+        self._call(final, self.client.copy_object, Bucket=self.bucket, Key=final,
+                   CopySource={"Bucket": self.bucket, "Key": tmp})
+        self._call(tmp, self.client.delete_object, Bucket=self.bucket, Key=tmp)
+        if self._get(final) != b"offsite probe\n":
+            raise PermanentError(f"the probe object in {self.describe()} did not read back as written")
+        self._call(final, self.client.delete_object, Bucket=self.bucket, Key=final)
