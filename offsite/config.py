@@ -266,10 +266,10 @@ class Location:
         if self.type == "local":
             return f"local {o['path']}"
         if self.type == "smb":
-            return f"smb {o['path']}"
+            return f"smb {o['path']}" + (f" port {o['port']}" if o["port"] != 445 else "")
         if self.type == "s3":
             return f"s3 bucket {o['bucket']}" + (f" prefix {o['prefix']}" if o.get("prefix") else "")
-        return f"{self.type} {o.get('username')}@{o['host']}:{o['port']}{o['path']}"
+        return f"{self.type} {o.get('username')}@{o['host']}:{o['port']} path {o['path']}"
 
 
 @dataclass(frozen=True)

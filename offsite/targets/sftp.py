@@ -91,7 +91,7 @@ class SftpTarget(RemoteFileTarget):
         except (socket.timeout, TimeoutError):
             client.close()
             raise TransientError(f"the connection to {where} timed out") from None
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, paramiko.ssh_exception.NoValidConnectionsError):
             client.close()
             raise TransientError(f"the connection to {where} was refused") from None
         except OSError as e:

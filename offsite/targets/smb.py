@@ -12,7 +12,7 @@ import re
 from typing import Any, BinaryIO, Callable, Mapping
 
 import smbclient
-from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError
+from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError, SMBResponseException
 
 from ..errors import PermanentError, TransientError
 from .base import Progress
@@ -68,6 +68,11 @@ class SmbTarget(RemoteFileTarget):
             if e.ntstatus == _ACCESS_DENIED:
                 raise PermanentError(f"access to the share //{self.server}/{self.share} is denied") from None
             raise PermanentError(f"the share //{self.server}/{self.share} cannot be opened: {e.strerror}") from None
+        except SMBResponseException as e:
+            self.close()
+            if e.status == _LOGON_FAILURE:
+                raise PermanentError(f"authentication failed for {self.o.get('username')}@{where}") from None
+            raise PermanentError(f"the SMB session with {where} was refused: {e.status:#x}") from None
         except ValueError as e:  # smbprotocol reports a failed TCP connection this way
             self.close()
             raise TransientError(f"cannot connect to {where}: {_tail(e)}") from None
