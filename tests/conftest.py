@@ -38,6 +38,12 @@ def run_offsite(cfg: Path, *args: str, timeout: float = 120, env: dict | None = 
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v) if isinstance(v, int) else "'" + str(v) + "'"
+
+
 class Site:
     """A source folder, a location folder and a state directory under one tmp folder."""
 
@@ -54,14 +60,16 @@ class Site:
     def target(self) -> Path:
         return self.location / "job1"
 
-    def config(self, job: str = "", agent: str = "", extra: str = "") -> Path:
-        """Write agent.toml for one job `job1` from source to location/job1. `agent` lines
-        replace the defaults of the same key."""
+    def config(self, job: str = "", agent: str = "", extra: str = "", target: dict | None = None) -> Path:
+        """Write agent.toml for one job `job1` from source to location/job1 (or to `target`,
+        location options of a server). `agent` lines replace the defaults of the same key."""
         settings = {"state_dir": f'"{self.state}"', "settle": '"1s"', "rescan": '"1h"', "retry_for": '"30s"'}
         for line in filter(None, (x.strip() for x in agent.splitlines())):
             key, value = (part.strip() for part in line.split("=", 1))
             settings[key] = value
         agent_lines = "\n        ".join(f"{k} = {v}" for k, v in settings.items())
+        opts = target or {"type": "local", "path": str(self.location)}
+        inline = ", ".join(f"{k} = {_toml(v)}" for k, v in opts.items())
         text = f"""
         [agent]
         {agent_lines}
@@ -69,11 +77,12 @@ class Site:
         [[jobs]]
         name = "job1"
         source = "{self.source}"
-        target = {{ type = "local", path = "{self.location}" }}
+        target = {{ {inline} }}
         {job}
         {extra}
         """
         self.cfg.write_text(textwrap.dedent(text))
+        os.chmod(self.cfg, 0o600)
         return self.cfg
 
     def offsite(self, *args: str, **kw) -> subprocess.CompletedProcess:

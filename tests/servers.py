@@ -86,6 +86,14 @@ class Server:
         return {p.relative_to(top).as_posix(): p.read_bytes() for p in top.rglob("*") if p.is_file()}
 
     def stop(self) -> None:
+        import psutil
+
+        for p in self.procs:  # sshd's per-connection children live in sessions of their own
+            try:
+                for child in psutil.Process(p.pid).children(recursive=True):
+                    child.kill()
+            except psutil.Error:
+                pass
         for p in self.procs:
             if p.poll() is None:
                 try:
@@ -107,6 +115,10 @@ class Server:
                 pass
         self.procs = []
 
+    def restart(self) -> None:
+        """Start again on the same port (after stop())."""
+        self.start()
+
 
 def _run(*argv: str, **kw) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout
@@ -126,7 +138,7 @@ class SSHD(Server):
         os.chmod(b / "authorized_keys", 0o644)
         self.root = b / "root"
         self.root.mkdir(exist_ok=True)
-        self.port = free_port()
+        self.port = getattr(self, "port", None) or free_port()
         (b / "sshd_config").write_text(f"""Port {self.port}
 ListenAddress 127.0.0.1
 HostKey {b}/host_ed25519
@@ -168,7 +180,7 @@ class FTPD(Server):
         b = self.base
         self.root = b / "root"
         self.root.mkdir(exist_ok=True)
-        self.port = free_port()
+        self.port = getattr(self, "port", None) or free_port()
         passive = free_port()
         argv = [sys.executable, "-m", "pyftpdlib", "-i", "127.0.0.1", "-p", str(self.port), "-w",
                 "-d", str(self.root), "-u", SMB_USER, "-P", PASSWORD, "-r", f"{passive}-{passive + 40}"]
@@ -213,7 +225,7 @@ class Samba(Server):
             d.mkdir(exist_ok=True)
         if subprocess.run(["id", SMB_USER], capture_output=True).returncode != 0:
             _run("useradd", "--no-create-home", "--home-dir", str(self.root), "--shell", "/usr/sbin/nologin", SMB_USER)
-        self.port = free_port()
+        self.port = getattr(self, "port", None) or free_port()
         conf = b / "smb.conf"
         conf.write_text(f"""[global]
    server role = standalone server
@@ -333,7 +345,7 @@ class Moto(_S3):
     name = "s3"
 
     def start(self) -> None:
-        self.port = free_port()
+        self.port = getattr(self, "port", None) or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         moto = Path(sys.executable).with_name("moto_server")
         self.ready(self.spawn([str(moto), "-H", "127.0.0.1", "-p", str(self.port)]))
@@ -357,7 +369,7 @@ class Seaweed(_S3):
         (b / "s3.json").write_text(json.dumps({"identities": [{"name": "tester", "credentials": [
             {"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        self.port = free_port()
+        self.port = getattr(self, "port", None) or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         weed = Path(sys.executable).with_name("weed")
         ports = {flag: free_port() for flag in ("master.port", "volume.port", "filer.port")}

@@ -124,6 +124,9 @@ class SftpTarget(RemoteFileTarget):
         except (socket.timeout, TimeoutError, ConnectionError) as e:
             raise TransientError(f"{what} on {self.describe_server()}: {e}") from None
         except OSError as e:
+            transport = self.client.get_transport() if self.client else None
+            if transport is None or not transport.is_active():
+                raise TransientError(f"the connection to {self.describe_server()} broke during {what}") from None
             # SFTP v3 reports most server-side errors, a full disk among them, as "Failure".
             if e.errno == errno.ENOSPC:
                 raise PermanentError(f"the disk of {self.describe_server()} is full while writing {what}") from None

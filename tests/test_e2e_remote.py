@@ -1,0 +1,102 @@
+"""End to end against remote targets: the real agent, real servers, kills and outages."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+
+import pytest
+
+from conftest import Site, wait_until
+from imagemanager import ImageManager, write_events
+from offsite.selection import Rules, SourceFile, plan
+
+MiB = 1024 * 1024
+
+
+def published(server, loc) -> dict[str, bytes]:
+    return {p: b for p, b in server.files(loc, "job1").items() if not p.startswith(".offsite/")}
+
+
+def selection(site: Site, mode: str) -> set[str]:
+    src = {p.relative_to(site.source).as_posix(): SourceFile(p.stat().st_size, 0)
+           for p in site.source.rglob("*") if p.is_file()}
+    return set(plan(src, {}, Rules(mode=mode)).uploads)
+
+
+@pytest.mark.parametrize("kind", ["sftp", "ftp", "ftps", "smb", "s3"])
+def test_a_day_of_backups_reaches_each_remote_target(kind, servers, site, start_agent):
+    server = servers.get(kind)
+    loc = server.new_location()
+    site.config(target=loc, job="" if kind == "s3" else 'mode = "all"')  # s3: daily-monthly by default
+    im = ImageManager(volumes=("C_VOL", "D_VOL"), base_size=2 * MiB, inc_size=16 * 1024)
+    write_events(site.source, im.start() + im.run(dt.timedelta(days=1)))
+    expected = selection(site, "daily-monthly" if kind == "s3" else "all")
+    agent = start_agent()
+    wait_until(lambda: set(published(server, loc)) == expected, timeout=120, what=f"the day on {kind}")
+    files = published(server, loc)
+    assert all(files[p] == (site.source / p).read_bytes() for p in expected)
+    status = site.job_status()
+    assert status["owner"] == "ok" and status["error"] is None
+    assert agent.stop() == 0
+
+
+def _staged_bytes(kind: str, server, loc) -> int:
+    if kind == "sftp":
+        staging = __import__("pathlib").Path(loc["path"]) / "job1" / ".offsite" / "staging"
+        return sum(p.stat().st_size for p in staging.glob("*.part")) if staging.exists() else 0
+    c = server.client()
+    total = 0
+    for u in c.list_multipart_uploads(Bucket=loc["bucket"]).get("Uploads", []):
+        parts = c.list_parts(Bucket=loc["bucket"], Key=u["Key"], UploadId=u["UploadId"]).get("Parts", [])
+        total += sum(p["Size"] for p in parts)
+    return total
+
+
+@pytest.mark.parametrize("kind", ["sftp", "s3"])
+def test_sigkill_in_the_middle_of_an_upload_resumes_it(kind, servers, site, start_agent):
+    server = servers.get(kind)
+    loc = server.new_location()
+    site.config(target=loc, agent='bandwidth = "25MB/s"', job='mode = "all"')
+    big = site.source / "C_VOL-b001.spf"
+    big.write_bytes(os.urandom(128 * MiB))
+    os.utime(big, (time.time() - 60, time.time() - 60))
+    agent = start_agent()
+    wait_until(lambda: _staged_bytes(kind, server, loc) >= 48 * MiB, timeout=60, what="the upload under way")
+    agent.kill()
+    kept = _staged_bytes(kind, server, loc)
+    assert published(server, loc) == {}  # nothing under its final name
+    agent = start_agent()
+    wait_until(lambda: "C_VOL-b001.spf" in published(server, loc), timeout=90, what="the resumed upload")
+    last = wait_until(lambda: site.job_status()["last_sync"], what="a sync result")
+    # Only what the server did not hold was sent again.
+    assert last["ok"] and last["bytes_sent"] <= 128 * MiB - kept + 1 * MiB, (last["bytes_sent"], kept)
+    got = published(server, loc)["C_VOL-b001.spf"]
+    assert hashlib.sha256(got).digest() == hashlib.sha256(big.read_bytes()).digest()
+    assert _staged_bytes(kind, server, loc) == 0
+    assert agent.stop() == 0
+
+
+def test_a_server_stopped_in_the_middle_of_an_upload_is_ridden_out(servers, site, start_agent):
+    server = servers.get("sftp")
+    loc = server.new_location()
+    site.config(target=loc, agent='bandwidth = "20MB/s"', job='mode = "all"')
+    big = site.source / "C_VOL-b001.spf"
+    big.write_bytes(os.urandom(80 * MiB))
+    os.utime(big, (time.time() - 60, time.time() - 60))
+    agent = start_agent()
+    wait_until(lambda: _staged_bytes("sftp", server, loc) >= 16 * MiB, timeout=60, what="the upload under way")
+    server.stop()  # the whole server, its open sessions included
+    try:
+        time.sleep(8)
+        items = json.loads(site.offsite("queue", "list", "--json").stdout)
+        assert items and items[0]["last_error"] and "127.0.0.1" in items[0]["last_error"]
+    finally:
+        server.restart()
+    wait_until(lambda: "C_VOL-b001.spf" in published(server, loc), timeout=60, what="the upload after the outage")
+    assert published(server, loc)["C_VOL-b001.spf"] == big.read_bytes()
+    assert json.loads(site.offsite("queue", "list", "--json").stdout) == []
+    assert site.job_status()["error"] is None
+    assert agent.stop() == 0
