@@ -1,0 +1,120 @@
+"""Target options against real servers: host keys, compression, UNC forms, S3 lock and classes."""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+
+import pytest
+
+from offsite import config
+from offsite.targets import make_target
+from offsite.targets.s3 import MAX_PARTS, part_size
+from offsite.targets.smb import parse_unc
+
+MiB = 1024 * 1024
+
+
+def target(tmp_path, opts: dict):
+    def v(x):
+        return str(x).lower() if isinstance(x, bool) else (str(x) if isinstance(x, int) else "'" + str(x) + "'")
+    (tmp_path / "src").mkdir(exist_ok=True)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[locations.t]\n" + "\n".join(f"{k} = {v(x)}" for k, x in opts.items())
+                   + f"\n[[jobs]]\nname = 'j'\nsource = '{tmp_path / 'src'}'\nlocation = 't'\nmode = 'all'\n")
+    os.chmod(cfg, 0o600)
+    t = make_target(config.load(cfg).jobs[0])
+    t.open()
+    return t
+
+
+def roundtrip(t, name="C_VOL-b001.spf", data=b"x" * 1000):
+    t.upload(name, io.BytesIO(data), len(data), 1_700_000_000_000_000_000, lambda n: None)
+    t.publish(name, len(data), 1_700_000_000_000_000_000)
+    assert t.list()[name].size == len(data)
+
+
+def test_sftp_host_key_given_inline(servers, tmp_path):
+    sftp = servers.get("sftp")
+    loc = sftp.new_location()
+    line = (sftp.base / "known_hosts").read_text().split()
+    opts = {k: v for k, v in loc.items() if k != "known_hosts"} | {"host_key": f"{line[1]} {line[2]}"}
+    t = target(tmp_path, opts)
+    roundtrip(t)
+    t.close()
+
+
+def test_sftp_accept_new_host_key_remembers_it(servers, tmp_path):
+    sftp = servers.get("sftp")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    t = target(tmp_path, sftp.new_location() | {"known_hosts": str(known), "accept_new_host_key": True})
+    t.close()
+    assert "ssh-ed25519" in known.read_text()
+    t = target(tmp_path, sftp.new_location() | {"known_hosts": str(known)})  # now known: no flag needed
+    t.close()
+
+
+def test_sftp_with_compression(servers, tmp_path):
+    t = target(tmp_path, servers.get("sftp").new_location() | {"compress": True})
+    roundtrip(t)
+    t.close()
+
+
+@pytest.mark.parametrize("user", ["WORKGROUP\\srvtest", "srvtest@WORKGROUP"])
+def test_smb_backslash_unc_and_domain_forms(servers, tmp_path, user):
+    smb = servers.get("smb")
+    loc = smb.new_location()
+    unc = loc["path"].replace("/", "\\")
+    t = target(tmp_path, loc | {"path": unc, "username": user})
+    roundtrip(t)
+    t.close()
+
+
+def test_unc_parsing():
+    assert parse_unc(r"\\nas\backups\offsite\site1") == ("nas", "backups", "/offsite/site1")
+    assert parse_unc("//nas/backups") == ("nas", "backups", "/")
+
+
+def test_s3_object_lock_sets_retention_on_each_object(servers, tmp_path):
+    weed = servers.get("s3-seaweedfs")
+    loc = weed.new_location(lock=True) | {"object_lock_days": 3}
+    t = target(tmp_path, loc)
+    roundtrip(t, "small.spi")
+    big = os.urandom(20 * MiB)  # a multipart upload
+    roundtrip(t, "big.spf", big)
+    c = weed.client()
+    for key in ("small.spi", "big.spf"):
+        head = c.head_object(Bucket=loc["bucket"], Key=f"backups/j/{key}")
+        assert head["ObjectLockMode"] == "COMPLIANCE"
+        until = head["ObjectLockRetainUntilDate"]
+        assert dt.timedelta(days=2, hours=23) < until - dt.datetime.now(dt.timezone.utc) <= dt.timedelta(days=3)
+    t.close()
+
+
+def test_s3_storage_class(servers, tmp_path):
+    s3 = servers.get("s3")
+    loc = s3.new_location() | {"storage_class": "STANDARD_IA"}
+    t = target(tmp_path, loc)
+    roundtrip(t)
+    head = s3.client().head_object(Bucket=loc["bucket"], Key="backups/j/C_VOL-b001.spf")
+    assert head["StorageClass"] == "STANDARD_IA"
+    t.close()
+
+
+def test_s3_stray_multipart_uploads_are_aborted(servers, tmp_path):
+    s3 = servers.get("s3")
+    loc = s3.new_location()
+    c = s3.client()
+    c.create_multipart_upload(Bucket=loc["bucket"], Key="backups/j/C_VOL-b001.spf")  # nobody's record
+    c.create_multipart_upload(Bucket=loc["bucket"], Key="elsewhere/x")  # not this job's: left alone
+    t = target(tmp_path, loc)
+    left = [u["Key"] for u in c.list_multipart_uploads(Bucket=loc["bucket"]).get("Uploads", [])]
+    assert left == ["elsewhere/x"]
+    t.close()
+
+
+@pytest.mark.parametrize("size", [1, 16 * MiB, 100 * 1024**3, 2 * 1024**4, 5 * 1024**4])
+def test_s3_parts_fit_the_largest_images(size):
+    p = part_size(size)
+    assert p >= 16 * MiB and p % MiB == 0 and -(-size // p) <= MAX_PARTS
