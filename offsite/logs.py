@@ -17,6 +17,9 @@ def to_stderr(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     root.handlers[:] = [handler]
+    # Libraries' chatter (a line per SSH connection) stays out of the agent's log.
+    for noisy in ("paramiko", "botocore", "boto3", "smbprotocol", "spnego", "urllib3", "watchdog"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def to_file(folder: Path) -> None:

@@ -118,3 +118,14 @@ def test_s3_stray_multipart_uploads_are_aborted(servers, tmp_path):
 def test_s3_parts_fit_the_largest_images(size):
     p = part_size(size)
     assert p >= 16 * MiB and p % MiB == 0 and -(-size // p) <= MAX_PARTS
+
+
+def test_smb_one_job_closing_leaves_another_jobs_session_alone(servers, tmp_path):
+    smb = servers.get("smb")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = target(tmp_path / "a", smb.new_location())
+    b = target(tmp_path / "b", smb.new_location())
+    a.close()
+    roundtrip(b)  # b's session is still there
+    b.close()

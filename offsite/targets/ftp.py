@@ -135,14 +135,28 @@ class FtpTarget(RemoteFileTarget):
         return ok is not None
 
     def _listdir(self, path: str) -> list[Entry]:
-        rows = self._call(path, lambda: list(self.ftp.mlsd(path, facts=["type", "size", "modify"])),
-                          missing_ok=True) or []
+        try:
+            rows = self._call(path, lambda: list(self.ftp.mlsd(path, facts=["type", "size", "modify"])),
+                              missing_ok=True) or []
+        except PermanentError:
+            return self._list_unix(path)  # no MLSD (vsftpd): the classic LIST
         out = []
         for name, facts in rows:
             kind = facts.get("type", "file")
             if kind in ("cdir", "pdir"):
                 continue
             out.append(Entry(name, kind == "dir", int(facts.get("size", 0) or 0), _mtime(facts.get("modify"))))
+        return out
+
+    def _list_unix(self, path: str) -> list[Entry]:
+        lines: list[str] = []
+        self._call(path, self.ftp.retrlines, f"LIST -a {path}", lines.append, missing_ok=True)
+        out = []
+        for line in lines:
+            parts = line.split(None, 8)  # mode links owner group size month day time|year name
+            if len(parts) < 9 or parts[8] in (".", ".."):
+                continue
+            out.append(Entry(parts[8], parts[0].startswith("d"), int(parts[4]) if parts[4].isdigit() else 0))
         return out
 
     def _mkdir(self, path: str) -> None:

@@ -9,6 +9,7 @@ server it has a session with.
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any, BinaryIO, Callable, Mapping
 
 import smbclient
@@ -19,6 +20,10 @@ from .base import Progress
 from .filesystem import Entry, RemoteFileTarget
 
 CHUNK = 4 * 1024 * 1024
+# smbclient keeps one session per server:port for the whole process: count who uses it, so
+# one job closing its target never tears down another job's session mid-transfer.
+_SESSIONS: dict[tuple[str, int], int] = {}
+_SESSIONS_LOCK = threading.Lock()
 _ACCESS_DENIED, _DISK_FULL, _LOGON_FAILURE = 0xC0000022, 0xC000007F, 0xC000006D
 _QUOTA = 0xC0000044
 
@@ -51,12 +56,15 @@ class SmbTarget(RemoteFileTarget):
         password = self.o.get("password")
         where = f"{self.server}:{self.port}"
         try:
-            smbclient.register_session(
-                self.server, username=self.o.get("username"), password=password.reveal() if password else None,
-                port=self.port, connection_timeout=30,
-                **({"auth_protocol": "ntlm"} if self.o.get("username") else {}),
-            )
-            self.connected = True
+            with _SESSIONS_LOCK:
+                smbclient.register_session(
+                    self.server, username=self.o.get("username"), password=password.reveal() if password else None,
+                    port=self.port, connection_timeout=30,
+                    **({"auth_protocol": "ntlm"} if self.o.get("username") else {}),
+                )
+                key = (self.server, self.port)
+                _SESSIONS[key] = _SESSIONS.get(key, 0) + 1
+                self.connected = True
             smbclient.stat(self._unc("/"), port=self.port)  # the share itself
         except (SMBAuthenticationError,) as e:
             self.close()
@@ -81,12 +89,19 @@ class SmbTarget(RemoteFileTarget):
             raise TransientError(f"the SMB session with {where} failed: {e}") from None
 
     def close(self) -> None:
-        if self.connected:
+        if not self.connected:
+            return
+        self.connected = False
+        with _SESSIONS_LOCK:
+            key = (self.server, self.port)
+            _SESSIONS[key] -= 1
+            if _SESSIONS[key] > 0:
+                return
+            del _SESSIONS[key]
             try:
                 smbclient.delete_session(self.server, port=self.port)
             except Exception:  # noqa: BLE001 - closing never fails the caller
                 pass
-        self.connected = False
 
     def _call(self, what: str, fn: Callable, *args, missing_ok: bool = False, **kw):
         if not self.connected:
