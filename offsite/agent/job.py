@@ -400,6 +400,7 @@ class JobRunner:
                 if not forced and not schedule.is_open(self.job.windows, _now()):
                     raise Interrupted("the job's window closed")
 
+            progress.chunk = self.throttle.chunk()  # type: ignore[attr-defined]
             try:
                 target.upload(it.path, f, size, mtime, progress)
             except OSError as e:

@@ -12,6 +12,10 @@ import time
 from ..errors import Interrupted
 
 
+MAX_CHUNK = 1024 * 1024
+MIN_CHUNK = 16 * 1024
+
+
 class Throttle:
     def __init__(self, rate: float | None, burst: float = 0.25) -> None:
         self.rate = rate  # bytes per second; None = unlimited
@@ -19,6 +23,13 @@ class Throttle:
         self._lock = threading.Lock()
         self._tokens = 0.0
         self._stamp = time.monotonic()
+
+    def chunk(self) -> int:
+        """The largest write between two calls: a tenth of a second's worth, so a slow
+        rate is paced in small steps instead of long pauses between big bursts."""
+        if self.rate is None:
+            return MAX_CHUNK
+        return int(min(MAX_CHUNK, max(MIN_CHUNK, self.rate / 10)))
 
     def consume(self, n: int, stop: threading.Event | None = None) -> None:
         """Account for `n` bytes written; sleep while the bucket is in debt."""

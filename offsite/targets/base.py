@@ -21,8 +21,14 @@ OWNER_FILE = "owner"
 PROBE_NAME = "probe"
 
 # Called with each chunk's byte count as it is written; may sleep (throttling) or raise
-# Interrupted (stop requested) between chunks.
+# Interrupted (stop requested) between chunks. It may carry a `chunk` attribute: the largest
+# write the caller wants between two calls (a throttled transfer asks for small ones).
 Progress = Callable[[int], None]
+
+
+def chunk_size(progress: Progress, default: int) -> int:
+    """The write size a target should use for this transfer."""
+    return max(1, min(default, getattr(progress, "chunk", default)))
 
 
 def staging_stem(relpath: str) -> str:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable, Mapping
 
 from ..errors import PermanentError, TransientError
-from .base import Progress
+from .base import Progress, chunk_size
 from .filesystem import Entry, RemoteFileTarget
 
 TIMEOUT = 30.0
@@ -175,7 +175,7 @@ class FtpTarget(RemoteFileTarget):
                 offset = 0  # no resume on this server: start over
         src.seek(offset)
         reader = _Limited(src, size - offset)
-        self._call(path, self.ftp.storbinary, f"STOR {path}", reader, blocksize=BLOCK,
+        self._call(path, self.ftp.storbinary, f"STOR {path}", reader, blocksize=chunk_size(progress, BLOCK),
                    callback=lambda block: progress(len(block)), rest=offset or None)
         return size - offset
 

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
-from .base import AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, staging_stem
+from .base import AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, chunk_size, staging_stem
 
 CHUNK = 1024 * 1024  # small enough for a smooth throttle; copy_file_range keeps it cheap
 CHECKPOINT = 16 * 1024 * 1024
@@ -145,8 +145,9 @@ class LocalTarget(Target):
               progress: Progress) -> int:
         fast = hasattr(os, "copy_file_range")
         pos, last_ckpt = offset, offset
+        step = chunk_size(progress, CHUNK)
         while pos < size:
-            n = min(CHUNK, size - pos)
+            n = min(step, size - pos)
             got = 0
             if fast:
                 try:

@@ -10,6 +10,7 @@ one PUT at publish time. Multipart uploads that no record names are aborted as s
 from __future__ import annotations
 
 import base64
+import io
 import datetime as dt
 import hashlib
 import json
@@ -22,6 +23,36 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
 from .base import AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, staging_stem
+
+
+class _Paced(io.RawIOBase):
+    """A part's bytes, reported to `progress` as the HTTP client reads them, so a throttle
+    paces the socket writes instead of pausing between whole parts."""
+
+    def __init__(self, data: bytes, progress: Progress) -> None:
+        self.data, self.pos, self.progress, self.counted = memoryview(data), 0, progress, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else (self.pos + pos if whence == 1 else len(self.data) + pos)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n is None or n < 0 else min(len(self.data), self.pos + n)
+        out = bytes(self.data[self.pos:end])
+        self.pos = end
+        if end > self.counted:  # a retry re-reads: count each byte once
+            self.progress(end - self.counted)
+            self.counted = end
+        return out
 
 MiB = 1024 * 1024
 MIN_PART = 16 * MiB  # also the largest file sent with one PUT
@@ -197,9 +228,8 @@ class S3Target(Target):
                 raise TransientError(f"the source ended at {start + len(data)} of {size} bytes")
             md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
             self._call(f"{relpath} part {n}", self.client.upload_part, Bucket=self.bucket, Key=key,
-                       UploadId=upload_id, PartNumber=n, Body=data, ContentMD5=md5)
+                       UploadId=upload_id, PartNumber=n, Body=_Paced(data, progress), ContentMD5=md5)
             sent += length
-            progress(length)
         return sent
 
     def publish(self, relpath: str, size: int, mtime_ns: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Mapping
 import paramiko
 
 from ..errors import PermanentError, TransientError
-from .base import Progress
+from .base import Progress, chunk_size
 from .filesystem import Entry, RemoteFileTarget
 
 _SLOW_CIPHERS = ["aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]
@@ -174,8 +174,9 @@ class SftpTarget(RemoteFileTarget):
                     dst.seek(offset)
                 src.seek(offset)
                 pos = offset
+                step = chunk_size(progress, self.CHUNK)
                 while pos < size:
-                    data = src.read(min(self.CHUNK, size - pos))
+                    data = src.read(min(step, size - pos))
                     if not data:
                         raise TransientError(f"the source ended at {pos} of {size} bytes")
                     dst.write(data)

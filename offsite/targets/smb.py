@@ -16,7 +16,7 @@ import smbclient
 from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError, SMBResponseException
 
 from ..errors import PermanentError, TransientError
-from .base import Progress
+from .base import Progress, chunk_size
 from .filesystem import Entry, RemoteFileTarget
 
 CHUNK = 4 * 1024 * 1024
@@ -157,8 +157,9 @@ class SmbTarget(RemoteFileTarget):
                     dst.seek(offset)
                 src.seek(offset)
                 pos = offset
+                step = chunk_size(progress, CHUNK)
                 while pos < size:
-                    data = src.read(min(CHUNK, size - pos))
+                    data = src.read(min(step, size - pos))
                     if not data:
                         raise TransientError(f"the source ended at {pos} of {size} bytes")
                     view = memoryview(data)
