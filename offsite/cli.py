@@ -215,7 +215,11 @@ def _status_data(cfg: Config) -> dict:
             if data and data.get("agent", {}).get("running"):
                 return data
             time.sleep(0.1)
-    items = read_items(state.queue_dir)
+    queue_error = None
+    try:
+        items = read_items(state.queue_dir)
+    except OffsiteError as e:  # status must still answer when the queue is unreadable
+        items, queue_error = [], str(e)
     results = state.read_json("results.json", {})
     now = dt.datetime.now().astimezone()
     jobs = []
@@ -232,10 +236,13 @@ def _status_data(cfg: Config) -> dict:
             "next_window": (lambda t: t.isoformat(timespec="seconds") if t else None)(
                 schedule.next_opening(job.windows, now)),
             "owner": "ok" if state.owner_id(job.name) else "unset",
-            "error": None,
+            "error": queue_error,
             "last_sync": last,
         })
-    return {"agent": {"running": False, "pid": None, "started": None, "rss_bytes": None}, "jobs": jobs}
+        if queue_error:
+            jobs[-1]["state"] = "error"
+    return {"agent": {"running": False, "pid": None, "started": None, "rss_bytes": None}, "jobs": jobs,
+            "queue_error": queue_error}
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -63,8 +64,7 @@ class Agent:
             raise LockedError(f"another agent already holds the state directory {self.state.root}")
         try:
             logs.to_file(self.state.log_dir)
-            self.queue = WorkQueue(self.state.queue_dir)
-            self.queue.compact()
+            self.queue = self._open_queue()
             self._install_signals()
             self._start_jobs()
             log.info("offsite agent started (pid %d) with %d job(s) from %s",
@@ -89,6 +89,21 @@ class Agent:
             self.state.lock.release()
         log.info("offsite agent stopped")
         return 0
+
+    def _open_queue(self) -> WorkQueue:
+        """The queue; a corrupt one is moved aside and the next reconciliation rebuilds it,
+        since the source and target listings are the truth."""
+        try:
+            q = WorkQueue(self.state.queue_dir)
+            q.compact()
+            return q
+        except (OffsiteError, sqlite3.DatabaseError) as e:
+            aside = self.state.queue_dir.with_name(f"queue.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.state.queue_dir.rename(aside)
+            self.state.ensure()
+            log.error("the queue database could not be read (%s); moved it to %s and rebuilding the queue "
+                      "from the source and target listings", e, aside)
+            return WorkQueue(self.state.queue_dir)
 
     # -- jobs and watchers
     def _start_jobs(self) -> None:

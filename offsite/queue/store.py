@@ -80,7 +80,11 @@ class WorkQueue:
         self._lock = threading.RLock()
         self._items: dict[int, QueueItem] = {}
         self._by_path: dict[tuple[str, str], set[int]] = {}  # (job, path) -> item ids
-        for row in self._q.queue():
+        try:
+            rows = self._q.queue()
+        except (sqlite3.DatabaseError, ValueError) as e:
+            raise StateError(f"{folder}: the queue database cannot be read ({e})") from None
+        for row in rows:
             if str(row["status"]) == AckStatus.acked:
                 continue
             self._remember(_item(row["id"], row["data"], row["status"]))

@@ -124,14 +124,22 @@ class LocalTarget(Target):
                 try:
                     sent = self._copy(src, dst, offset, size, ckpt, progress)
                 finally:
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                    self._write_small(ckpt, str(os.fstat(dst.fileno()).st_size), "a checkpoint")
+                    self._checkpoint(dst, ckpt)
         except OSError as e:
             if e.errno in _FULL:
                 self.discard(relpath)  # give the space back; the next attempt starts over
             raise self._error(e, relpath) from None
         return sent
+
+    def _checkpoint(self, dst: BinaryIO, ckpt: Path) -> None:
+        """Record how much of the staged file is on disk; best effort, so that it never
+        replaces the transfer's own error (a full disk fails this too)."""
+        try:
+            dst.flush()
+            os.fsync(dst.fileno())
+            self._write_small(ckpt, str(os.fstat(dst.fileno()).st_size), "a checkpoint")
+        except (OSError, PermanentError, TransientError):
+            pass
 
     def _durable_offset(self, part: Path, ckpt: Path, size: int) -> int:
         try:

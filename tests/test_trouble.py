@@ -1,0 +1,132 @@
+"""Trouble, end to end: windows closing mid-transfer, full disks, corrupt state, hostile names."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import wait_until
+
+MiB = 1024 * 1024
+
+
+def staged_bytes(folder) -> int:
+    staging = folder / ".offsite" / "staging"
+    return sum(p.stat().st_size for p in staging.glob("*.part")) if staging.exists() else 0
+
+
+def old(path, size: int | None = None, data: bytes | None = None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if data is not None:
+        path.write_bytes(data)
+    else:
+        with open(path, "wb") as f:
+            f.write(os.urandom(size))
+    os.utime(path, (time.time() - 60, time.time() - 60))
+
+
+def test_a_window_closing_mid_upload_pauses_it_until_the_next_window(site, start_agent):
+    now = dt.datetime.now()
+    if now.second > 40:  # leave the transfer time to get going inside the first window
+        time.sleep(61 - now.second)
+        now = dt.datetime.now()
+    m0 = now.replace(second=0, microsecond=0)
+    hhmm = lambda t: t.strftime("%H:%M")  # noqa: E731
+    closes, reopens = m0 + dt.timedelta(minutes=1), m0 + dt.timedelta(minutes=2)
+    windows = (f'windows = [{{ start = "{hhmm(m0)}", end = "{hhmm(closes)}" }}, '
+               f'{{ start = "{hhmm(reopens)}", end = "{hhmm(m0 + dt.timedelta(minutes=20))}" }}]')
+    site.config(agent='bandwidth = "2MB/s"', job=windows)
+    big = site.source / "C_VOL-b001.spf"
+    old(big, 180 * MiB)  # 90 s at 2 MB/s: still going when the window closes
+    agent = start_agent()
+    wait_until(lambda: staged_bytes(site.target) > 0, what="the transfer to start")
+    wait_until(lambda: dt.datetime.now() >= closes + dt.timedelta(seconds=2), timeout=90, interval=0.5,
+               what="the window to close")
+    paused_at = staged_bytes(site.target)
+    assert 0 < paused_at < big.stat().st_size
+    st = site.job_status()
+    assert st["state"] == "waiting" and st["next_window"].startswith(reopens.strftime("%Y-%m-%dT%H:%M"))
+    wait_until(lambda: dt.datetime.now() >= reopens - dt.timedelta(seconds=2), timeout=90, interval=0.5,
+               what="just before the next window")
+    assert staged_bytes(site.target) == paused_at  # no byte moved outside the window
+    assert site.target_files() == {}
+    wait_until(lambda: staged_bytes(site.target) > paused_at + MiB, timeout=30, what="the transfer to resume")
+    assert agent.stop() == 0  # stop at a resumable point rather than wait 90 s more
+    r = site.offsite("sync", "job1", "--json")  # sync ignores the window and finishes it
+    sent = json.loads(r.stdout)["result"]["bytes_sent"]
+    assert r.returncode == 0 and sent < big.stat().st_size - paused_at  # resumed, not restarted
+    assert site.target_files() == {"C_VOL-b001.spf": big.stat().st_size}
+
+
+@pytest.fixture
+def small_disk(site):
+    """The location is a 20 MiB tmpfs: a small external drive."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(site.location)], check=True)
+    yield site.location
+    subprocess.run(["umount", "-l", str(site.location)], check=False)
+
+
+def test_a_full_target_disk_is_a_clear_error_and_the_item_completes_once_space_is_freed(site, start_agent, small_disk):
+    site.config(agent='rescan = "4s"')
+    old(site.source / "C_VOL-b001.spf", 8 * MiB)
+    old(site.source / "C_VOL-b001-i001-cd.spi", 16 * MiB)
+    agent = start_agent()
+    st = wait_until(lambda: (s := site.job_status())["state"] == "error" and s, timeout=30, what="the disk-full error")
+    assert "the target disk is full" in st["error"] and str(site.location) in st["error"]
+    assert site.target_files() == {"C_VOL-b001.spf": 8 * MiB}  # no partial file under a final name
+    assert staged_bytes(site.target) == 0  # the partial copy gave its space back
+    items = json.loads(site.offsite("queue", "list", "--json").stdout)
+    assert [(i["path"], i["last_error"] is not None) for i in items] == [("C_VOL-b001-i001-cd.spi", True)]
+    assert "disk is full" in agent.output()
+    subprocess.run(["mount", "-o", "remount,size=64m", str(site.location)], check=True)  # space freed
+    wait_until(lambda: "C_VOL-b001-i001-cd.spi" in site.target_files(), timeout=30, what="the retry after space was freed")
+    wait_until(lambda: site.job_status()["error"] is None, what="the error to clear")
+    assert agent.stop() == 0
+
+
+def test_a_corrupt_queue_database_is_moved_aside_and_rebuilt(site, start_agent):
+    site.config()
+    old(site.source / "C_VOL-b001.spf", 1000)
+    (site.state / "queue").mkdir(parents=True)
+    (site.state / "queue" / "data.db").write_bytes(b"this is not a database" * 100)
+    r = site.offsite("queue", "list")
+    assert r.returncode == 2 and "the queue database cannot be read" in r.stderr and "Traceback" not in r.stderr
+    r = site.offsite("status", "--json")  # status still answers, and says what is wrong
+    assert r.returncode == 1 and "the queue database cannot be read" in json.loads(r.stdout)["queue_error"]
+    agent = start_agent()
+    wait_until(lambda: "C_VOL-b001.spf" in site.target_files(), what="the rebuilt queue to work")
+    assert list(site.state.glob("queue.corrupt-*"))
+    assert "moved it to" in agent.output()
+    assert agent.stop() == 0
+
+
+HOSTILE = [
+    "Vol with 'quotes\" and spaces-b001.spf",
+    "Système Réservé_VOL-b001.spf",
+    "データ_VOL-b001.spf",
+    "L" * 230 + "-b001.spf",
+    "sub dir/$weird;name&-b001.spf",
+]
+
+
+def test_hostile_names_and_symlinks(site, start_agent, tmp_path):
+    site.config()
+    for name in HOSTILE:
+        old(site.source / name, data=name.encode())
+    old(site.source / "new\nline-b001.spf", data=b"x")  # not a name backup software writes: left alone
+    outside = tmp_path / "outside"
+    old(outside / "Secret_VOL-b001.spf", data=b"must not travel")
+    os.symlink(outside, site.source / "linked")
+    os.symlink(outside / "Secret_VOL-b001.spf", site.source / "Secret_VOL-b001.spf")
+    agent = start_agent()
+    wait_until(lambda: set(site.target_files()) == set(HOSTILE), what="the hostile names on the target")
+    for name in HOSTILE:
+        assert (site.target / name).read_bytes() == name.encode()
+    time.sleep(1)
+    assert set(site.target_files()) == set(HOSTILE)  # no symlinked file, no newline name
+    assert sorted(p.name for p in site.location.iterdir()) == ["job1"]  # nothing outside the job folder
+    assert agent.stop() == 0
