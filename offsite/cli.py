@@ -35,6 +35,9 @@ log = logging.getLogger("offsite")
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything offsite creates (state, logs, the queue database, local copies of backup
+    # images) is readable by its owner only.
+    os.umask(0o077)
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

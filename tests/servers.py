@@ -296,7 +296,7 @@ class Local(Server):
 class _S3(Server):
     """An S3 server; each location is a fresh bucket."""
 
-    access_key, secret_key = "testing", "testing"
+    access_key, secret_key = "offsite-test", "Moto-Secret-Key-7"  # distinctive: the secret scan looks for it
 
     def client(self):
         import boto3

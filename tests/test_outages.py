@@ -1,0 +1,84 @@
+"""Outages of a real server (SFTP) in the middle of a sync."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+from conftest import wait_until
+
+MiB = 1024 * 1024
+
+
+def published(loc) -> set[str]:
+    top = Path(loc["path"]) / "job1"
+    return {p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file() and ".offsite" not in p.parts}
+
+
+def staged(loc) -> int:
+    d = Path(loc["path"]) / "job1" / ".offsite" / "staging"
+    return sum(p.stat().st_size for p in d.glob("*.part")) if d.exists() else 0
+
+
+def big_file(site, size=60 * MiB):
+    p = site.source / "C_VOL-b001.spf"
+    p.write_bytes(os.urandom(size))
+    os.utime(p, (time.time() - 60, time.time() - 60))
+    return p
+
+
+def test_a_90_second_outage_is_retried_until_the_sync_completes(servers, site, start_agent):
+    server = servers.get("sftp")
+    loc = server.new_location()
+    site.config(target=loc, agent='bandwidth = "20MB/s"\nretry_for = "10m"', job='mode = "all"')
+    big = big_file(site)
+    agent = start_agent()
+    wait_until(lambda: staged(loc) > 10 * MiB, what="the upload under way")
+    server.stop()
+    try:
+        time.sleep(10)
+        st = site.job_status()
+        assert st["state"] == "paused" and st["pending_files"] == 1
+        items = json.loads(site.offsite("queue", "list", "--json").stdout)
+        assert items[0]["last_error"] and items[0]["next_attempt"]
+        time.sleep(80)
+    finally:
+        server.restart()
+    wait_until(lambda: "C_VOL-b001.spf" in published(loc), timeout=150, what="the sync to complete after the outage")
+    assert (Path(loc["path"]) / "job1" / "C_VOL-b001.spf").read_bytes() == big.read_bytes()
+    wait_until(lambda: site.job_status()["state"] == "idle", what="the job to be idle")
+    assert agent.stop() == 0
+
+
+def test_an_outage_longer_than_retry_for_parks_the_items_until_the_next_chance(servers, site, start_agent):
+    server = servers.get("sftp")
+    loc = server.new_location()
+    site.config(target=loc, agent='retry_for = "6s"\nrescan = "30s"', job='mode = "all"')
+    (site.source / "C_VOL-b001.spf").write_bytes(b"x" * 1000)
+    agent = start_agent()
+    wait_until(lambda: "C_VOL-b001.spf" in published(loc), what="the first file")
+    server.stop()
+    try:
+        (site.source / "C_VOL-b001-i001-cd.spi").write_bytes(b"y" * 1000)
+        def parked():  # retried for retry_for, then set aside until the next rescan
+            for i in json.loads(site.offsite("queue", "list", "--json").stdout):
+                if i["next_attempt"] and dt.datetime.fromisoformat(i["next_attempt"]) > \
+                        dt.datetime.now().astimezone() + dt.timedelta(seconds=15):
+                    return i
+        item = wait_until(parked, timeout=60, what="the item to be parked")
+        assert item["attempts"] >= 2
+        assert "127.0.0.1" in item["last_error"]
+        r = site.offsite("queue", "list")
+        assert "last error:" in r.stdout
+        st = site.job_status()
+        assert st["state"] == "paused" and st["last_sync"]["ok"] is False and st["last_sync"]["errors"]
+        r = site.offsite("status")
+        assert "paused" in r.stdout and "127.0.0.1" in r.stdout
+    finally:
+        server.restart()
+    # Back: the job succeeds at its next chance (the next rescan), with no user action.
+    wait_until(lambda: "C_VOL-b001-i001-cd.spi" in published(loc), timeout=60, what="the next chance")
+    wait_until(lambda: site.job_status()["last_sync"]["ok"], what="a successful sync")
+    assert agent.stop() == 0

@@ -1,0 +1,58 @@
+"""No secret in any log, error, status or queue output, and state kept owner-only."""
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from conftest import AgentProcess, wait_until
+from servers import PASSWORD
+
+WRONG = "Wrong-Smb-Pass8"
+
+
+def test_nothing_the_agent_or_commands_produce_holds_a_secret(servers, site):
+    ftp, smb, s3 = servers.get("ftp"), servers.get("smb"), servers.get("s3")
+    (site.source / "C_VOL-b001.spf").write_bytes(b"x" * 5000)
+    os.utime(site.source / "C_VOL-b001.spf", (time.time() - 60, time.time() - 60))
+    os.environ["OFFSITE_TEST_S3_SECRET"] = s3.secret_key
+    (site.root / "ftp-password").write_text(PASSWORD + "\n")
+    loc = {k: v for k, v in s3.new_location().items() if k != "secret_access_key"}
+
+    def table(name, opts):
+        return f"[locations.{name}]\n" + "\n".join(
+            f"{k} = {v}" if isinstance(v, int) else f"{k} = '{v}'" for k, v in opts.items()) + "\n"
+
+    ftp_loc = {k: v for k, v in ftp.new_location().items() if k != "password"}
+    extra = (table("f", ftp_loc | {"password_file": str(site.root / "ftp-password")})
+             + table("m", smb.new_location() | {"password": WRONG})
+             + table("c", loc | {"secret_access_key_env": "OFFSITE_TEST_S3_SECRET"})
+             + "".join(f"[[jobs]]\nname = '{n}'\nsource = '{site.source}'\nlocation = '{n}'\n" for n in "fmc"))
+    site.config(extra=extra)
+    outputs = []
+    agent = AgentProcess(site)
+    try:
+        wait_until(lambda: {j["name"]: j for j in site.status()["jobs"]}["m"]["state"] == "error",
+                   what="the smb job's authentication error")
+        wait_until(lambda: all(j["last_sync"] for j in site.status()["jobs"] if j["name"] in "fc"),
+                   what="the ftp and s3 jobs' syncs")
+        for args in (["status"], ["status", "--json"], ["queue", "list"], ["queue", "list", "--json"],
+                     ["check"], ["check", "--json"], ["plan", "m"], ["sync", "m"], ["sync", "c", "--json"]):
+            r = site.offsite(*args)
+            outputs.append(r.stdout + r.stderr)
+    finally:
+        agent.stop()
+    outputs.append(agent.output())
+    assert "authentication failed" in "".join(outputs)  # the failures were there to be reported
+
+    produced = [p for p in site.state.rglob("*") if p.is_file()]
+    assert any(p.name == "offsite.log" for p in produced) and any(p.name == "data.db" for p in produced)
+    texts = outputs + [p.read_bytes().decode("utf-8", "replace") for p in produced]
+    for secret in (PASSWORD, WRONG, s3.secret_key):
+        leaks = [t[:200] for t in texts if secret in t]
+        assert not leaks, f"secret found in: {leaks}"
+
+    # The state directory and its log are readable by their owner only.
+    for p in [site.state, *site.state.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & 0o077 == 0, f"{p} has mode {mode:o}"
