@@ -114,9 +114,20 @@ class AgentProcess:
         self._log = open(self.log, "w")
         self.proc = subprocess.Popen([*OFFSITE, "-c", str(site.cfg), "run"], stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: self.site.status()["agent"]["running"] or self.proc.poll() is not None,
-                   timeout=20, what="the agent to start")
-        assert self.proc.poll() is None, self.output()
+        try:
+            wait_until(lambda: self._running() or self.proc.poll() is not None, timeout=20,
+                       what="the agent to start")
+            assert self.proc.poll() is None, self.output()
+        except BaseException:
+            self.kill()  # never leave a half-started agent behind
+            raise
+
+    def _running(self) -> bool:
+        r = self.site.offsite("status", "--json")
+        try:
+            return json.loads(r.stdout)["agent"]["running"]
+        except (ValueError, KeyError):
+            return False
 
     def output(self) -> str:
         return self.log.read_text()
@@ -129,8 +140,9 @@ class AgentProcess:
             self._log.close()
 
     def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
         self._log.close()
 
 

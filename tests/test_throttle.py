@@ -67,3 +67,29 @@ def test_one_throttle_is_shared_by_concurrent_transfers():
         th.join()
     elapsed = time.monotonic() - start
     assert elapsed >= 0.9  # 4 MB at 4 MB/s: about a second, whatever the thread count
+
+
+def test_a_new_rate_applies_on_sighup_without_a_restart(site, start_agent):
+    import signal
+
+    site.config(agent='bandwidth = "2MB/s"')
+    big = site.source / "C_VOL-b001.spf"
+    with open(big, "wb") as f:
+        f.truncate(200 * 1000 * 1000)
+    os.utime(big, (time.time() - 60, time.time() - 60))
+    agent = start_agent()
+    wait_until(lambda: staged_bytes(site.target) > 0, what="the transfer to start")
+
+    def rate(seconds: float) -> float:
+        t0, b0 = time.monotonic(), staged_bytes(site.target)
+        time.sleep(seconds)
+        return (staged_bytes(site.target) - b0) / (time.monotonic() - t0)
+
+    time.sleep(1)
+    assert abs(rate(4) - 2e6) / 2e6 < 0.15
+    site.config(agent='bandwidth = "20MB/s"')
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reloading the configuration" in agent.output(), what="the reload")
+    time.sleep(1.5)
+    assert abs(rate(4) - 20e6) / 20e6 < 0.15
+    assert agent.stop() == 0

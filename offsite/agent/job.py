@@ -102,6 +102,7 @@ class JobRunner:
         self._source_missing = False
         self._transient_since: float | None = None
         self._transient_count = 0
+        self.transient_error: str | None = None  # the last failure that retries should heal
         self._allow_deletes = False
         self._skipped = 0  # vanished before sent, noticed between syncs
 
@@ -139,10 +140,13 @@ class JobRunner:
         failed = [i for i in items if i.state == "failed"]
         with self._lock:
             phase, error, owner, last = self.phase, self.error, self.owner_state, self.last_sync
+            trouble = self.transient_error
         held = self.plan.held
         if phase != "syncing":
             if error or held:
                 phase = "error"
+            elif trouble:
+                phase, error = "paused", trouble
             elif pending and not schedule.is_open(self.job.windows, now):
                 phase = "waiting"
             elif pending and all(not i.due(now) for i in pending if i.state == "ready"):
@@ -254,6 +258,8 @@ class JobRunner:
         self.view.scan(mono, wall)
         target = self._open_target()
         self.target_files = target.list()
+        with self._lock:
+            self.transient_error = None
         self._need_reconcile = False
         self._next_rescan = mono + self.settings.rescan
         self._replan()
@@ -353,6 +359,8 @@ class JobRunner:
                 stats.files_deleted += 1
                 log.info("job %s: deleted %s", self.job.name, it.path)
             self._transient_since = None
+            with self._lock:
+                self.transient_error = None
             return True
         except Interrupted:
             self.queue.release(it.id, count_attempt=False)
@@ -484,6 +492,8 @@ class JobRunner:
         if stats is not None:
             stats.error(str(e))
         if isinstance(e, TransientError):
+            with self._lock:
+                self.transient_error = str(e)
             mono = time.monotonic()
             if self._transient_since is None:
                 self._transient_since, self._transient_count = mono, 0

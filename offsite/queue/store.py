@@ -61,6 +61,14 @@ def _item(pqid: int, data: dict, status) -> QueueItem:
     return QueueItem(id=pqid, state=_STATES.get(str(status), "ready"), **data)
 
 
+def _attempts_after(it: QueueItem, count_attempt: bool) -> int:
+    if count_attempt and it.state != "in-flight":
+        return it.attempts + 1  # failed before its lease
+    if not count_attempt and it.state == "in-flight":
+        return it.attempts - 1  # the lease did not count
+    return it.attempts
+
+
 def now_iso() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -161,7 +169,8 @@ class WorkQueue:
     def release(self, item_id: int, error: str | None = None,
                 not_before: dt.datetime | None = None, count_attempt: bool = True) -> None:
         """Back to ready, with its last error and a time before which it is not tried.
-        `count_attempt=False`: the lease just ended does not count as an attempt."""
+        `count_attempt`: whether what just happened was an attempt (a failed connection is,
+        even before the item was leased; a pause at a window's end is not)."""
         with self._lock:
             it = self._items.get(item_id)
             if it is None:
@@ -169,7 +178,7 @@ class WorkQueue:
             it = replace(
                 it, state="ready", last_error=error if error is not None else it.last_error,
                 next_attempt=not_before.isoformat(timespec="seconds") if not_before else None,
-                attempts=it.attempts - 1 if not count_attempt and it.state == "in-flight" else it.attempts,
+                attempts=_attempts_after(it, count_attempt),
             )
             self._q.update(_data(it), id=item_id)
             self._q.nack(id=item_id)
@@ -194,7 +203,7 @@ class WorkQueue:
                 it = self._items.get(item_id)
                 if it is None or it.state == "in-flight":
                     continue
-                self.release(item_id, not_before=None, count_attempt=True)
+                self.release(item_id, not_before=None, count_attempt=False)  # a user retry is no attempt
                 n += 1
         return n
 
