@@ -38,10 +38,15 @@ def run_offsite(cfg: Path, *args: str, timeout: float = 120, env: dict | None = 
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def _toml(v) -> str:
+def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v) if isinstance(v, int) else "'" + str(v) + "'"
+
+
+def toml_table(name: str, opts: dict) -> str:
+    """A [locations.NAME] table from location options."""
+    return f"[locations.{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in opts.items())
 
 
 class Site:
@@ -69,7 +74,7 @@ class Site:
             settings[key] = value
         agent_lines = "\n        ".join(f"{k} = {v}" for k, v in settings.items())
         opts = target or {"type": "local", "path": str(self.location)}
-        inline = ", ".join(f"{k} = {_toml(v)}" for k, v in opts.items())
+        inline = ", ".join(f"{k} = {toml_value(v)}" for k, v in opts.items())
         text = f"""
         [agent]
         {agent_lines}

@@ -316,7 +316,7 @@ class _S3(Server):
                 return
             except Exception:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name} did not answer: {self.log.read_text()[-2000:]}")
+                    raise RuntimeError(f"{self.name} did not answer: {self.log.read_text()[-2000:]}") from None
                 time.sleep(0.2)
 
     def new_location(self, lock: bool = False) -> dict:

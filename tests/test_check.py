@@ -3,14 +3,8 @@ from __future__ import annotations
 
 import os
 
-from conftest import run_offsite
+from conftest import run_offsite, toml_table
 from servers import PASSWORD, free_port
-
-
-def location(name: str, opts: dict) -> str:
-    def v(x):
-        return str(x).lower() if isinstance(x, bool) else (str(x) if isinstance(x, int) else "'" + str(x) + "'")
-    return f"[locations.{name}]\n" + "\n".join(f"{k} = {v(x)}" for k, x in opts.items()) + "\n"
 
 
 def test_each_failure_is_one_clear_line_and_no_secret_shows(servers, tmp_path):
@@ -32,7 +26,7 @@ def test_each_failure_is_one_clear_line_and_no_secret_shows(servers, tmp_path):
         "missing-bucket": s3.missing_location(s3.new_location()),
         "read-only": ro,
     }
-    text = "".join(location(n, o) for n, o in locs.items())
+    text = "".join(toml_table(n, o) for n, o in locs.items())
     text += "".join(f"[[jobs]]\nname = '{n}'\nsource = '{tmp_path / 'src'}'\nlocation = '{n}'\n" for n in locs)
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f"[agent]\nstate_dir = '{tmp_path / 'state'}'\n" + text)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import wait_until
+from conftest import toml_table, wait_until
 from servers import free_port
 
 MiB = 1024 * 1024
@@ -19,11 +19,8 @@ def test_connections_are_capped_and_a_failing_job_delays_no_other(servers, site,
     locs = {f"good{i}": sftp.new_location() for i in range(3)}
     locs["bad"] = sftp.new_location() | {"port": free_port()}  # nothing listens there
 
-    def table(name, opts):
-        return f"[locations.{name}]\n" + "\n".join(
-            f"{k} = {v}" if isinstance(v, int) else f"{k} = '{v}'" for k, v in opts.items()) + "\n"
 
-    extra = "".join(table(n, o) for n, o in locs.items())
+    extra = "".join(toml_table(n, o) for n, o in locs.items())
     extra += "".join(f"[[jobs]]\nname = '{n}'\nsource = '{site.source}'\nlocation = '{n}'\nmode = 'all'\n"
                      f"bandwidth = '10MB/s'\n" for n in locs)
     site.config(agent="max_connections = 2", extra=extra)

@@ -5,7 +5,7 @@ import os
 import stat
 import time
 
-from conftest import AgentProcess, wait_until
+from conftest import AgentProcess, toml_table, wait_until
 from servers import PASSWORD
 
 WRONG = "Wrong-Smb-Pass8"
@@ -19,14 +19,11 @@ def test_nothing_the_agent_or_commands_produce_holds_a_secret(servers, site):
     (site.root / "ftp-password").write_text(PASSWORD + "\n")
     loc = {k: v for k, v in s3.new_location().items() if k != "secret_access_key"}
 
-    def table(name, opts):
-        return f"[locations.{name}]\n" + "\n".join(
-            f"{k} = {v}" if isinstance(v, int) else f"{k} = '{v}'" for k, v in opts.items()) + "\n"
 
     ftp_loc = {k: v for k, v in ftp.new_location().items() if k != "password"}
-    extra = (table("f", ftp_loc | {"password_file": str(site.root / "ftp-password")})
-             + table("m", smb.new_location() | {"password": WRONG})
-             + table("c", loc | {"secret_access_key_env": "OFFSITE_TEST_S3_SECRET"})
+    extra = (toml_table("f", ftp_loc | {"password_file": str(site.root / "ftp-password")})
+             + toml_table("m", smb.new_location() | {"password": WRONG})
+             + toml_table("c", loc | {"secret_access_key_env": "OFFSITE_TEST_S3_SECRET"})
              + "".join(f"[[jobs]]\nname = '{n}'\nsource = '{site.source}'\nlocation = '{n}'\n" for n in "fmc"))
     site.config(extra=extra)
     outputs = []

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from conftest import toml_table
 from offsite import config
 from offsite.targets import make_target
 from offsite.targets.s3 import MAX_PARTS, part_size
@@ -16,12 +17,9 @@ MiB = 1024 * 1024
 
 
 def target(tmp_path, opts: dict):
-    def v(x):
-        return str(x).lower() if isinstance(x, bool) else (str(x) if isinstance(x, int) else "'" + str(x) + "'")
     (tmp_path / "src").mkdir(exist_ok=True)
     cfg = tmp_path / "agent.toml"
-    cfg.write_text("[locations.t]\n" + "\n".join(f"{k} = {v(x)}" for k, x in opts.items())
-                   + f"\n[[jobs]]\nname = 'j'\nsource = '{tmp_path / 'src'}'\nlocation = 't'\nmode = 'all'\n")
+    cfg.write_text(toml_table("t", opts) + f"\n[[jobs]]\nname = 'j'\nsource = '{tmp_path / 'src'}'\nlocation = 't'\nmode = 'all'\n")
     os.chmod(cfg, 0o600)
     t = make_target(config.load(cfg).jobs[0])
     t.open()

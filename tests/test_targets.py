@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 from pathlib import Path
 
 import pytest
 
+from conftest import toml_value
 from offsite import config
 from offsite.errors import Interrupted, PermanentError, TransientError
 from offsite.targets import make_target
@@ -20,14 +20,6 @@ from offsite.targets.base import Target
 
 KINDS = ["local", "sftp", "ftp", "ftps", "smb", "s3", "s3-seaweedfs"]
 MiB = 1024 * 1024
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    return "'" + str(v) + "'"
 
 
 class Remote:

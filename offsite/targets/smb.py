@@ -66,7 +66,7 @@ class SmbTarget(RemoteFileTarget):
                 _SESSIONS[key] = _SESSIONS.get(key, 0) + 1
                 self.connected = True
             smbclient.stat(self._unc("/"), port=self.port)  # the share itself
-        except (SMBAuthenticationError,) as e:
+        except SMBAuthenticationError as e:
             self.close()
             raise PermanentError(f"authentication failed for {self.o.get('username')}@{where}: {e}") from None
         except SMBOSError as e:
