@@ -70,7 +70,8 @@ def test_sigkill_in_the_middle_of_an_upload_resumes_it(kind, servers, site, star
     assert published(server, loc) == {}  # nothing under its final name
     agent = start_agent()
     wait_until(lambda: "C_VOL-b001.spf" in published(server, loc), timeout=90, what="the resumed upload")
-    last = wait_until(lambda: site.job_status()["last_sync"], what="a sync result")
+    last = wait_until(lambda: (ls := site.job_status()["last_sync"]) and ls["files_sent"] >= 1 and ls,
+                      what="the completed sync's result")
     # Only what the server did not hold was sent again.
     assert last["ok"] and last["bytes_sent"] <= 128 * MiB - kept + 1 * MiB, (last["bytes_sent"], kept)
     got = published(server, loc)["C_VOL-b001.spf"]
