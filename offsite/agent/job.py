@@ -105,6 +105,8 @@ class JobRunner:
         self.transient_error: str | None = None  # the last failure that retries should heal
         self._allow_deletes = False
         self._skipped = 0  # vanished before sent, noticed between syncs
+        self._dropped_stamp: int | None = None
+        self._dropped_ops: dict = {}
 
     # ------------------------------------------------------------ from other threads
     def hint(self, rel: str) -> None:
@@ -274,7 +276,7 @@ class JobRunner:
             return
         keeps_mtime = self.target.keeps_mtime if self.target else False
         p = plan(self.view.snapshot(), self.target_files, self.rules, keeps_mtime, self._allow_deletes)
-        dropped = self.state.read_json("dropped.json", {}).get(self.job.name, {})
+        dropped = self._dropped()
         if dropped:
             p.uploads = [u for u in p.uploads if not self._is_dropped(dropped, "upload", u)]
             p.deletes = [d for d in p.deletes if not self._is_dropped(dropped, "delete", d)]
@@ -289,6 +291,17 @@ class JobRunner:
             t = self.target_files.get(path)
             self.queue.put(self.job.name, "delete", path, t.size if t else None, None)
         self._drop_stale()
+
+    def _dropped(self) -> dict:
+        """This job's dropped operations; the file is read again only when it changed."""
+        try:
+            stamp = (self.state.root / "dropped.json").stat().st_mtime_ns
+        except OSError:
+            return {}
+        if stamp != self._dropped_stamp:
+            self._dropped_stamp = stamp
+            self._dropped_ops = self.state.read_json("dropped.json", {}).get(self.job.name, {})
+        return self._dropped_ops
 
     def _is_dropped(self, dropped: dict, op: str, path: str) -> bool:
         d = dropped.get(path)
