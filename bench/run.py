@@ -110,7 +110,7 @@ def main() -> None:
             for _ in range(args.runs):  # alternate, so drift hits both alike
                 ref_times.append(timed(ref))
                 our_times.append(timed(ours))
-                fixed.append(timed(lambda: offsite_sync(work, tiny, targets[name])))
+                fixed.append(timed(lambda name=name: offsite_sync(work, tiny, targets[name])))
             r_mbs = size / statistics.median(ref_times) / 1e6
             o_mbs = size / statistics.median(our_times) / 1e6
             f = statistics.median(fixed)

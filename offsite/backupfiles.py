@@ -45,10 +45,6 @@ class BackupFile:
     point: tuple[int, int] = (0, 0)  # (diff, inc); Macrium: (increment, file number)
     stem: str = ""  # casefolded name without extension: ties a sidecar to its image
 
-    @property
-    def is_image(self) -> bool:
-        return self.role in (Role.IMAGE, Role.MACRIUM)
-
 
 _SP = re.compile(
     r"^(?P<vol>.+)-b(?P<base>\d+)(?:-d(?P<diff>\d+))?(?:-i(?P<inc>\d+))?"

@@ -24,7 +24,7 @@ from .agent.job import JobRunner, Request
 from .agent.service import Agent
 from .config import Config, Job
 from .errors import EXIT_FAILED, EXIT_OK, LockedError, OffsiteError, UsageError
-from .queue import WorkQueue, read_items
+from .queue import WorkQueue, read_items, summary
 from .selection import Rules, plan
 from .state import StateDir
 from .targets import make_target
@@ -227,17 +227,13 @@ def _status_data(cfg: Config) -> dict:
     now = dt.datetime.now().astimezone()
     jobs = []
     for job in cfg.jobs:
-        mine = [i for i in items if i.job == job.name]
-        pending = [i for i in mine if i.state != "failed"]
         last = results.get(job.name)
+        next_window = schedule.next_opening(job.windows, now)
         jobs.append({
             "name": job.name,
             "state": "error" if last and not last.get("ok") else "idle",
-            "pending_files": len(pending),
-            "pending_bytes": sum(i.size or 0 for i in pending if i.op == "upload"),
-            "failed_files": len(mine) - len(pending),
-            "next_window": (lambda t: t.isoformat(timespec="seconds") if t else None)(
-                schedule.next_opening(job.windows, now)),
+            **summary([i for i in items if i.job == job.name]),
+            "next_window": next_window.isoformat(timespec="seconds") if next_window else None,
             "owner": "ok" if state.owner_id(job.name) else "unset",
             "error": queue_error,
             "last_sync": last,
@@ -419,9 +415,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         target.close()
     state = StateDir(cfg.agent.state_dir)
     dropped = state.read_json("dropped.json", {}).get(job.name, {})
-    p = plan(view.snapshot(), listing, Rules.of(job), target.keeps_mtime)
-    uploads = [u for u in p.uploads if dropped.get(u, {}).get("op") != "upload"]
-    deletes = [d for d in p.deletes if dropped.get(d, {}).get("op") != "delete"]
+    p = control.without_dropped(plan(view.snapshot(), listing, Rules.of(job), target.keeps_mtime),
+                                dropped, view.entries)
+    uploads, deletes = p.uploads, p.deletes
     sizes = {u: view.entries[u].size for u in uploads}
     if args.json:
         _print_json({"job": job.name, "uploads": [{"path": u, "size": sizes[u]} for u in uploads],

@@ -67,9 +67,5 @@ class SourceError(OffsiteError):
     """One source file cannot be read: an error for that file only."""
 
 
-class SourceChanged(OffsiteError):
-    """The source file changed while it was sent: the copy is discarded and sent again later."""
-
-
 class Interrupted(OffsiteError):
     """The transfer was stopped at a resumable point (agent stopping, window closed)."""

@@ -55,7 +55,6 @@ class Plan:
     blockers: dict[tuple, tuple] = field(default_factory=dict)  # chain -> first key still waited for
     held: str | None = None  # why deletions are held back, when they are
     held_count: int = 0
-    skipped_base: list[str] = field(default_factory=list)
 
 
 def pathkey(path: str) -> str:
@@ -144,8 +143,6 @@ def plan(
     order = sorted(src.values(), key=lambda f: (f.chain, f.key))
     for f in order:
         if not selected(f, rules, facts):
-            if f.role is Role.IMAGE and f.level is Level.BASE:
-                out.skipped_base.append(f.path)
             continue
         s = source[f.path]
         t_path = on_target.get(pathkey(f.path))

@@ -5,15 +5,10 @@ import json
 import os
 import time
 
-from conftest import wait_until
+from conftest import finished_file, wait_until
 from offsite.queue import WorkQueue
 
 CLOSED = 'windows = [{ days = ["mon"], start = "00:00", end = "00:01" }]'
-
-
-def old_file(path, size=100):
-    path.write_bytes(os.urandom(size))
-    os.utime(path, (time.time() - 3600, time.time() - 3600))
 
 
 def items(site):
@@ -24,8 +19,8 @@ def items(site):
 
 def test_queue_commands_with_the_agent_running(site, start_agent):
     site.config(job=CLOSED)
-    old_file(site.source / "C_VOL-b001.spf")
-    old_file(site.source / "C_VOL-b001-i001-cd.spi")
+    finished_file(site.source / "C_VOL-b001.spf", 100)
+    finished_file(site.source / "C_VOL-b001-i001-cd.spi", 100)
     agent = start_agent()
     queued = wait_until(lambda: len(i := items(site)) == 2 and i, what="two queued items")
     assert {i["state"] for i in queued} == {"ready"} and {i["op"] for i in queued} == {"upload"}
@@ -73,7 +68,7 @@ def test_queue_commands_without_an_agent(site):
 
 def test_plan_shows_uploads_and_deletions_without_doing_them(site):
     site.config()
-    old_file(site.source / "C_VOL-b001.spf", 1000)
+    finished_file(site.source / "C_VOL-b001.spf", 1000)
     (site.source / "C_VOL-b001-i002-cd.spi").write_bytes(b"growing")  # not settled
     (site.target).mkdir()
     (site.target / "C_VOL-b001-i001-cd.spi").write_bytes(b"old")  # gone at the source
@@ -109,8 +104,8 @@ target = {{ type = "local", path = "{site.root / 'usb-not-mounted'}" }}
 
 def test_a_file_that_vanishes_before_it_is_sent_is_skipped_and_counted(site, start_agent):
     site.config(job=CLOSED)
-    old_file(site.source / "C_VOL-b001.spf")
-    old_file(site.source / "C_VOL-b001-i001-cd.spi")
+    finished_file(site.source / "C_VOL-b001.spf", 100)
+    finished_file(site.source / "C_VOL-b001-i001-cd.spi", 100)
     agent = start_agent()
     wait_until(lambda: len(items(site)) == 2, what="two queued items")
     (site.source / "C_VOL-b001-i001-cd.spi").unlink()  # ImageManager's retention got there first
@@ -120,3 +115,43 @@ def test_a_file_that_vanishes_before_it_is_sent_is_skipped_and_counted(site, sta
     assert (result["files_sent"], result["files_skipped"]) == (1, 1)
     assert site.target_files() == {"C_VOL-b001.spf": 100} and items(site) == []
     assert agent.stop() == 0
+
+
+def test_a_dropped_upload_comes_back_in_the_plan_when_the_file_changes(site, start_agent):
+    site.config(job=CLOSED)
+    f = finished_file(site.source / "C_VOL-b001.spf", 100)
+    agent = start_agent()
+    item = wait_until(lambda: (i := items(site)) and i[0], what="the queued upload")
+    assert site.offsite("queue", "drop", str(item["id"])).returncode == 0
+    assert agent.stop() == 0
+    uploads = lambda: [u["path"] for u in json.loads(site.offsite("plan", "job1", "--json").stdout)["uploads"]]  # noqa: E731
+    assert uploads() == []  # dropped: the same version is not planned again
+    finished_file(f, 200)  # a new version of the file
+    assert uploads() == ["C_VOL-b001.spf"]
+
+
+def test_sync_shows_a_progress_bar_on_a_terminal(site):
+    import pty
+    import subprocess
+    import sys
+
+    site.config()
+    finished_file(site.source / "C_VOL-b001.spf", 3 * 1024 * 1024)
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "offsite", "-c", str(site.cfg), "sync", "job1"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert p.wait(30) == 0
+    os.close(master)
+    text = out.decode("utf-8", "replace")
+    assert "100% 3.0 MiB of 3.0 MiB C_VOL-b001.spf" in text and "[####################]" in text
+    assert "job1: ok: 1 sent" in text

@@ -262,6 +262,10 @@ def test_config_found_through_environment(folder):
     r2 = subprocess.run([sys.executable, "-m", "offsite", "check"], capture_output=True, text=True,
                         cwd="/", env={**os.environ, "OFFSITE_CONFIG": str(path)})
     assert r2.returncode == 0 and "fs: ok" in r2.stdout
+    env = {k: v for k, v in os.environ.items() if k != "OFFSITE_CONFIG"}
+    r3 = subprocess.run([sys.executable, "-m", "offsite", "check"], capture_output=True, text=True,
+                        cwd=folder, env=env)  # no -c, no $OFFSITE_CONFIG: ./agent.toml
+    assert r3.returncode == 0 and "fs: ok" in r3.stdout
 
 
 def test_bad_command_line_is_exit_2(folder):

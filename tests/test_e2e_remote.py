@@ -4,12 +4,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import time
 
 import pytest
 
-from conftest import Site, wait_until
+from conftest import Site, finished_file, wait_until
 from imagemanager import ImageManager, write_events
 from offsite.selection import Rules, SourceFile, plan
 
@@ -60,9 +59,7 @@ def test_sigkill_in_the_middle_of_an_upload_resumes_it(kind, servers, site, star
     server = servers.get(kind)
     loc = server.new_location()
     site.config(target=loc, agent='bandwidth = "25MB/s"', job='mode = "all"')
-    big = site.source / "C_VOL-b001.spf"
-    big.write_bytes(os.urandom(128 * MiB))
-    os.utime(big, (time.time() - 60, time.time() - 60))
+    big = finished_file(site.source / "C_VOL-b001.spf", 128 * MiB)
     agent = start_agent()
     wait_until(lambda: _staged_bytes(kind, server, loc) >= 48 * MiB, timeout=60, what="the upload under way")
     agent.kill()
@@ -84,9 +81,7 @@ def test_a_server_stopped_in_the_middle_of_an_upload_is_ridden_out(servers, site
     server = servers.get("sftp")
     loc = server.new_location()
     site.config(target=loc, agent='bandwidth = "20MB/s"', job='mode = "all"')
-    big = site.source / "C_VOL-b001.spf"
-    big.write_bytes(os.urandom(80 * MiB))
-    os.utime(big, (time.time() - 60, time.time() - 60))
+    big = finished_file(site.source / "C_VOL-b001.spf", 80 * MiB)
     agent = start_agent()
     wait_until(lambda: _staged_bytes("sftp", server, loc) >= 16 * MiB, timeout=60, what="the upload under way")
     server.stop()  # the whole server, its open sessions included

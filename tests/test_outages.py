@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 from pathlib import Path
 
-from conftest import wait_until
+from conftest import finished_file, wait_until
 
 MiB = 1024 * 1024
 
@@ -22,18 +21,11 @@ def staged(loc) -> int:
     return sum(p.stat().st_size for p in d.glob("*.part")) if d.exists() else 0
 
 
-def big_file(site, size=60 * MiB):
-    p = site.source / "C_VOL-b001.spf"
-    p.write_bytes(os.urandom(size))
-    os.utime(p, (time.time() - 60, time.time() - 60))
-    return p
-
-
 def test_a_90_second_outage_is_retried_until_the_sync_completes(servers, site, start_agent):
     server = servers.get("sftp")
     loc = server.new_location()
     site.config(target=loc, agent='bandwidth = "20MB/s"\nretry_for = "10m"', job='mode = "all"')
-    big = big_file(site)
+    big = finished_file(site.source / "C_VOL-b001.spf", 60 * MiB)
     agent = start_agent()
     wait_until(lambda: staged(loc) > 10 * MiB, what="the upload under way")
     server.stop()

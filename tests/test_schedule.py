@@ -5,7 +5,7 @@ import datetime as dt
 
 import pytest
 
-from offsite.agent.schedule import Window, is_open, next_opening, window_close
+from offsite.agent.schedule import Window, is_open, next_opening
 
 MON, TUE, WED, THU, FRI, SAT, SUN = range(7)
 WEEKNIGHTS = Window(frozenset({MON, TUE, WED, THU, FRI}), dt.time(19, 0), dt.time(7, 0))
@@ -57,8 +57,3 @@ def test_aware_times_are_read_as_local_wall_clock():
     now = t(MON, 20).replace(tzinfo=dt.timezone(dt.timedelta(hours=5)))
     assert is_open((WEEKNIGHTS,), now)
 
-
-def test_window_close():
-    assert window_close(SPEC_EXAMPLE, t(MON, 20)) == t(TUE, 7)
-    assert window_close(SPEC_EXAMPLE, t(SAT, 3)) == t(SUN, 0)
-    assert window_close(SPEC_EXAMPLE, t(MON, 12)) is None

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import wait_until
+from conftest import finished_file, wait_until
 
 MiB = 1024 * 1024
 
@@ -17,16 +17,6 @@ MiB = 1024 * 1024
 def staged_bytes(folder) -> int:
     staging = folder / ".offsite" / "staging"
     return sum(p.stat().st_size for p in staging.glob("*.part")) if staging.exists() else 0
-
-
-def old(path, size: int | None = None, data: bytes | None = None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if data is not None:
-        path.write_bytes(data)
-    else:
-        with open(path, "wb") as f:
-            f.write(os.urandom(size))
-    os.utime(path, (time.time() - 60, time.time() - 60))
 
 
 def test_a_window_closing_mid_upload_pauses_it_until_the_next_window(site, start_agent):
@@ -41,7 +31,7 @@ def test_a_window_closing_mid_upload_pauses_it_until_the_next_window(site, start
                f'{{ start = "{hhmm(reopens)}", end = "{hhmm(m0 + dt.timedelta(minutes=20))}" }}]')
     site.config(agent='bandwidth = "2MB/s"', job=windows)
     big = site.source / "C_VOL-b001.spf"
-    old(big, 180 * MiB)  # 90 s at 2 MB/s: still going when the window closes
+    finished_file(big, 180 * MiB)  # 90 s at 2 MB/s: still going when the window closes
     agent = start_agent()
     wait_until(lambda: staged_bytes(site.target) > 0, what="the transfer to start")
     wait_until(lambda: dt.datetime.now() >= closes + dt.timedelta(seconds=2), timeout=90, interval=0.5,
@@ -72,8 +62,8 @@ def small_disk(site):
 
 def test_a_full_target_disk_is_a_clear_error_and_the_item_completes_once_space_is_freed(site, start_agent, small_disk):
     site.config(agent='rescan = "4s"')
-    old(site.source / "C_VOL-b001.spf", 8 * MiB)
-    old(site.source / "C_VOL-b001-i001-cd.spi", 16 * MiB)
+    finished_file(site.source / "C_VOL-b001.spf", 8 * MiB)
+    finished_file(site.source / "C_VOL-b001-i001-cd.spi", 16 * MiB)
     agent = start_agent()
     st = wait_until(lambda: (s := site.job_status())["state"] == "error" and s, timeout=30, what="the disk-full error")
     assert "the target disk is full" in st["error"] and str(site.location) in st["error"]
@@ -90,7 +80,7 @@ def test_a_full_target_disk_is_a_clear_error_and_the_item_completes_once_space_i
 
 def test_a_corrupt_queue_database_is_moved_aside_and_rebuilt(site, start_agent):
     site.config()
-    old(site.source / "C_VOL-b001.spf", 1000)
+    finished_file(site.source / "C_VOL-b001.spf", 1000)
     (site.state / "queue").mkdir(parents=True)
     (site.state / "queue" / "data.db").write_bytes(b"this is not a database" * 100)
     r = site.offsite("queue", "list")
@@ -116,10 +106,10 @@ HOSTILE = [
 def test_hostile_names_and_symlinks(site, start_agent, tmp_path):
     site.config()
     for name in HOSTILE:
-        old(site.source / name, data=name.encode())
-    old(site.source / "new\nline-b001.spf", data=b"x")  # not a name backup software writes: left alone
+        finished_file(site.source / name, data=name.encode())
+    finished_file(site.source / "new\nline-b001.spf", data=b"x")  # not a name backup software writes: left alone
     outside = tmp_path / "outside"
-    old(outside / "Secret_VOL-b001.spf", data=b"must not travel")
+    finished_file(outside / "Secret_VOL-b001.spf", data=b"must not travel")
     os.symlink(outside, site.source / "linked")
     os.symlink(outside / "Secret_VOL-b001.spf", site.source / "Secret_VOL-b001.spf")
     agent = start_agent()

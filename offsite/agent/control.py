@@ -2,8 +2,11 @@
 running agent (on a request from its mailbox) and by a command when no agent runs."""
 from __future__ import annotations
 
+from typing import Mapping
+
 from ..errors import UsageError
 from ..queue import QueueItem, WorkQueue
+from ..selection import Plan
 from ..state import StateDir
 
 
@@ -50,3 +53,19 @@ def take_over(job, state: StateDir) -> str:
         return target.describe()
     finally:
         target.close()
+
+
+def without_dropped(p: Plan, dropped: Mapping[str, dict], entries: Mapping) -> Plan:
+    """The plan less the operations the user dropped: a dropped upload only for the same
+    version of the file (size and mtime), so a changed file is sent again."""
+    def is_dropped(op: str, path: str) -> bool:
+        d = dropped.get(path)
+        if not d or d.get("op") != op:
+            return False
+        e = entries.get(path)
+        return op == "delete" or (e is not None and [e.size, e.mtime_ns] == [d.get("size"), d.get("mtime_ns")])
+
+    if dropped:
+        p.uploads = [u for u in p.uploads if not is_dropped("upload", u)]
+        p.deletes = [d for d in p.deletes if not is_dropped("delete", d)]
+    return p

@@ -20,7 +20,7 @@ from ..config import AgentSettings, Job
 from ..errors import (
     Interrupted, OffsiteError, OwnerMismatch, PermanentError, SourceError, TransientError,
 )
-from ..queue import QueueItem, WorkQueue
+from ..queue import QueueItem, WorkQueue, summary
 from ..selection import Plan, RemoteFile, Rules, plan
 from ..state import StateDir
 from ..targets import Target, make_target
@@ -133,13 +133,9 @@ class JobRunner:
             return not self._thread.is_alive()
         return True
 
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def status(self, now: dt.datetime) -> dict:
         items = self.queue.items(self.job.name)
         pending = [i for i in items if i.state != "failed"]
-        failed = [i for i in items if i.state == "failed"]
         with self._lock:
             phase, error, owner, last = self.phase, self.error, self.owner_state, self.last_sync
             trouble = self.transient_error
@@ -158,9 +154,7 @@ class JobRunner:
         return {
             "name": self.job.name,
             "state": phase,
-            "pending_files": len(pending),
-            "pending_bytes": sum(i.size or 0 for i in pending if i.op == "upload"),
-            "failed_files": len(failed),
+            **summary(items),
             "waiting_files": len(self.plan.waiting),
             "next_window": _iso(schedule.next_opening(self.job.windows, now)),
             "owner": owner,
@@ -230,9 +224,8 @@ class JobRunner:
         try:
             if self._need_reconcile or mono >= self._next_rescan:
                 self._reconcile(mono, wall)
-            elif hints or any(not e.ready for e in self.view.entries.values()):
-                if self.view.touch(hints, mono, wall) | self.view.refresh(mono, wall):
-                    self._replan()
+            else:
+                self._fold_hints(hints)
             if forced or schedule.is_open(self.job.windows, _now()):
                 stats = self._drain(forced, stats)
             else:
@@ -264,22 +257,14 @@ class JobRunner:
             self.transient_error = None
         self._need_reconcile = False
         self._next_rescan = mono + self.settings.rescan
-        self._replan()
-        if not self.wants_target():
-            self._close_target()
-
-    def wants_target(self) -> bool:
-        return next_item(self.queue.items(self.job.name), self.plan.blockers, _now(), self.job.family) is not None
+        self._replan()  # step() then drains or closes the target
 
     def _replan(self) -> None:
         if self.target_files is None:
             return
         keeps_mtime = self.target.keeps_mtime if self.target else False
         p = plan(self.view.snapshot(), self.target_files, self.rules, keeps_mtime, self._allow_deletes)
-        dropped = self._dropped()
-        if dropped:
-            p.uploads = [u for u in p.uploads if not self._is_dropped(dropped, "upload", u)]
-            p.deletes = [d for d in p.deletes if not self._is_dropped(dropped, "delete", d)]
+        p = control.without_dropped(p, self._dropped(), self.view.entries)
         if p.held and p.held != self.plan.held:
             log.warning("job %s: %s; held back until 'offsite sync %s --allow-deletes'",
                         self.job.name, p.held, self.job.name)
@@ -302,15 +287,6 @@ class JobRunner:
             self._dropped_stamp = stamp
             self._dropped_ops = self.state.read_json("dropped.json", {}).get(self.job.name, {})
         return self._dropped_ops
-
-    def _is_dropped(self, dropped: dict, op: str, path: str) -> bool:
-        d = dropped.get(path)
-        if not d or d.get("op") != op:
-            return False
-        if op == "delete":
-            return True
-        e = self.view.entries.get(path)
-        return e is not None and [e.size, e.mtime_ns] == [d.get("size"), d.get("mtime_ns")]
 
     def _drop_stale(self) -> None:
         """Queued work the current plan no longer wants: done elsewhere, vanished, superseded."""
@@ -351,9 +327,11 @@ class JobRunner:
                 self.phase = "idle"
         return stats
 
-    def _fold_hints(self) -> None:
-        with self._lock:
-            hints, self._hints = self._hints, set()
+    def _fold_hints(self, hints: set[str] | None = None) -> None:
+        """Fold watcher hints (taken here unless given) and settling files into the plan."""
+        if hints is None:
+            with self._lock:
+                hints, self._hints = self._hints, set()
         mono, wall = time.monotonic(), time.time_ns()
         if self.view.touch(hints, mono, wall) | self.view.refresh(mono, wall):
             self._replan()

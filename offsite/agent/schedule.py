@@ -66,16 +66,3 @@ def next_opening(windows: tuple[Window, ...], now: dt.datetime) -> dt.datetime |
             return best
     return best
 
-
-def window_close(windows: tuple[Window, ...], now: dt.datetime) -> dt.datetime | None:
-    """When the window open at `now` closes (the latest end of the overlapping ones)."""
-    now = _naive(now)
-    latest: dt.datetime | None = None
-    for w in windows:
-        for back in (0, 1):
-            day = now.date() - dt.timedelta(days=back)
-            if day.weekday() in w.days:
-                begin, finish = w.spans(day)
-                if begin <= now < finish and (latest is None or finish > latest):
-                    latest = finish
-    return latest

@@ -69,6 +69,14 @@ def _attempts_after(it: QueueItem, count_attempt: bool) -> int:
     return it.attempts
 
 
+def summary(items: list[QueueItem]) -> dict:
+    """The counts `offsite status` shows for one job's items."""
+    pending = [i for i in items if i.state != "failed"]
+    return {"pending_files": len(pending),
+            "pending_bytes": sum(i.size or 0 for i in pending if i.op == "upload"),
+            "failed_files": len(items) - len(pending)}
+
+
 def now_iso() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -219,9 +227,6 @@ class WorkQueue:
         self._items[it.id] = it
         return it
 
-    def pending_for(self, job: str, path: str) -> list[QueueItem]:
-        with self._lock:
-            return [self._items[i] for i in self._by_path.get((job, path), ())]
 
     def _ack(self, item_id: int) -> None:
         self._q.ack(id=item_id)

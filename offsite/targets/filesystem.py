@@ -8,6 +8,7 @@ the staged file's size, checked for size, and published with one rename.
 from __future__ import annotations
 
 import abc
+import io
 import posixpath
 from typing import BinaryIO, Iterator
 
@@ -73,8 +74,6 @@ class RemoteFileTarget(Target):
         """Set the modification time where the protocol can (keeps_mtime)."""
 
     def _put_small(self, path: str, data: bytes) -> None:
-        import io
-
         self._write(path, 0, io.BytesIO(data), len(data), lambda n: None)
 
     @abc.abstractmethod

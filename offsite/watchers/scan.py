@@ -62,6 +62,8 @@ class SourceView:
 
     def touch(self, rels: set[str], mono: float, wall_ns: int) -> bool:
         """Look again at paths named by events (files or folders)."""
+        if not rels:
+            return False
         changed = False
         for rel in rels:
             path = self.root.joinpath(*rel.split("/")) if rel else self.root
@@ -86,10 +88,11 @@ class SourceView:
 
     def refresh(self, mono: float, wall_ns: int) -> bool:
         """Stat the files not yet complete again; True when one became complete or moved."""
+        waiting = [rel for rel, e in self.entries.items() if not e.ready]
+        if not waiting:
+            return False  # the loop runs twice a second: nothing to do is the common case
         changed = False
-        for rel, e in list(self.entries.items()):
-            if e.ready:
-                continue
+        for rel in waiting:
             try:
                 st = os.lstat(self.root / rel)
             except OSError:
