@@ -20,6 +20,15 @@ def to_stderr(level: str) -> None:
     # Libraries' chatter (a line per SSH connection) stays out of the agent's log.
     for noisy in ("paramiko", "botocore", "boto3", "smbprotocol", "spnego", "urllib3", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    sys.unraisablehook = _unraisable
+
+
+def _unraisable(u: "sys.UnraisableHookArgs") -> None:
+    """An error raised where Python cannot pass it on (a library object's __del__ after its
+    connection broke): the failure itself was already reported, so one debug line, never
+    the traceback Python would print to stderr."""
+    logging.getLogger("offsite").debug("ignored while cleaning up %r: %s: %s", u.object,
+                                       type(u.exc_value).__name__, u.exc_value)
 
 
 def to_file(folder: Path) -> None:

@@ -145,7 +145,11 @@ class RemoteFileTarget(Target):
         offset = self._size(staged) or 0
         if offset > size:
             offset = 0
-        return self._write(staged, offset, src, size, progress)
+        try:
+            return self._write(staged, offset, src, size, progress)
+        except (TransientError, PermanentError) as e:
+            # Name the file the operator knows, not its hashed staging name.
+            raise type(e)(str(e).replace(staged, relpath)) from None
 
     def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
         final = self._final(relpath)

@@ -34,6 +34,9 @@ class SftpTarget(RemoteFileTarget):
         self.sftp: paramiko.SFTPClient | None = None
         self.request_size = 32768
 
+    def endpoint(self) -> tuple[str, int] | None:
+        return self.o["host"], self.o["port"]
+
     def describe_server(self) -> str:
         return f"sftp {self.o['username']}@{self.o['host']}:{self.o['port']}"
 
@@ -166,7 +169,8 @@ class SftpTarget(RemoteFileTarget):
 
     def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> int:
         def body() -> None:
-            with self.sftp.open(path, "r+b" if offset else "wb", bufsize=self.CHUNK) as dst:
+            dst = self.sftp.open(path, "r+b" if offset else "wb", bufsize=self.CHUNK)
+            try:
                 dst.MAX_REQUEST_SIZE = self.request_size
                 dst.set_pipelined(True)
                 if offset:
@@ -182,6 +186,9 @@ class SftpTarget(RemoteFileTarget):
                     dst.write(data)
                     pos += len(data)
                     progress(len(data))
+                dst.close()  # flushes and waits for every pipelined write: errors surface here
+            finally:
+                _abandon(dst)
 
         try:
             self._call(path, body)
@@ -210,11 +217,24 @@ class SftpTarget(RemoteFileTarget):
     def _get_small(self, path: str) -> bytes | None:
         try:
             def read() -> bytes:
-                with self.sftp.open(path, "rb") as f:
+                f = self.sftp.open(path, "rb")
+                try:
                     return f.read()
+                finally:
+                    _abandon(f)
             return self._call(path, read)
         except FileNotFoundError:
             return None
+
+
+def _abandon(f: paramiko.SFTPFile) -> None:
+    """Close a remote file on every path. When the connection broke, close() itself fails
+    before it marks the file closed, and paramiko's __del__ would try again from the garbage
+    collector and print a traceback (issue 7): the file is dead with its connection anyway."""
+    try:
+        f.close()
+    except Exception:  # noqa: BLE001 - the write's own error is what the caller reports
+        f._closed = True  # type: ignore[attr-defined]
 
 
 def _parse_host_key(text: str) -> paramiko.PKey:
