@@ -271,7 +271,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"{ls['files_sent']} sent ({format_bytes(ls['bytes_sent'])}), "
                   f"{ls['files_deleted']} deleted, {ls['files_skipped']} skipped")
             for err in ls.get("errors") or []:
-                print(f"    {err}")
+                print(f"    {'retried after: ' if ls['ok'] else ''}{err}")
     return EXIT_FAILED if bad else EXIT_OK
 
 

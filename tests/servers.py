@@ -85,6 +85,11 @@ class Server:
         top = base / folder if folder else base
         return {p.relative_to(top).as_posix(): p.read_bytes() for p in top.rglob("*") if p.is_file()}
 
+    def staged_bytes(self, location: dict, folder: str = "job1") -> int:
+        """Bytes of partial uploads the server holds for a job: what a resume can keep."""
+        return sum(len(b) for p, b in self.files(location, folder).items() if p.startswith(".offsite/staging/")
+                   and not p.endswith(".json"))
+
     def stop(self) -> None:
         import psutil
 
@@ -331,6 +336,14 @@ class _S3(Server):
     def missing_location(self, location: dict) -> dict:
         return {**location, "bucket": location["bucket"] + "-not-there"}
 
+    def staged_bytes(self, location: dict, folder: str = "job1") -> int:
+        c = self.client()
+        total = 0
+        for u in c.list_multipart_uploads(Bucket=location["bucket"]).get("Uploads", []):
+            parts = c.list_parts(Bucket=location["bucket"], Key=u["Key"], UploadId=u["UploadId"]).get("Parts", [])
+            total += sum(p["Size"] for p in parts)
+        return total
+
     def files(self, location: dict, folder: str) -> dict[str, bytes]:
         c = self.client()
         top = f"{location['prefix']}/{folder}/" if folder else f"{location['prefix']}/"
@@ -372,7 +385,9 @@ class Seaweed(_S3):
         self.port = getattr(self, "port", None) or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         weed = Path(sys.executable).with_name("weed")
-        ports = {flag: free_port() for flag in ("master.port", "volume.port", "filer.port")}
+        # The same ports on a restart: the master remembers where its volume server was.
+        ports = getattr(self, "ports", None) or {flag: free_port() for flag in ("master.port", "volume.port", "filer.port")}
+        self.ports = ports
         argv = [str(weed), f"-logdir={b}/log", "mini", f"-dir={b}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-s3.port={self.port}", f"-s3.config={b}/s3.json", "-webdav=false", "-admin.ui=false",
                 "-s3.port.iceberg=0", "-master.telemetry=false", f"-filer.localSocket={b}/filer.sock",

@@ -169,7 +169,7 @@ def test_sigkill_in_the_middle_of_a_large_copy_loses_and_duplicates_nothing(site
     last = wait_until(lambda: (ls := site.job_status()["last_sync"]) and ls["files_sent"] >= 1 and ls,
                       what="the completed sync's result")
     # Resumed from the last checkpoint (every 16 MiB), not from zero.
-    assert last["ok"] and last["bytes_sent"] <= big.stat().st_size - at_kill + 17 * MiB + 100
+    assert last["ok"] and last["bytes_on_wire"] <= big.stat().st_size - at_kill + 17 * MiB + 100
     assert json.loads(site.offsite("queue", "list", "--json").stdout) == []
     t0 = time.monotonic()
     assert agent.stop() == 0 and time.monotonic() - t0 < 5
@@ -202,7 +202,7 @@ def test_queue_list_while_the_agent_works_does_not_disturb_it_and_sigterm_pauses
     wait_until(lambda: "C_VOL-b001.spf" in site.target_files(), what="the resumed transfer")
     last = wait_until(lambda: (ls := site.job_status()["last_sync"]) and ls["files_sent"] == 1 and ls,
                       what="the completed sync's result")  # not the interrupted one before it
-    assert last["bytes_sent"] <= big.stat().st_size - paused_at + 1 * MiB
+    assert last["bytes_on_wire"] <= big.stat().st_size - paused_at + 1 * MiB
     assert sha(site.target / "C_VOL-b001.spf") == sha(big)
     assert agent.stop() == 0
 

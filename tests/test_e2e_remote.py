@@ -70,7 +70,8 @@ def test_sigkill_in_the_middle_of_an_upload_resumes_it(kind, servers, site, star
     last = wait_until(lambda: (ls := site.job_status()["last_sync"]) and ls["files_sent"] >= 1 and ls,
                       what="the completed sync's result")
     # Only what the server did not hold was sent again.
-    assert last["ok"] and last["bytes_sent"] <= 128 * MiB - kept + 1 * MiB, (last["bytes_sent"], kept)
+    assert last["ok"] and last["bytes_on_wire"] <= 128 * MiB - kept + 1 * MiB, (last["bytes_on_wire"], kept)
+    assert last["bytes_sent"] == 128 * MiB and last["sent"] == ["C_VOL-b001.spf"]
     got = published(server, loc)["C_VOL-b001.spf"]
     assert hashlib.sha256(got).digest() == hashlib.sha256(big.read_bytes()).digest()
     assert _staged_bytes(kind, server, loc) == 0

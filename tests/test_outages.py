@@ -1,12 +1,11 @@
-"""Outages of a real server (SFTP) in the middle of a sync."""
+"""Outages of a real server (SFTP) longer than retry_for (shorter ones: test_recovery.py)."""
 from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from pathlib import Path
 
-from conftest import finished_file, wait_until
+from conftest import wait_until
 
 MiB = 1024 * 1024
 
@@ -19,29 +18,6 @@ def published(loc) -> set[str]:
 def staged(loc) -> int:
     d = Path(loc["path"]) / "job1" / ".offsite" / "staging"
     return sum(p.stat().st_size for p in d.glob("*.part")) if d.exists() else 0
-
-
-def test_a_90_second_outage_is_retried_until_the_sync_completes(servers, site, start_agent):
-    server = servers.get("sftp")
-    loc = server.new_location()
-    site.config(target=loc, agent='bandwidth = "20MB/s"\nretry_for = "10m"', job='mode = "all"')
-    big = finished_file(site.source / "C_VOL-b001.spf", 60 * MiB)
-    agent = start_agent()
-    wait_until(lambda: staged(loc) > 10 * MiB, what="the upload under way")
-    server.stop()
-    try:
-        time.sleep(10)
-        st = site.job_status()
-        assert st["state"] == "paused" and st["pending_files"] == 1
-        items = json.loads(site.offsite("queue", "list", "--json").stdout)
-        assert items[0]["last_error"] and items[0]["next_attempt"]
-        time.sleep(80)
-    finally:
-        server.restart()
-    wait_until(lambda: "C_VOL-b001.spf" in published(loc), timeout=150, what="the sync to complete after the outage")
-    assert (Path(loc["path"]) / "job1" / "C_VOL-b001.spf").read_bytes() == big.read_bytes()
-    wait_until(lambda: site.job_status()["state"] == "idle", what="the job to be idle")
-    assert agent.stop() == 0
 
 
 def test_an_outage_longer_than_retry_for_parks_the_items_until_the_next_chance(servers, site, start_agent):

@@ -47,7 +47,7 @@ def test_a_window_closing_mid_upload_pauses_it_until_the_next_window(site, start
     wait_until(lambda: staged_bytes(site.target) > paused_at + MiB, timeout=30, what="the transfer to resume")
     assert agent.stop() == 0  # stop at a resumable point rather than wait 90 s more
     r = site.offsite("sync", "job1", "--json")  # sync ignores the window and finishes it
-    sent = json.loads(r.stdout)["result"]["bytes_sent"]
+    sent = json.loads(r.stdout)["result"]["bytes_on_wire"]
     assert r.returncode == 0 and sent < big.stat().st_size - paused_at  # resumed, not restarted
     assert site.target_files() == {"C_VOL-b001.spf": big.stat().st_size}
 

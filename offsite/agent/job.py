@@ -23,7 +23,7 @@ from ..errors import (
 from ..queue import QueueItem, WorkQueue, summary
 from ..selection import Plan, RemoteFile, Rules, plan
 from ..state import StateDir
-from ..targets import Target, make_target
+from ..targets import Target, make_target, reachable
 from ..watchers import SourceView
 from . import control, schedule
 from .dispatcher import backoff, next_item
@@ -40,24 +40,47 @@ def _iso(t: dt.datetime | None) -> str | None:
     return t.isoformat(timespec="seconds") if t else None
 
 
+LISTED = 100  # paths kept in a result's "sent" and "deleted" lists (SPEC section 6)
+PROBE_EVERY = 5.0  # seconds between reachability probes while a target is unreachable
+
+
 @dataclass
 class SyncStats:
+    """One pass of work ("Last Synchronization Results"): from the first item drained until
+    the job is idle again or gives up. Retries inside the pass belong to it."""
+
     started: dt.datetime
     errors: list[str] = field(default_factory=list)
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # the sizes of the files published
+    bytes_on_wire: int = 0  # what went over the wire, resent bytes included
     files_sent: int = 0
     files_deleted: int = 0
     files_skipped: int = 0
+    sent: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    ok: bool = True  # False once the pass ended with work undone or an error unhealed
 
     def error(self, msg: str) -> None:
         if msg not in self.errors:
             self.errors.append(msg)
 
+    def published(self, path: str, size: int) -> None:
+        self.files_sent += 1
+        self.bytes_sent += size
+        if len(self.sent) < LISTED:
+            self.sent.append(path)
+
+    def removed(self, path: str) -> None:
+        self.files_deleted += 1
+        if len(self.deleted) < LISTED:
+            self.deleted.append(path)
+
     def result(self, finished: dt.datetime) -> dict:
         return {
-            "started": _iso(self.started), "finished": _iso(finished), "ok": not self.errors,
-            "errors": self.errors, "bytes_sent": self.bytes_sent, "files_sent": self.files_sent,
-            "files_deleted": self.files_deleted, "files_skipped": self.files_skipped,
+            "started": _iso(self.started), "finished": _iso(finished), "ok": self.ok,
+            "errors": self.errors, "bytes_sent": self.bytes_sent, "bytes_on_wire": self.bytes_on_wire,
+            "files_sent": self.files_sent, "files_deleted": self.files_deleted,
+            "files_skipped": self.files_skipped, "sent": self.sent, "deleted": self.deleted,
         }
 
 
@@ -102,6 +125,10 @@ class JobRunner:
         self._source_missing = False
         self._transient_since: float | None = None
         self._transient_count = 0
+        self._gave_up = False  # transient failures outlasted retry_for: the pass is over
+        self._probe_at: float | None = None  # next reachability probe (monotonic), while parked
+        self._unreachable = False  # the last probe found the server not answering
+        self._pass: SyncStats | None = None  # the pass of work under way
         self.transient_error: str | None = None  # the last failure that retries should heal
         self._allow_deletes = False
         self._skipped = 0  # vanished before sent, noticed between syncs
@@ -201,7 +228,7 @@ class JobRunner:
                 f"the source folder {self.job.source} is missing (an unmounted disk?); "
                 "nothing is deleted on the target while it is"
             )
-            self._answer(syncs, None)
+            self._answer(syncs)
             return
         if self._source_missing:
             self._source_missing = False
@@ -209,10 +236,14 @@ class JobRunner:
             self._need_reconcile = True
 
         forced = bool(syncs)
+        if self._probe_at is not None and mono >= self._probe_at:
+            self._probe(mono)
         if forced:
             self._clear_error()
             self._need_reconcile = True
             self._allow_deletes = any(r.allow_deletes for r in syncs)
+            if self._pass is None:
+                self._pass = SyncStats(_now())
         elif mono < self._retry_at:
             self.view.touch(hints, mono, wall)  # keep the view fresh; no hot retry loop
             return
@@ -220,33 +251,41 @@ class JobRunner:
             self._clear_error()
             self._need_reconcile = True
 
-        stats = SyncStats(_now()) if forced else None
         try:
             if self._need_reconcile or mono >= self._next_rescan:
                 self._reconcile(mono, wall)
             else:
                 self._fold_hints(hints)
             if forced or schedule.is_open(self.job.windows, _now()):
-                stats = self._drain(forced, stats)
+                self._drain(forced)
             else:
                 self._close_target()
         except (PermanentError, TransientError) as e:
-            self._target_failed(e, None, stats)
+            self._target_failed(e, None)
         except Interrupted:
             pass  # stopping: nothing was in flight outside _execute
         finally:
-            if stats is not None:
-                self._finish(stats)
+            if self._pass is not None and (forced or self._pass_over()):
+                self._finish(self._pass, forced)
             if forced:
                 self._allow_deletes = False
-            self._answer(syncs, stats)
+            self._answer(syncs)
 
-    def _answer(self, syncs: list[Request], stats: SyncStats | None) -> None:
+    def _answer(self, syncs: list[Request]) -> None:
+        last = self.last_sync
         for r in syncs:
             if r.reply:
-                r.reply({"ok": self.error is None and (stats is None or not stats.errors),
-                         "error": self.error, "held": self.plan.held, "result": self.last_sync,
+                r.reply({"ok": self.error is None and bool(last and last["ok"]),
+                         "error": self.error, "held": self.plan.held, "result": last,
                          "waiting_files": len(self.plan.waiting)})
+
+    def _pass_over(self) -> bool:
+        """Is the pass of work under way over: the job idle again, or giving up?"""
+        if self.stopping.is_set() or self.error or self._gave_up:
+            return True
+        if not schedule.is_open(self.job.windows, _now()):
+            return True
+        return not any(i.state != "failed" for i in self.queue.items(self.job.name))
 
     # ------------------------------------------------------------ reconciliation
     def _reconcile(self, mono: float, wall: int) -> None:
@@ -305,7 +344,7 @@ class JobRunner:
                 self.queue.ack(it.id)
 
     # ------------------------------------------------------------ transfers
-    def _drain(self, forced: bool, stats: SyncStats | None) -> SyncStats | None:
+    def _drain(self, forced: bool) -> None:
         while not self.stopping.is_set():
             now = _now()
             if not forced and not schedule.is_open(self.job.windows, now):
@@ -314,18 +353,17 @@ class JobRunner:
             it = next_item(self.queue.items(self.job.name), self.plan.blockers, now, self.job.family)
             if it is None:
                 break
-            if stats is None:
-                stats = SyncStats(now)
+            if self._pass is None:
+                self._pass = SyncStats(now)
             with self._lock:
                 self.phase = "syncing"
-            if not self._execute(it, stats, forced):
+            if not self._execute(it, self._pass, forced):
                 break
             self._replan()
         self._close_target()
         with self._lock:
             if self.phase == "syncing":
                 self.phase = "idle"
-        return stats
 
     def _fold_hints(self, hints: set[str] | None = None) -> None:
         """Fold watcher hints (taken here unless given) and settling files into the plan."""
@@ -347,11 +385,9 @@ class JobRunner:
                 target.delete(it.path)
                 self.target_files.pop(it.path, None)
                 self.queue.ack(it.id)
-                stats.files_deleted += 1
+                stats.removed(it.path)
                 log.info("job %s: deleted %s", self.job.name, it.path)
-            self._transient_since = None
-            with self._lock:
-                self.transient_error = None
+            self._healthy()
             return True
         except Interrupted:
             self.queue.release(it.id, count_attempt=False)
@@ -360,9 +396,10 @@ class JobRunner:
             log.error("job %s: %s", self.job.name, e)
             self.queue.fail(it.id, str(e))
             stats.error(str(e))
+            stats.ok = False
             return True
         except (TransientError, PermanentError) as e:
-            self._target_failed(e, it, stats)
+            self._target_failed(e, it)
             return isinstance(e, TransientError) and self.error is None
 
     def _upload(self, target: Target, it: QueueItem, stats: SyncStats, forced: bool) -> None:
@@ -390,7 +427,7 @@ class JobRunner:
             def progress(n: int) -> None:
                 nonlocal done
                 done += n
-                stats.bytes_sent += n
+                stats.bytes_on_wire += n
                 self.throttle.consume(n, self.stopping)
                 if self.on_progress:
                     self.on_progress(it.path, done, size)
@@ -419,7 +456,7 @@ class JobRunner:
             target.publish(it.path, size, mtime)
         self.target_files[it.path] = RemoteFile(size, mtime if target.keeps_mtime else None)
         self.queue.ack(it.id)
-        stats.files_sent += 1
+        stats.published(it.path, size)
         log.info("job %s: sent %s (%d bytes)", self.job.name, it.path, size)
 
     # ------------------------------------------------------------ target sessions
@@ -478,10 +515,10 @@ class JobRunner:
             req.reply({"ok": True, "error": None, "target": where})
 
     # ------------------------------------------------------------ trouble
-    def _target_failed(self, e: OffsiteError, it: QueueItem | None, stats: SyncStats | None) -> None:
+    def _target_failed(self, e: OffsiteError, it: QueueItem | None) -> None:
         self._close_target()
-        if stats is not None:
-            stats.error(str(e))
+        if self._pass is not None:
+            self._pass.error(str(e))
         if isinstance(e, TransientError):
             with self._lock:
                 self.transient_error = str(e)
@@ -494,8 +531,11 @@ class JobRunner:
             else:  # this attempt is over: park until the next chance
                 wait = self.settings.rescan
                 self._transient_since = None
+                self._gave_up = True
                 log.warning("job %s: %s; retrying for %ds did not help, next try in %ds",
                             self.job.name, e, self.settings.retry_for, wait)
+            # Full attempts back off, but a cheap probe notices a server that is back.
+            self._probe_at = mono + min(PROBE_EVERY, wait)
             if it is not None:
                 self.queue.release(it.id, str(e), _now() + dt.timedelta(seconds=wait))
             else:
@@ -523,9 +563,45 @@ class JobRunner:
                 self.phase = "idle"
         self._retry_at = 0.0
 
-    def _finish(self, stats: SyncStats) -> None:
+    def _healthy(self) -> None:
+        """An item went through: transient trouble is over."""
+        self._transient_since, self._probe_at, self._unreachable, self._gave_up = None, None, False, False
+        with self._lock:
+            self.transient_error = None
+
+    def _probe(self, mono: float) -> None:
+        """While transient failures back off: is the server answering again? A server that
+        was not answering and now is gets its parked items retried at once."""
+        endpoint = make_target(self.job).endpoint()
+        if endpoint is None:
+            self._probe_at = None
+            return
+        self._probe_at = mono + PROBE_EVERY
+        up = reachable(endpoint)
+        if not up:
+            self._unreachable = True
+        elif self._unreachable:
+            self._unreachable = False
+            parked = [i.id for i in self.queue.items(self.job.name) if i.state == "ready" and i.next_attempt]
+            self.queue.retry(parked)
+            self._retry_at = 0.0
+            log.info("job %s: %s:%d answers again; going on", self.job.name, *endpoint)
+
+    def _finish(self, stats: SyncStats, forced: bool = False) -> None:
+        """Record the pass that just ended as the job's last sync. It is ok when it did its
+        work: errors met on the way and healed by a retry are listed, but do not fail it."""
+        gave_up, self._pass, self._gave_up = self._gave_up, None, False
         stats.files_skipped += self._skipped
         self._skipped = 0
+        left = sum(1 for i in self.queue.items(self.job.name) if i.state != "failed")
+        if left and self.stopping.is_set():
+            stats.error(f"the agent stopped with {left} file(s) still to do")
+            stats.ok = False
+        elif left and not forced and not schedule.is_open(self.job.windows, _now()):
+            stats.error(f"the window closed with {left} file(s) still to do")
+            stats.ok = False
+        if self.error or gave_up or (left and self.transient_error):
+            stats.ok = False
         result = stats.result(_now())
         with self._lock:
             self.last_sync = result
@@ -533,4 +609,4 @@ class JobRunner:
         log.info("job %s: sync %s: %d sent (%d bytes), %d deleted, %d skipped%s", self.job.name,
                  "ok" if result["ok"] else "failed", stats.files_sent, stats.bytes_sent,
                  stats.files_deleted, stats.files_skipped,
-                 "" if result["ok"] else ": " + "; ".join(stats.errors))
+                 ": " + "; ".join(stats.errors) if stats.errors else "")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..config import Job
 from ..errors import PermanentError
-from .base import Target
+from .base import Target, reachable
 
 
 def make_target(job: Job) -> Target:
@@ -32,4 +32,4 @@ def make_target(job: Job) -> Target:
     raise PermanentError(f"job {job.name}: unknown target type {kind!r}")
 
 
-__all__ = ["Target", "make_target"]
+__all__ = ["Target", "make_target", "reachable"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import socket
 from pathlib import PurePosixPath
 from typing import BinaryIO, Callable, ClassVar
 
@@ -34,6 +35,16 @@ def chunk_size(progress: Progress, default: int) -> int:
 def staging_stem(relpath: str) -> str:
     """A short, safe name for a file's staged upload, whatever its real name."""
     return hashlib.sha256(relpath.encode("utf-8")).hexdigest()[:32]
+
+
+def reachable(endpoint: tuple[str, int], timeout: float = 3.0) -> bool:
+    """Does the server accept a TCP connection? One SYN, no protocol: a probe that is cheap
+    for both sides, made while full attempts back off."""
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def check_relpath(relpath: str) -> str:
@@ -62,6 +73,11 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str:
         """Where this target writes, without secrets: for messages."""
+
+    def endpoint(self) -> tuple[str, int] | None:
+        """The server's host and port, for a cheap reachability probe; None for a target
+        with no server of its own (a local or mounted drive)."""
+        return None
 
     @abc.abstractmethod
     def open(self, create: bool = True) -> None:

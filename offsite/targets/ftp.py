@@ -57,6 +57,9 @@ class FtpTarget(RemoteFileTarget):
         self.tls = tls
         self.ftp: ftplib.FTP | None = None
 
+    def endpoint(self) -> tuple[str, int] | None:
+        return self.o["host"], self.o["port"]
+
     def describe_server(self) -> str:
         return f"{'ftps' if self.tls else 'ftp'} {self.o['username']}@{self.o['host']}:{self.o['port']}"
 

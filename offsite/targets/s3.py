@@ -14,6 +14,7 @@ import io
 import datetime as dt
 import hashlib
 import json
+from urllib.parse import urlsplit
 from typing import Any, BinaryIO, Callable, Mapping
 
 import boto3
@@ -84,6 +85,12 @@ class S3Target(Target):
         self.staging = self.agent + "staging/"
         self.client = None
         self._small: dict[str, bytes] = {}
+
+    def endpoint(self) -> tuple[str, int] | None:
+        url = urlsplit(self.o.get("endpoint") or f"https://s3.{self.o.get('region') or 'us-east-1'}.amazonaws.com")
+        if not url.hostname:
+            return None
+        return url.hostname, url.port or (443 if url.scheme == "https" else 80)
 
     def describe(self) -> str:
         where = f" at {self.o['endpoint']}" if self.o.get("endpoint") else ""

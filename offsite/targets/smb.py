@@ -45,6 +45,9 @@ class SmbTarget(RemoteFileTarget):
         self.port = options["port"]
         self.connected = False
 
+    def endpoint(self) -> tuple[str, int] | None:
+        return self.server, self.port
+
     def describe_server(self) -> str:
         user = self.o.get("username") or "guest"
         return f"smb {user}@//{self.server}:{self.port}/{self.share}"
