@@ -60,6 +60,7 @@ _MACRIUM = re.compile(
 EXCLUDED_FOLDERS = frozenset(
     {"incrementals", "$recycle.bin", "system volume information", ".zfs", ".snapshot", "#snapshot"}
 )
+REPOSITORY_INFO = "Macrium Repository Information.txt"
 EXCLUDED_SUFFIXES = (".spwb", ".tmp", ".temp", ".part", ".partial", ".crdownload")
 
 
@@ -94,6 +95,11 @@ def classify(relpath: str, family: str = "auto") -> BackupFile | None:
         if m:
             return _shadowprotect(relpath, folder, m)
     if family in ("auto", "macrium"):
+        if p.name.casefold() == REPOSITORY_INFO.casefold():
+            # Site Manager's map of definition GUIDs to names: a restore needs it, and it
+            # changes in place like a Macrium file (reference/backup-files.md section 3).
+            return BackupFile(path=relpath, family="macrium", chain=("macrium", folder, ""), key=(0, 0),
+                              role=Role.MACRIUM, stem=p.stem.casefold())
         m = _MACRIUM.match(p.name)
         if m:
             inc, num = int(m.group("inc")), int(m.group("num"))

@@ -83,10 +83,18 @@ def test_never_replicated(path):
 
 @pytest.mark.parametrize("name", [
     "readme.txt", "C_VOL-b001-i005-cd-bad.log", "C_VOL.spi", "C_VOL-b001-x005.spi",
-    "Macrium Repository Information.txt", "image-0-0.mrimg", "C_VOL-b001-i005-cx.spi",
+    "image-0-0.mrimg", "C_VOL-b001-i005-cx.spi", "Macrium Repository Information.txt.bak",
 ])
 def test_unknown_files_are_not_backup_files(name):
     assert classify(name) is None
+
+
+@pytest.mark.parametrize("path", ["Macrium Repository Information.txt", "macrium repository information.TXT",
+                                  "site-b/Macrium Repository Information.txt"])
+def test_the_site_manager_repository_file_is_a_macrium_file(path):
+    f = classify(path)
+    assert f is not None and f.family == "macrium" and f.role is Role.MACRIUM
+    assert classify(path, "macrium") == f and classify(path, "shadowprotect") is None
 
 
 def test_family_restricts_classification():
