@@ -55,6 +55,8 @@ class Plan:
     blockers: dict[tuple, tuple] = field(default_factory=dict)  # chain -> first key still waited for
     held: str | None = None  # why deletions are held back, when they are
     held_count: int = 0
+    mirrored: list[str] = field(default_factory=list)  # plan_chain only: deletions mirrored from the source
+    mirrored_images: int = 0  # of which images (the max_deletes guard counts these)
 
 
 def pathkey(path: str) -> str:
@@ -116,32 +118,33 @@ def selected(f: BackupFile, rules: Rules, facts: _ChainFacts) -> bool:
     return True
 
 
-def _classified(paths: Iterable[str], family: str) -> dict[str, BackupFile]:
-    out = {}
-    for p in paths:
-        f = classify(p, family)
-        if f is not None:
-            out[p] = f
+def group(source: Mapping[str, object], target: Mapping[str, object], family: str) -> dict[tuple, tuple[dict, dict]]:
+    """Source and target paths by chain (backup files only): chain -> (source part, target part)."""
+    out: dict[tuple, tuple[dict, dict]] = {}
+    for side, files in ((0, source), (1, target)):
+        for path, value in files.items():
+            f = classify(path, family)
+            if f is not None:
+                out.setdefault(f.chain, ({}, {}))[side][path] = value
     return out
 
 
-def plan(
+def plan_chain(
     source: Mapping[str, SourceFile],
     target: Mapping[str, RemoteFile],
     rules: Rules,
     keeps_mtime: bool = False,
-    allow_deletes: bool = False,
 ) -> Plan:
-    """Uploads and deletions that bring `target` up to date with `source` under `rules`."""
-    src = _classified(source, rules.family)
-    tgt = _classified(target, rules.family)
-    facts = _ChainFacts(list(src.values()) + list(tgt.values()))
+    """The plan for ONE chain, given only that chain's source and target files. Deletions
+    mirrored from the source are in `mirrored` (the job-wide max_deletes guard decides on
+    them, see combine()); `deletes` holds the retention deletions, which are never held."""
+    src = {p: classify(p, rules.family) for p in source}
+    tgt = {p: classify(p, rules.family) for p in target}
+    facts = _ChainFacts([f for f in src.values() if f] + [f for f in tgt.values() if f])
     on_target = {pathkey(p): p for p in target}
     in_source = {pathkey(p) for p in source}
     out = Plan()
-
-    order = sorted(src.values(), key=lambda f: (f.chain, f.key))
-    for f in order:
+    for f in sorted((f for f in src.values() if f), key=lambda f: f.key):
         if not selected(f, rules, facts):
             continue
         s = source[f.path]
@@ -154,21 +157,56 @@ def plan(
             out.waiting.append(f.path)
             if f.chain not in out.blockers or f.key < out.blockers[f.chain]:
                 out.blockers[f.chain] = f.key
-
-    # Retention is the mode's own rule and runs only on what is complete on the target;
-    # the max_deletes guard is for deletions mirrored from the source (SPEC section 5).
-    retention = _retention(tgt) if rules.mode == "daily-monthly" else []
-    mirrored = [p for p in _mirrored(tgt, in_source, rules) if p not in retention]
-    images = [p for p in mirrored if tgt[p].role not in (Role.MD5, Role.BITMAP)]
-    if mirrored and not src and not allow_deletes:
-        out.held, out.held_count = "the source folder holds no backup files", len(mirrored)
-        mirrored = []
-    elif len(images) > rules.max_deletes and not allow_deletes:
-        out.held = f"{len(images)} deletions exceed max_deletes = {rules.max_deletes}"
-        out.held_count = len(mirrored)
-        mirrored = []
-    out.deletes = sorted(retention + mirrored, key=lambda p: (tgt[p].chain, tgt[p].key))
+    files = {p: f for p, f in tgt.items() if f}
+    retention = _retention(files) if rules.mode == "daily-monthly" else []
+    kept = set(retention)
+    mirrored = [p for p in _mirrored(files, in_source, rules) if p not in kept]
+    by_key = lambda p: files[p].key  # noqa: E731
+    out.deletes = sorted(retention, key=by_key)
+    out.mirrored = sorted(mirrored, key=by_key)
+    out.mirrored_images = sum(1 for p in mirrored if files[p].role not in (Role.MD5, Role.BITMAP))
     return out
+
+
+def hold(mirrored: int, images: int, has_source: bool, rules: Rules, allow_deletes: bool) -> str | None:
+    """Why mirrored deletions wait for `offsite sync --allow-deletes`, or None (SPEC section 5):
+    a source that holds no backup files at all, or more image deletions than max_deletes."""
+    if allow_deletes or not mirrored:
+        return None
+    if not has_source:
+        return "the source folder holds no backup files"
+    if images > rules.max_deletes:
+        return f"{images} deletions exceed max_deletes = {rules.max_deletes}"
+    return None
+
+
+def combine(chains: Mapping[tuple, Plan], has_source: bool, rules: Rules, allow_deletes: bool) -> Plan:
+    """The job's plan from its chains' plans, in chain order, with the max_deletes guard."""
+    out = Plan()
+    parts = [chains[c] for c in sorted(chains)]
+    mirrored = sum(len(p.mirrored) for p in parts)
+    out.held = hold(mirrored, sum(p.mirrored_images for p in parts), has_source, rules, allow_deletes)
+    out.held_count = mirrored if out.held else 0
+    for p in parts:
+        out.uploads += p.uploads
+        out.waiting += p.waiting
+        out.blockers.update(p.blockers)
+        out.deletes += p.deletes if out.held else sorted(
+            p.deletes + p.mirrored, key=lambda x: classify(x, rules.family).key)  # type: ignore[union-attr]
+    return out
+
+
+def plan(
+    source: Mapping[str, SourceFile],
+    target: Mapping[str, RemoteFile],
+    rules: Rules,
+    keeps_mtime: bool = False,
+    allow_deletes: bool = False,
+) -> Plan:
+    """Uploads and deletions that bring `target` up to date with `source` under `rules`."""
+    chains = {c: plan_chain(s, t, rules, keeps_mtime) for c, (s, t) in group(source, target, rules.family).items()}
+    has_source = any(classify(p, rules.family) for p in source)
+    return combine(chains, has_source, rules, allow_deletes)
 
 
 def _same(s: SourceFile, t: RemoteFile, f: BackupFile, keeps_mtime: bool) -> bool:
@@ -180,7 +218,7 @@ def _same(s: SourceFile, t: RemoteFile, f: BackupFile, keeps_mtime: bool) -> boo
     return True
 
 
-def _mirrored(tgt: dict[str, BackupFile], in_source: set[str], rules: Rules) -> list[str]:
+def _mirrored(tgt: Mapping[str, BackupFile], in_source: set[str], rules: Rules) -> list[str]:
     """Target files whose source is gone, where the job mirrors deletions."""
     if not rules.mirror_deletes:
         return []
@@ -188,7 +226,7 @@ def _mirrored(tgt: dict[str, BackupFile], in_source: set[str], rules: Rules) -> 
             if (f.family == "macrium" or rules.mode == "all") and pathkey(path) not in in_source]
 
 
-def _retention(tgt: dict[str, BackupFile]) -> list[str]:
+def _retention(tgt: Mapping[str, BackupFile]) -> list[str]:
     """ImageManager's S3 rule: once a new monthly (and its .md5) is complete on the target,
     dailies (and weekly links) older than the PREVIOUS monthly are removed."""
     stems = {f.stem for f in tgt.values() if f.role is Role.MD5}

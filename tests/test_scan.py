@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from offsite.watchers import SourceView
 
 NOW = time.time_ns()
@@ -47,15 +49,35 @@ def test_a_changing_file_starts_settling_again(tmp_path):
     assert v.snapshot()[f.name].ready and v.snapshot()[f.name].size == 104
 
 
-def test_the_md5_sidecar_means_the_image_is_complete(tmp_path):
+def test_a_complete_md5_sidecar_makes_it_and_its_image_complete_at_once(tmp_path):
     write(tmp_path / "C_VOL-b001-i005.spi")
     v = view(tmp_path)
     v.scan(0.0, time.time_ns())
     assert not v.snapshot()["C_VOL-b001-i005.spi"].ready
-    write(tmp_path / "C_VOL-b001-i005.md5", b"0" * 32 + b" *C_VOL-b001-i005.spi\r\n")
-    v.touch({"C_VOL-b001-i005.md5"}, 1.0, time.time_ns())
+    assert v.take_changed() == {"C_VOL-b001-i005.spi"}
+    write(tmp_path / "C_VOL-b001-i005.md5", b"0" * 32 + b" *C_VOL-b001-i005.spi\r\n;{guid};2026/11/24\r\n")
+    v.touch({"C_VOL-b001-i005.md5"}, 1.0, time.time_ns())  # one second later: no quiet period
     snap = v.snapshot()
-    assert snap["C_VOL-b001-i005.spi"].ready and not snap["C_VOL-b001-i005.md5"].ready
+    assert snap["C_VOL-b001-i005.spi"].ready and snap["C_VOL-b001-i005.md5"].ready
+    assert v.take_changed() == {"C_VOL-b001-i005.spi", "C_VOL-b001-i005.md5"}
+
+
+@pytest.mark.parametrize("sidecar", [
+    b"0" * 32 + b" *C_VOL-b001-i005.spi",  # the line end is not written yet
+    b"0" * 31,  # half the hash
+    b"0" * 32 + b" *C_VOL-b001-i006.spi\r\n",  # names another image
+    b"",
+])
+def test_an_incomplete_sidecar_waits_for_the_quiet_period(tmp_path, sidecar):
+    write(tmp_path / "C_VOL-b001-i005.spi")
+    write(tmp_path / "C_VOL-b001-i005.md5", sidecar)
+    v = view(tmp_path)
+    v.scan(0.0, time.time_ns())
+    snap = v.snapshot()
+    assert not snap["C_VOL-b001-i005.spi"].ready and not snap["C_VOL-b001-i005.md5"].ready
+    v.refresh(31.0, time.time_ns())  # settled: both complete by the quiet period
+    snap = v.snapshot()
+    assert snap["C_VOL-b001-i005.md5"].ready
 
 
 def test_reflect_x_files_need_their_trailer(tmp_path):

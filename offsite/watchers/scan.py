@@ -2,18 +2,24 @@
 
 A file is complete (ready) when the platform's signals say so (reference/backup-files.md
 section 4):
-- a ShadowProtect image whose .md5 sidecar exists;
+- a ShadowProtect .md5 sidecar whose first line is complete (32 hex digits, ` *`, the
+  image's name, a line end): it is written in one go once the image is finished, so the
+  sidecar and its image are complete at once, not a quiet period later;
+- a ShadowProtect image whose complete .md5 sidecar exists;
 - otherwise, its size and mtime have not changed for the job's `settle` period; a file seen
   for the first time whose mtime is already older than `settle` counts as settled;
 - a Reflect X file also needs its closing trailer; on Windows the file must open with
   writes denied to others.
 Events only say where to look; `scan()` walks the whole folder and repairs what events
-missed. Symbolic links are never followed and never replicated.
+missed. Symbolic links are never followed and never replicated. The view remembers which
+paths changed (added, modified, removed, became complete) until `take_changed()`, so the
+agent's work after an event is proportional to the change, not to the folder.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +32,8 @@ from ..selection import SourceFile
 from ..system import write_denied_to_others
 
 log = logging.getLogger(__name__)
+
+_MD5_LINE = re.compile(rb"^([0-9a-fA-F]{32}) \*([^\r\n]+)\r?\n")
 
 
 @dataclass
@@ -44,9 +52,27 @@ class SourceView:
         self.family = family
         self.entries: dict[str, Entry] = {}
         self._unknown_logged: set[str] = set()
+        self._unready: set[str] = set()
+        self._sidecars: set[tuple] = set()  # (chain, stem) of the complete .md5 sidecars
+        self.changed: set[str] = set()
 
-    def snapshot(self) -> dict[str, SourceFile]:
-        return {p: SourceFile(e.size, e.mtime_ns, e.ready) for p, e in self.entries.items()}
+    def snapshot(self, paths=None) -> dict[str, SourceFile]:
+        """The source as the planner sees it: all of it, or only `paths` (those present)."""
+        if paths is None:
+            return {p: SourceFile(e.size, e.mtime_ns, e.ready) for p, e in self.entries.items()}
+        return {p: SourceFile(e.size, e.mtime_ns, e.ready) for p in paths if (e := self.entries.get(p))}
+
+    def take_changed(self) -> set[str]:
+        """The paths that changed since the last call."""
+        out, self.changed = self.changed, set()
+        return out
+
+    def _forget(self, rel: str) -> None:
+        e = self.entries.pop(rel)
+        self._unready.discard(rel)
+        if e.ready and e.file.role is Role.MD5:
+            self._sidecars.discard((e.file.chain, e.file.stem))
+        self.changed.add(rel)
 
     def scan(self, mono: float, wall_ns: int) -> bool:
         """Walk the whole folder; returns True when anything changed."""
@@ -56,7 +82,7 @@ class SourceView:
             seen.add(rel)
             changed |= self._observe(rel, st, mono, wall_ns)
         for rel in [r for r in self.entries if r not in seen]:
-            del self.entries[rel]
+            self._forget(rel)
             changed = True
         return self._evaluate(mono) or changed
 
@@ -81,22 +107,24 @@ class SourceView:
                 for r, s in self._walk(path, rel):
                     seen.add(r)
                     changed |= self._observe(r, s, mono, wall_ns)
-            for r in [r for r in self.entries if (r == rel or r.startswith(prefix)) and r not in seen]:
-                del self.entries[r]
+            gone = [rel] if rel in self.entries else []
+            if st is not None or not gone:  # a folder (or the whole source): look inside
+                gone = [r for r in self.entries if (r == rel or r.startswith(prefix)) and r not in seen]
+            for r in gone:
+                self._forget(r)
                 changed = True
         return self._evaluate(mono) or changed
 
     def refresh(self, mono: float, wall_ns: int) -> bool:
         """Stat the files not yet complete again; True when one became complete or moved."""
-        waiting = [rel for rel, e in self.entries.items() if not e.ready]
-        if not waiting:
+        if not self._unready:
             return False  # the loop runs twice a second: nothing to do is the common case
         changed = False
-        for rel in waiting:
+        for rel in list(self._unready):
             try:
                 st = os.lstat(self.root / rel)
             except OSError:
-                del self.entries[rel]
+                self._forget(rel)
                 changed = True
                 continue
             changed |= self._observe(rel, st, mono, wall_ns)
@@ -106,7 +134,8 @@ class SourceView:
         """After a transfer found the file changed: it must settle again."""
         e = self.entries.get(rel)
         if e is not None:
-            e.ready, e.changed_at = False, mono
+            self._unready_again(rel, e)
+            e.changed_at = mono
         self.touch({rel}, mono, wall_ns)
 
     # -- internals
@@ -142,34 +171,64 @@ class SourceView:
             age = (wall_ns - st.st_mtime_ns) / 1e9
             since = mono - age if age >= self.settle else mono
             self.entries[rel] = Entry(f, st.st_size, st.st_mtime_ns, since)
+            self._unready.add(rel)
+            self.changed.add(rel)
             return True
         if (e.size, e.mtime_ns) != (st.st_size, st.st_mtime_ns):
-            e.size, e.mtime_ns, e.changed_at, e.ready = st.st_size, st.st_mtime_ns, mono, False
+            self._unready_again(rel, e)
+            e.size, e.mtime_ns, e.changed_at = st.st_size, st.st_mtime_ns, mono
             return True
         return False
 
+    def _unready_again(self, rel: str, e: Entry) -> None:
+        if e.ready and e.file.role is Role.MD5:
+            self._sidecars.discard((e.file.chain, e.file.stem))
+        e.ready = False
+        self._unready.add(rel)
+        self.changed.add(rel)
+
     def _evaluate(self, mono: float) -> bool:
-        """Decide readiness for the files not yet complete; True when one became complete."""
-        stems_with_md5 = {
-            (e.file.chain, e.file.stem) for e in self.entries.values() if e.file.role is Role.MD5
-        }
+        """Decide readiness for the files not yet complete; True when one became complete.
+        Sidecars first: a complete one makes its image complete in the same pass."""
         changed = False
-        for rel, e in self.entries.items():
-            if e.ready:
-                continue
+        for rel in sorted(self._unready, key=lambda r: self.entries[r].file.role is not Role.MD5):
+            e = self.entries[rel]
             f = e.file
-            settled = mono - e.changed_at >= self.settle
-            sidecar = f.role is Role.IMAGE and (f.chain, f.stem) in stems_with_md5 and md5_sidecar(f)
-            if not (settled or sidecar):
-                continue
             path = self.root / rel
+            if f.role is Role.MD5:
+                done = _complete_sidecar(path, f.stem) or mono - e.changed_at >= self.settle
+            elif f.role is Role.IMAGE and md5_sidecar(f) and (f.chain, f.stem) in self._sidecars:
+                done = True
+            else:
+                done = mono - e.changed_at >= self.settle
+            if not done:
+                continue
             if needs_macrium_trailer(rel) and not _has_trailer(path, e.size):
                 continue
             if not write_denied_to_others(path):
                 continue
             e.ready = True
+            self._unready.discard(rel)
+            self.changed.add(rel)
+            if f.role is Role.MD5:
+                self._sidecars.add((f.chain, f.stem))
             changed = True
         return changed
+
+
+def _complete_sidecar(path: Path, stem: str) -> bool:
+    """Is this .md5 sidecar's first line whole: 32 hex digits, ' *', its image's name, a line
+    end? (reference/backup-files.md section 4)"""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    m = _MD5_LINE.match(head)
+    if not m:
+        return False
+    name = m.group(2).decode("utf-8", "replace").strip()
+    return name[: name.rfind(".")].casefold() == stem if "." in name else False
 
 
 def _has_trailer(path: Path, size: int) -> bool:
