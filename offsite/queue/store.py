@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import sqlite3
 import threading
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
@@ -69,12 +70,21 @@ def _attempts_after(it: QueueItem, count_attempt: bool) -> int:
     return it.attempts
 
 
-def summary(items: list[QueueItem]) -> dict:
+def summary(items: Iterable[QueueItem]) -> dict:
     """The counts `offsite status` shows for one job's items."""
-    pending = [i for i in items if i.state != "failed"]
-    return {"pending_files": len(pending),
-            "pending_bytes": sum(i.size or 0 for i in pending if i.op == "upload"),
-            "failed_files": len(items) - len(pending)}
+    c = [0, 0, 0]
+    for it in items:
+        _count(c, it, 1)
+    return {"pending_files": c[0], "pending_bytes": c[1], "failed_files": c[2]}
+
+
+def _count(c: list[int], it: QueueItem, sign: int) -> None:
+    if it.state == "failed":
+        c[2] += sign
+    else:
+        c[0] += sign
+        if it.op == "upload":
+            c[1] += sign * (it.size or 0)
 
 
 def now_iso() -> str:
@@ -93,9 +103,16 @@ class WorkQueue:
             )
         except sqlite3.DatabaseError as e:
             raise StateError(f"{folder}: the queue database cannot be opened ({e})") from None
+        # WAL without an fsync per commit: a power loss may undo the last few changes but never
+        # corrupts the database, and the reconciliation at start redoes what they did (the
+        # source and the target listing are the truth). A commit per item no longer costs a
+        # disk flush, which for small files cost more than the copy.
+        self._conn().execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.RLock()
         self._items: dict[int, QueueItem] = {}
         self._by_path: dict[tuple[str, str], set[int]] = {}  # (job, path) -> item ids
+        self._by_job: dict[str, set[int]] = {}
+        self._counts: dict[str, list[int]] = {}  # job -> [pending files, pending bytes, failed]
         try:
             rows = self._q.queue()
         except (sqlite3.DatabaseError, ValueError) as e:
@@ -105,15 +122,34 @@ class WorkQueue:
                 continue
             self._remember(_item(row["id"], row["data"], row["status"]))
         self._acked_since_clear = 0
+        self._batch: list[QueueItem] | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        """persist-queue's writing connection (its own lock serialises writers)."""
+        conn = self._q._putter
+        assert conn is not None
+        return conn
 
     def _remember(self, it: QueueItem) -> QueueItem:
-        self._items[it.id] = it
         self._by_path.setdefault((it.job, it.path), set()).add(it.id)
+        self._by_job.setdefault(it.job, set()).add(it.id)
+        return self._store(it)
+
+    def _store(self, it: QueueItem) -> QueueItem:
+        """Every change of a live item goes through here, so the counts stay right."""
+        c = self._counts.setdefault(it.job, [0, 0, 0])
+        old = self._items.get(it.id)
+        if old is not None:
+            _count(c, old, -1)
+        _count(c, it, 1)
+        self._items[it.id] = it
         return it
 
     def _forget(self, item_id: int) -> None:
         it = self._items.pop(item_id, None)
         if it is not None:
+            _count(self._counts[it.job], it, -1)
+            self._by_job[it.job].discard(item_id)
             ids = self._by_path.get((it.job, it.path))
             if ids is not None:
                 ids.discard(item_id)
@@ -127,7 +163,20 @@ class WorkQueue:
     # -- reading
     def items(self, job: str | None = None) -> list[QueueItem]:
         with self._lock:
-            return [i for i in self._items.values() if job is None or i.job == job]
+            if job is None:
+                return list(self._items.values())
+            return [self._items[i] for i in sorted(self._by_job.get(job, ()))]
+
+    def at(self, job: str, path: str) -> list[QueueItem]:
+        """The live items for one path of a job."""
+        with self._lock:
+            return [self._items[i] for i in sorted(self._by_path.get((job, path), ()))]
+
+    def summary(self, job: str) -> dict:
+        """`summary(self.items(job))`, kept up to date as items change rather than counted."""
+        with self._lock:
+            c = self._counts.get(job, [0, 0, 0])
+            return {"pending_files": c[0], "pending_bytes": c[1], "failed_files": c[2]}
 
     def get(self, item_id: int) -> QueueItem | None:
         with self._lock:
@@ -155,19 +204,42 @@ class WorkQueue:
                 self._ack(it.id)  # the newer event wins: upload then delete, or the reverse
             item = QueueItem(id=0, job=job, op=op, path=path, size=size, state="ready",
                              enqueued=now_iso(), mtime_ns=mtime_ns)
+            if self._batch is not None:
+                self._batch.append(item)
+                return item  # id 0 until the batch is written
             pqid = self._q.put(_data(item))
             return self._remember(replace(item, id=pqid))
+
+    def put_many(self, job: str, rows: Iterable[tuple[str, str, int | None, int | None]]) -> list[QueueItem]:
+        """put() for many (op, path, size, mtime_ns) rows, with the new items written in ONE
+        transaction: a reconciliation of a large folder queues thousands at once, and a
+        commit per row would cost more than the copies. (persist-queue has no bulk put, so
+        this writes its table directly, under its own lock, in its own format.)"""
+        with self._lock:
+            self._batch = []
+            try:
+                out = [self.put(job, *row) for row in rows]
+                new, self._batch = self._batch, None
+            finally:
+                self._batch = None
+            if not new:
+                return out
+            ids = []
+            with self._q.tran_lock, self._conn() as conn:
+                for it in new:
+                    cur = conn.execute(self._q._sql_insert, (self._q._serializer.dumps(_data(it)), time.time()))
+                    ids.append(cur.lastrowid)
+            self._q.total += len(new)
+            made = {id(it): self._remember(replace(it, id=pqid)) for it, pqid in zip(new, ids)}
+            return [made.get(id(it), it) for it in out]
 
     def lease(self, item_id: int) -> QueueItem:
         """Mark the item in flight and hand it out."""
         with self._lock:
             it = self._items[item_id]
             it = replace(it, attempts=it.attempts + 1)
-            self._q.update(_data(it), id=item_id)
-            self._q.get(id=item_id, block=False)  # status -> unack
-            it = replace(it, state="in-flight")
-            self._items[item_id] = it
-            return it
+            self._write(it, AckStatus.unack)
+            return self._store(replace(it, state="in-flight"))
 
     def ack(self, item_id: int) -> None:
         """The item's effect is complete on the target (or it no longer has one)."""
@@ -188,9 +260,8 @@ class WorkQueue:
                 next_attempt=not_before.isoformat(timespec="seconds") if not_before else None,
                 attempts=_attempts_after(it, count_attempt),
             )
-            self._q.update(_data(it), id=item_id)
-            self._q.nack(id=item_id)
-            self._items[item_id] = it
+            self._write(it, AckStatus.ready)
+            self._store(it)
 
     def fail(self, item_id: int, error: str) -> None:
         """Needs a person: stays failed until `queue retry`."""
@@ -199,9 +270,8 @@ class WorkQueue:
             if it is None:
                 return
             it = replace(it, state="failed", last_error=error, next_attempt=None)
-            self._q.update(_data(it), id=item_id)
-            self._q.ack_failed(id=item_id)
-            self._items[item_id] = it
+            self._write(it, AckStatus.ack_failed)
+            self._store(it)
 
     def retry(self, item_ids: Iterable[int]) -> int:
         """Failed or parked items become ready now."""
@@ -222,10 +292,16 @@ class WorkQueue:
             self._ack(item_id)
             return True
 
+    def _write(self, it: QueueItem, status: object) -> None:
+        """An item's data and status in ONE statement: persist-queue's update() and then
+        get()/nack()/ack_failed() would be two commits for one change."""
+        with self._q.tran_lock, self._conn() as conn:
+            conn.execute(f"UPDATE {_TABLE} SET data = ?, status = ? WHERE _id = ?",
+                         (self._q._serializer.dumps(_data(it)), int(status), it.id))  # type: ignore[call-overload]
+
     def _update(self, it: QueueItem) -> QueueItem:
         self._q.update(_data(it), id=it.id)
-        self._items[it.id] = it
-        return it
+        return self._store(it)
 
 
     def _ack(self, item_id: int) -> None:
