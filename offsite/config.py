@@ -155,6 +155,7 @@ AGENT_OPTIONS: dict[str, Opt] = {
     "max_connections": Opt(_integer(1, 256), 8),
     "bandwidth": Opt(parse_bandwidth, None),
     "retry_for": Opt(_duration(0), 600.0),
+    "transfers": Opt(_integer(1, 64), 4, help="files in flight per job (a job may set its own)"),
     "metrics": Opt(_hostport, None),
 }
 
@@ -237,6 +238,7 @@ JOB_OPTIONS: dict[str, Opt] = {
     "max_deletes": Opt(_integer(0, 10_000_000), 100),
     "family": Opt(_choice(*FAMILIES), "auto"),
     "bandwidth": Opt(parse_bandwidth, None),
+    "transfers": Opt(_integer(1, 64), None, help="files in flight for this job; default: [agent] transfers"),
 }
 
 
@@ -249,6 +251,7 @@ class AgentSettings:
     max_connections: int
     bandwidth: float | None
     retry_for: float
+    transfers: int
     metrics: str | None
 
 
@@ -286,6 +289,7 @@ class Job:
     family: str
     bandwidth: float | None
     windows: tuple[Window, ...]
+    transfers: int | None = None  # None: the agent's
 
 
 @dataclass(frozen=True)
@@ -499,6 +503,7 @@ class _Parser:
             include_intra_daily=o["include_intra_daily"], replicate_base=o["replicate_base"],
             mirror_deletes=o["mirror_deletes"], max_deletes=o["max_deletes"], family=o["family"],
             bandwidth=o["bandwidth"], windows=self.windows(raw.get("windows"), f"{key}.windows"),
+            transfers=o["transfers"],
         )
 
     def windows(self, raw: Any, key: str) -> tuple[Window, ...]:

@@ -163,6 +163,39 @@ class AgentProcess:
         self._log.close()
 
 
+class TargetWatcher(threading.Thread):
+    """Lists a target continuously while the agent works and records every violation: a
+    file under its final name whose size is not its final size (half-written), or a chain
+    whose visible files are not a prefix of the chain order. `listing` returns the published
+    files (relative path -> size) of the job folder."""
+
+    def __init__(self, listing: Callable[[], dict[str, int]], final_sizes: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.listing, self.final_sizes = listing, final_sizes
+        self.stop = threading.Event()
+        self.problems: list[str] = []
+        self.snapshots = 0
+
+    def run(self) -> None:
+        from offsite.backupfiles import classify
+
+        while not self.stop.is_set():
+            first = self.listing()
+            # A second listing: everything published before it started is in it, so for each
+            # file of the first, every earlier file of its chain must be in the second.
+            second = self.listing()
+            self.snapshots += 1
+            for path, size in first.items():
+                if size != self.final_sizes.get(path, size):
+                    self.problems.append(f"half-written: {path} has {size} of {self.final_sizes[path]}")
+                f = classify(path)
+                for other in self.final_sizes:
+                    g = classify(other)
+                    if g.chain == f.chain and g.key < f.key and other not in second:
+                        self.problems.append(f"out of order: {path} visible before {other}")
+            time.sleep(0.01)
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
     return Site(tmp_path)

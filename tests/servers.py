@@ -80,10 +80,23 @@ class Server:
 
     def files(self, location: dict, folder: str) -> dict[str, bytes]:
         """Everything under the job folder, read on the server's side."""
+        top = self._top(location, folder)
+        return {p.relative_to(top).as_posix(): p.read_bytes() for p in top.rglob("*") if p.is_file()}
+
+    def listing(self, location: dict, folder: str = "job1") -> dict[str, int]:
+        """Published files of a job folder and their sizes, read on the server's side."""
+        top = self._top(location, folder)
+        out = {}
+        for p in top.rglob("*") if top.exists() else ():
+            rel = p.relative_to(top).as_posix()
+            if not rel.startswith(".offsite/") and p.is_file():
+                out[rel] = p.stat().st_size
+        return out
+
+    def _top(self, location: dict, folder: str) -> Path:
         inside = location["path"].split("/share", 1)[-1] if self.name == "smb" else location["path"]
         base = self.root / inside.lstrip("/") if self.name in ("ftp", "ftps", "smb") else Path(inside)
-        top = base / folder if folder else base
-        return {p.relative_to(top).as_posix(): p.read_bytes() for p in top.rglob("*") if p.is_file()}
+        return base / folder if folder else base
 
     def staged_bytes(self, location: dict, folder: str = "job1") -> int:
         """Bytes of partial uploads the server holds for a job: what a resume can keep."""
@@ -336,6 +349,13 @@ class _S3(Server):
     def missing_location(self, location: dict) -> dict:
         return {**location, "bucket": location["bucket"] + "-not-there"}
 
+    def listing(self, location: dict, folder: str = "job1") -> dict[str, int]:
+        c = self.client()
+        top = f"{location['prefix']}/{folder}/"
+        return {o["Key"][len(top):]: o["Size"]
+                for page in c.get_paginator("list_objects_v2").paginate(Bucket=location["bucket"], Prefix=top)
+                for o in page.get("Contents", []) if not o["Key"][len(top):].startswith(".offsite/")}
+
     def staged_bytes(self, location: dict, folder: str = "job1") -> int:
         c = self.client()
         total = 0
@@ -350,7 +370,10 @@ class _S3(Server):
         out = {}
         for page in c.get_paginator("list_objects_v2").paginate(Bucket=location["bucket"], Prefix=top):
             for o in page.get("Contents", []):
-                out[o["Key"][len(top):]] = c.get_object(Bucket=location["bucket"], Key=o["Key"])["Body"].read()
+                try:
+                    out[o["Key"][len(top):]] = c.get_object(Bucket=location["bucket"], Key=o["Key"])["Body"].read()
+                except c.exceptions.NoSuchKey:
+                    pass  # deleted between the listing and the read: the agent is at work
         return out
 
 

@@ -1,15 +1,17 @@
-"""Which queued item runs next: chain order, deletions last, parked items wait."""
+"""Which queued item runs next (chain order, deletions last, parked items wait), and when a
+staged upload may be published while several files of a chain are in flight."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
 
-from offsite.agent.dispatcher import backoff, next_item
+from offsite.agent.dispatcher import Dispatch, backoff
 from offsite.backupfiles import classify
 from offsite.queue import QueueItem
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
-_ids = iter(range(1, 10_000))
+_ids = itertools.count(1)
 
 
 def item(path: str, op: str = "upload", state: str = "ready", next_attempt: dt.datetime | None = None):
@@ -19,6 +21,18 @@ def item(path: str, op: str = "upload", state: str = "ready", next_attempt: dt.d
 
 def chain_of(path: str):
     return classify(path).chain
+
+
+def dispatch(items) -> tuple[Dispatch, dict]:
+    d, known = Dispatch("auto", max_waiting=2), {i.id: i for i in items}
+    for i in items:
+        d.add(i)
+    return d, known
+
+
+def next_item(items, blockers, now):
+    d, known = dispatch(items)
+    return d.pick(known.get, blockers, now)
 
 
 def test_first_file_of_the_chain_goes_first_whatever_the_queue_order():
@@ -69,3 +83,91 @@ def test_backoff_grows_with_jitter_and_a_cap():
     assert waits[0] <= 2 and waits[3] > waits[0]
     assert all(w <= 120 for w in waits)
     assert len({round(w, 3) for w in waits[-3:]}) == 3  # jittered, not lock-step
+
+
+def test_later_files_of_a_chain_start_while_earlier_ones_are_in_flight_but_publish_after_them():
+    a, b, c = item("C_VOL-b001.spf"), item("C_VOL-b001-i001-cd.spi"), item("C_VOL-b001-i002-cd.spi")
+    d, known = dispatch([c, b, a])
+    for expected in (a, b, c):
+        it = d.pick(known.get, {}, NOW)
+        assert it is expected
+        d.started(it, it.path)
+    assert d.pick(known.get, {}, NOW) is None  # everything is in flight
+    assert d.staged(c.id) == [] and d.staged(b.id) == []  # the base is still uploading
+    assert d.staged(a.id) == [a.path, b.path, c.path]  # its thread publishes all three, in order
+    assert d.finished(a.id) == [] and d.finished(b.id) == [] and d.finished(c.id) == []
+
+
+def test_a_file_that_fails_holds_back_the_later_ones_already_staged():
+    a, b = item("C_VOL-b001.spf"), item("C_VOL-b001-i001-cd.spi")
+    d, known = dispatch([a, b])
+    for it in (a, b):
+        d.started(d.pick(known.get, {}, NOW), it.path)
+    assert d.staged(b.id) == []
+    d.hold(a.id)  # the base's upload broke
+    assert d.staged(a.id) == []  # a held file publishes nothing, and nothing behind it
+    assert d.pick(known.get, {}, NOW) is None  # nor does its chain start anything more
+    assert sorted(d.in_flight()) == sorted([a.path, b.path])  # released by the caller, staged bytes kept
+    d.end_round()
+    assert d.in_flight() == [] and d.pick(known.get, {}, NOW) is a  # the next round starts over at a
+
+
+def test_a_held_publisher_gives_its_run_back_and_nothing_is_published_twice():
+    a, b, c = item("C_VOL-b001.spf"), item("C_VOL-b001-i001-cd.spi"), item("C_VOL-b001-i002-cd.spi")
+    d, known = dispatch([a, b, c])
+    for it in (a, b, c):
+        d.started(d.pick(known.get, {}, NOW), it.path)
+    d.staged(b.id)
+    run = d.staged(a.id)
+    assert run == [a.path, b.path]
+    assert d.staged(c.id) == []  # a is being published: its publisher goes on with what follows
+    assert d.finished(a.id) == []
+    d.hold(b.id)  # publishing b failed
+    assert d.finished(c.id) == [] and d.in_flight() == [b.path]
+
+
+def test_a_file_gone_at_the_source_lets_the_later_ones_through():
+    a, b = item("C_VOL-b001.spf"), item("C_VOL-b001-i001-cd.spi")
+    d, known = dispatch([a, b])
+    for it in (a, b):
+        d.started(d.pick(known.get, {}, NOW), it.path)
+    assert d.staged(b.id) == []
+    assert d.finished(a.id) == [b.path]  # a vanished: b is next
+
+
+def test_staged_work_waiting_for_its_turn_is_bounded():
+    items = [item("C_VOL-b001.spf")] + [item(f"C_VOL-b001-i{n:03d}-cd.spi") for n in range(1, 8)]
+    d, known = dispatch(items)
+    d.started(d.pick(known.get, {}, NOW), "base")  # a big base image, still uploading
+    for _ in range(2):
+        it = d.pick(known.get, {}, NOW)
+        d.started(it, it.path)
+        d.staged(it.id)
+    assert d.pick(known.get, {}, NOW) is None  # max_waiting = 2 staged behind the base
+    other = item("D_VOL-b001.spf")
+    known[other.id] = other
+    d.add(other)
+    assert d.pick(known.get, {}, NOW) is other  # other chains go on
+
+
+def test_an_item_dropped_from_the_queue_meanwhile_is_never_picked():
+    a, b = item("C_VOL-b001.spf"), item("D_VOL-b001.spf")
+    d, known = dispatch([a, b])
+    del known[a.id]  # `offsite queue drop` from another process
+    assert d.pick(known.get, {}, NOW) is b
+
+
+def test_a_pick_looks_at_the_heads_of_the_chains_not_the_whole_queue():
+    def cost(n: int) -> int:
+        items = [item(f"{v}-b001-i{i:05d}-cd.spi") for v in ("C_VOL", "D_VOL") for i in range(1, n)]
+        d, known = dispatch(items)
+        d.looked = 0
+        for _ in range(10):
+            it = d.pick(known.get, {}, NOW)
+            d.started(it, it.path)
+            d.staged(it.id)
+            d.finished(it.id)
+            del known[it.id]
+        return d.looked
+
+    assert cost(100) == cost(5000)

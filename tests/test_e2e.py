@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import Site, wait_until
+from conftest import Site, TargetWatcher, wait_until
 from imagemanager import ImageManager, write_events
 from offsite.backupfiles import classify
 from offsite.selection import Rules, SourceFile, plan
@@ -47,43 +47,13 @@ def expected_selection(site: Site, rules: Rules) -> list[str]:
     return plan(source, {}, rules).uploads
 
 
-class TargetWatcher(threading.Thread):
-    """Lists the target continuously while the agent works and records every violation:
-    a file under its final name whose size is not its final size (half-written), or a
-    chain whose visible files are not a prefix of the chain order."""
-
-    def __init__(self, site: Site, final_sizes: dict[str, int]) -> None:
-        super().__init__(daemon=True)
-        self.site, self.final_sizes = site, final_sizes
-        self.stop = threading.Event()
-        self.problems: list[str] = []
-        self.snapshots = 0
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            first = self.site.target_files()
-            # A second listing: everything published before it started is in it, so for each
-            # file of the first, every earlier file of its chain must be in the second.
-            second = self.site.target_files()
-            self.snapshots += 1
-            for path, size in first.items():
-                if size != self.final_sizes.get(path, size):
-                    self.problems.append(f"half-written: {path} has {size} of {self.final_sizes[path]}")
-                f = classify(path)
-                for other in self.final_sizes:
-                    g = classify(other)
-                    if g.chain == f.chain and g.key < f.key and other not in second:
-                        self.problems.append(f"out of order: {path} visible before {other}")
-            time.sleep(0.01)
-
-
 def test_a_day_of_backups_arrives_complete_and_in_chain_order(site, start_agent):
     site.config(job='include_intra_daily = true\nmax_deletes = 1000')
     im = ImageManager(volumes=("C_VOL", "D_VOL"), base_size=6 * MiB, inc_size=96 * 1024)
     events = im.start() + im.run(dt.timedelta(days=1))
     final_sizes = {e.path: e.size for e in events if e.op == "create"}
     agent = start_agent()
-    watcher = TargetWatcher(site, final_sizes)
+    watcher = TargetWatcher(site.target_files, final_sizes)
     watcher.start()
     try:
         # A day of 15-minute backups, compressed: each image written in two halves.
@@ -159,7 +129,9 @@ def test_sigkill_in_the_middle_of_a_large_copy_loses_and_duplicates_nothing(site
     assert at_kill < big.stat().st_size
     assert site.target_files() == {}  # nothing under its final name
     items = json.loads(site.offsite("queue", "list", "--json").stdout)
-    assert [(i["path"], i["state"]) for i in items] == [("C_VOL-b001.spf", "in-flight")]
+    # The sidecar went to staging beside the image (parallel transfers) and waits for it.
+    assert [(i["path"], i["state"]) for i in items] == [("C_VOL-b001.spf", "in-flight"),
+                                                        ("C_VOL-b001.md5", "in-flight")]
 
     agent = start_agent()
     wait_until(lambda: set(site.target_files()) == {"C_VOL-b001.spf", "C_VOL-b001.md5"}, timeout=60,

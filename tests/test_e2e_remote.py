@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Site, finished_file, wait_until
+from conftest import Site, TargetWatcher, finished_file, wait_until
 from imagemanager import ImageManager, write_events
 from offsite.selection import Rules, SourceFile, plan
 
@@ -26,20 +26,34 @@ def selection(site: Site, mode: str) -> set[str]:
 
 
 @pytest.mark.parametrize("kind", ["sftp", "ftp", "ftps", "smb", "s3"])
-def test_a_day_of_backups_reaches_each_remote_target(kind, servers, site, start_agent):
+def test_a_day_of_backups_reaches_each_remote_target_in_chain_order_with_4_transfers(kind, servers, site,
+                                                                                      start_agent):
     server = servers.get(kind)
     loc = server.new_location()
-    site.config(target=loc, job="" if kind == "s3" else 'mode = "all"')  # s3: daily-monthly by default
+    site.config(target=loc, agent="transfers = 4", job="" if kind == "s3" else 'mode = "all"')  # s3: daily-monthly
     im = ImageManager(volumes=("C_VOL", "D_VOL"), base_size=2 * MiB, inc_size=16 * 1024)
-    write_events(site.source, im.start() + im.run(dt.timedelta(days=1)))
+    events = im.start() + im.run(dt.timedelta(days=1))
+    write_events(site.source, events)
     expected = selection(site, "daily-monthly" if kind == "s3" else "all")
-    agent = start_agent()
-    wait_until(lambda: set(published(server, loc)) == expected, timeout=120, what=f"the day on {kind}")
+    final_sizes = {e.path: e.size for e in events if e.op == "create" and e.path in expected}
+    # The sampler lists the target throughout: never a half-written file, never a chain out of order.
+    watcher = TargetWatcher(lambda: server.listing(loc), final_sizes)
+    watcher.start()
+    try:
+        agent = start_agent()
+        wait_until(lambda: set(server.listing(loc)) == expected, timeout=120, what=f"the day on {kind}")
+    finally:
+        watcher.stop.set()
+        watcher.join()
+    assert watcher.problems == [] and watcher.snapshots > 5, watcher.problems[:5]
     files = published(server, loc)
     assert all(files[p] == (site.source / p).read_bytes() for p in expected)
     status = site.job_status()
     assert status["owner"] == "ok" and status["error"] is None
     assert agent.stop() == 0
+    log = agent.output()
+    assert "Traceback" not in log
+    assert all(log.count(f"sent {p} (") == 1 for p in expected)  # each file sent once
 
 
 def _staged_bytes(kind: str, server, loc) -> int:
@@ -97,3 +111,42 @@ def test_a_server_stopped_in_the_middle_of_an_upload_is_ridden_out(servers, site
     assert json.loads(site.offsite("queue", "list", "--json").stdout) == []
     assert site.job_status()["error"] is None
     assert agent.stop() == 0
+
+
+@pytest.mark.parametrize("kind", ["local", "sftp", "s3"])
+def test_sigkill_with_several_transfers_in_flight_loses_and_duplicates_nothing(kind, servers, site, start_agent):
+    server = servers.get(kind)
+    loc = server.new_location()
+    site.config(target=loc, agent='transfers = 4\nbandwidth = "12MB/s"', job='mode = "all"')
+    files = {}
+    for vol in ("C_VOL", "D_VOL", "E_VOL"):  # three chains, each a base and dailies
+        files[f"{vol}-b001.spf"] = 20 * MiB
+        for i in range(1, 4):
+            files[f"{vol}-b001-i{i:03d}-cd.spi"] = 3 * MiB
+    for path, size in files.items():
+        finished_file(site.source / path, size)
+    watcher = TargetWatcher(lambda: server.listing(loc), files)
+    watcher.start()
+    try:
+        agent = start_agent()
+        wait_until(lambda: len(json.loads(site.offsite("queue", "list", "--state", "in-flight", "--json").stdout)) >= 3,
+                   timeout=60, interval=0.2, what="several transfers in flight")
+        time.sleep(1)
+        agent.kill()
+        before = set(server.listing(loc))
+        first_log = agent.output()
+        agent = start_agent()
+        wait_until(lambda: set(server.listing(loc)) == set(files), timeout=120, what="everything after the restart")
+    finally:
+        watcher.stop.set()
+        watcher.join()
+    assert watcher.problems == [], watcher.problems[:5]
+    got = published(server, loc)
+    assert all(got[p] == (site.source / p).read_bytes() for p in files)
+    assert agent.stop() == 0
+    second_log = agent.output()
+    for p in files:  # sent at most once in all: a file published before the kill is not sent again
+        assert first_log.count(f"sent {p} (") + second_log.count(f"sent {p} (") <= 1, p
+        if p in before:
+            assert f"sent {p} (" not in second_log, p
+    assert server.staged_bytes(loc) == 0

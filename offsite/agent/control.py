@@ -68,4 +68,5 @@ def without_dropped(p: Plan, dropped: Mapping[str, dict], entries: Mapping) -> P
     if dropped:
         p.uploads = [u for u in p.uploads if not is_dropped("upload", u)]
         p.deletes = [d for d in p.deletes if not is_dropped("delete", d)]
+        p.mirrored = [d for d in p.mirrored if not is_dropped("delete", d)]
     return p

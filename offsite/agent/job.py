@@ -1,16 +1,20 @@
 """One job at work: its source view, its target, its share of the queue.
 
-Each job has one worker thread that owns all of the job's state: it folds watcher hints
-into the source view, reconciles (source scan + target listing) at start and every
-`rescan`, turns the plan into queue items, and drains them inside the job's windows. The
-agent's main thread only hands it hints and requests. `offsite sync` without an agent runs
-the same code in its own thread.
+Each job has one coordinator thread that owns the job's state: it folds watcher hints into
+the source view, reconciles (source scan + target listing) at start and every `rescan`,
+turns the plan into queue items, and drains them inside the job's windows through up to
+`transfers` transfer threads (transfer.py). The agent's main thread only hands it hints and
+requests. `offsite sync` without an agent runs the same code in its own thread.
+
+Work is proportional to what changed: the plan is kept per chain, and only the chains whose
+files changed (at the source, or on the target by our own deletions and by a monthly that
+lets retention run) are planned again; a finished upload changes nothing else.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
+import queue as stdqueue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,14 +24,16 @@ from ..config import AgentSettings, Job
 from ..errors import (
     Interrupted, OffsiteError, OwnerMismatch, PermanentError, SourceError, TransientError,
 )
-from ..queue import QueueItem, WorkQueue, summary
-from ..selection import Plan, RemoteFile, Rules, plan
+from ..backupfiles import Role, classify
+from ..queue import QueueItem, WorkQueue
+from ..selection import MONTHLY_LEVELS, Plan, RemoteFile, Rules, combine, hold, plan_chain
 from ..state import StateDir
 from ..targets import Target, make_target, reachable
 from ..watchers import SourceView
 from . import control, schedule
-from .dispatcher import backoff, next_item
+from .dispatcher import Dispatch, backoff
 from .throttle import Throttle
+from .transfer import Outcome, Sessions, Task, Transfers
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +105,32 @@ class JobRunner:
         self.queue = queue
         self.state = state
         self.slots = slots
+        self.transfers = job.transfers or settings.transfers
         # A job's own cap replaces the agent-wide one, which all other jobs share.
         self.throttle = Throttle(job.bandwidth) if job.bandwidth else (throttle or Throttle(settings.bandwidth))
         self.rules = Rules.of(job)
         self.view = SourceView(job.source, settings.settle, job.family)
-        self.target: Target | None = None
         self.target_files: dict[str, RemoteFile] | None = None
-        self.plan = Plan()
+        self.keeps_mtime = make_target(job).keeps_mtime
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.rewatch = threading.Event()  # the source folder was gone: its watch is dead
         self.on_progress: Callable[[str, int, int], None] | None = None  # path, done, total
+        self.dispatch = Dispatch(job.family, max_waiting=2 * self.transfers)
+        self.sessions = Sessions(job, slots, self.stopping, self._check_owner)
         self._lock = threading.Lock()
         self._hints: set[str] = set()
         self._requests: list[Request] = []
         self._thread: threading.Thread | None = None
-        # What status shows; written by the worker, read by anyone under _lock.
+        # The plan, per chain, and what the chains add up to.
+        self._members: dict[tuple, set[str]] = {}  # chain -> its paths at the source or on the target
+        self._chains: dict[tuple, Plan] = {}
+        self.blockers: dict[tuple, tuple] = {}
+        self.held: str | None = None
+        self.held_count = 0
+        self.waiting = 0
+        self.planned = 0  # chains planned, for tests: the work an event or a transfer costs
+        # What status shows; written by the coordinator, read by anyone under _lock.
         self.phase = "idle"
         self.error: str | None = None
         self.owner_state = "unknown"
@@ -134,6 +150,7 @@ class JobRunner:
         self._skipped = 0  # vanished before sent, noticed between syncs
         self._dropped_stamp: int | None = None
         self._dropped_ops: dict = {}
+        self._running: Transfers | None = None
 
     # ------------------------------------------------------------ from other threads
     def hint(self, rel: str) -> None:
@@ -161,12 +178,12 @@ class JobRunner:
         return True
 
     def status(self, now: dt.datetime) -> dict:
-        items = self.queue.items(self.job.name)
-        pending = [i for i in items if i.state != "failed"]
+        counts = self.queue.summary(self.job.name)
+        pending = counts["pending_files"]
         with self._lock:
             phase, error, owner, last = self.phase, self.error, self.owner_state, self.last_sync
             trouble = self.transient_error
-        held = self.plan.held
+        held = self.held
         if phase != "syncing":
             if error or held:
                 phase = "error"
@@ -174,24 +191,22 @@ class JobRunner:
                 phase, error = "paused", trouble
             elif pending and not schedule.is_open(self.job.windows, now):
                 phase = "waiting"
-            elif pending and all(not i.due(now) for i in pending if i.state == "ready"):
-                phase = "paused"
             elif not pending:
                 phase = "idle"
         return {
             "name": self.job.name,
             "state": phase,
-            **summary(items),
-            "waiting_files": len(self.plan.waiting),
+            **counts,
+            "waiting_files": self.waiting,
             "next_window": _iso(schedule.next_opening(self.job.windows, now)),
             "owner": owner,
             "error": error,
-            "held_deletes": self.plan.held_count if held else 0,
+            "held_deletes": self.held_count if held else 0,
             "held_reason": held,
             "last_sync": last,
         }
 
-    # ------------------------------------------------------------ the worker
+    # ------------------------------------------------------------ the coordinator
     def _run(self) -> None:
         while not self.stopping.is_set():
             try:
@@ -201,7 +216,7 @@ class JobRunner:
                 self._fail(f"unexpected error: {e}")
             self.wake.wait(0.5)
             self.wake.clear()
-        self._close_target()
+        self.sessions.close()
         with self._lock:
             left, self._requests = self._requests, []
         for r in left:
@@ -209,7 +224,7 @@ class JobRunner:
                 r.reply({"ok": False, "error": "the agent stopped or reloaded before doing this"})
 
     def step(self) -> None:
-        """One turn of the worker: requests, source changes, reconciliation, transfers."""
+        """One turn of the coordinator: requests, source changes, reconciliation, transfers."""
         with self._lock:
             requests, self._requests = self._requests, []
             hints, self._hints = self._hints, set()
@@ -258,17 +273,17 @@ class JobRunner:
                 self._fold_hints(hints)
             if forced or schedule.is_open(self.job.windows, _now()):
                 self._drain(forced)
-            else:
-                self._close_target()
         except (PermanentError, TransientError) as e:
             self._target_failed(e, None)
         except Interrupted:
-            pass  # stopping: nothing was in flight outside _execute
+            pass  # stopping: nothing was in flight outside _drain
         finally:
+            self.sessions.close()
             if self._pass is not None and (forced or self._pass_over()):
                 self._finish(self._pass, forced)
             if forced:
                 self._allow_deletes = False
+                self._replan(None)  # deletions allowed for this sync only
             self._answer(syncs)
 
     def _answer(self, syncs: list[Request]) -> None:
@@ -276,8 +291,8 @@ class JobRunner:
         for r in syncs:
             if r.reply:
                 r.reply({"ok": self.error is None and bool(last and last["ok"]),
-                         "error": self.error, "held": self.plan.held, "result": last,
-                         "waiting_files": len(self.plan.waiting)})
+                         "error": self.error, "held": self.held, "result": last,
+                         "waiting_files": self.waiting})
 
     def _pass_over(self) -> bool:
         """Is the pass of work under way over: the job idle again, or giving up?"""
@@ -285,36 +300,130 @@ class JobRunner:
             return True
         if not schedule.is_open(self.job.windows, _now()):
             return True
-        return not any(i.state != "failed" for i in self.queue.items(self.job.name))
+        return self.queue.summary(self.job.name)["pending_files"] == 0
 
-    # ------------------------------------------------------------ reconciliation
+    # ------------------------------------------------------------ reconciliation and plans
     def _reconcile(self, mono: float, wall: int) -> None:
+        """The full look: walk the source, list the target, plan every chain."""
         self.view.scan(mono, wall)
-        target = self._open_target()
-        self.target_files = target.list()
+        self.view.take_changed()
+        target = self.sessions.checkout()
+        try:
+            self.target_files = target.list()
+        except BaseException:
+            self.sessions.broken(target)
+            raise
+        self.sessions.checkin(target)
         with self._lock:
             self.transient_error = None
         self._need_reconcile = False
         self._next_rescan = mono + self.settings.rescan
-        self._replan()  # step() then drains or closes the target
+        self._members = {}
+        for path in (*self.view.entries, *self.target_files):
+            f = classify(path, self.rules.family)
+            if f is not None:
+                self._members.setdefault(f.chain, set()).add(path)
+        self._chains = {}
+        self._replan(None)
+        self.dispatch.clear()  # built afresh from the queue
+        for it in self.queue.items(self.job.name):
+            self.dispatch.add(it)
 
-    def _replan(self) -> None:
+    def _changed(self, paths: set[str]) -> None:
+        """Paths that changed at the source or on the target: their chains are planned again."""
+        chains = set()
+        for path in paths:
+            f = classify(path, self.rules.family)
+            if f is None:
+                continue
+            members = self._members.setdefault(f.chain, set())
+            if path in self.view.entries or (self.target_files is not None and path in self.target_files):
+                members.add(path)
+            else:
+                members.discard(path)
+            chains.add(f.chain)
+        if chains:
+            self._replan(chains, extra=paths)
+
+    def _replan(self, chains: set[tuple] | None, extra: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Plan the given chains again (None: all) and bring the queue in line with them."""
         if self.target_files is None:
             return
-        keeps_mtime = self.target.keeps_mtime if self.target else False
-        p = plan(self.view.snapshot(), self.target_files, self.rules, keeps_mtime, self._allow_deletes)
-        p = control.without_dropped(p, self._dropped(), self.view.entries)
-        if p.held and p.held != self.plan.held:
-            log.warning("job %s: %s; held back until 'offsite sync %s --allow-deletes'",
-                        self.job.name, p.held, self.job.name)
-        self.plan = p
-        for path in p.uploads:
-            e = self.view.entries[path]
-            self.queue.put(self.job.name, "upload", path, e.size, e.mtime_ns)
-        for path in p.deletes:
-            t = self.target_files.get(path)
-            self.queue.put(self.job.name, "delete", path, t.size if t else None, None)
-        self._drop_stale()
+        dropped = self._dropped()
+        for chain in list(self._members) if chains is None else chains:
+            members = self._members.get(chain, set())
+            if not members:
+                self._members.pop(chain, None)
+                self._chains.pop(chain, None)
+                continue
+            src = self.view.snapshot(members)
+            tgt = {p: self.target_files[p] for p in members if p in self.target_files}
+            p = plan_chain(src, tgt, self.rules, self.keeps_mtime)
+            self._chains[chain] = control.without_dropped(p, dropped, self.view.entries)
+            self.planned += 1
+        held = hold(sum(len(p.mirrored) for p in self._chains.values()),
+                    sum(p.mirrored_images for p in self._chains.values()),
+                    bool(self.view.entries), self.rules, self._allow_deletes)
+        if held != self.held:
+            if held:
+                log.warning("job %s: %s; held back until 'offsite sync %s --allow-deletes'",
+                            self.job.name, held, self.job.name)
+            self.held = held
+            chains = None  # mirrored deletions come or go in every chain
+        self.held_count = sum(len(p.mirrored) for p in self._chains.values()) if held else 0
+        self.blockers = {c: k for p in self._chains.values() for c, k in p.blockers.items()}
+        self.waiting = sum(len(p.waiting) for p in self._chains.values())
+        self._enqueue(chains, extra)
+
+    def _wanted(self, chains: set[tuple] | None) -> set[tuple[str, str]]:
+        parts = self._chains.values() if chains is None else [self._chains[c] for c in chains if c in self._chains]
+        out: set[tuple[str, str]] = set()
+        for p in parts:
+            out.update(("upload", u) for u in p.uploads)
+            out.update(("upload", w) for w in p.waiting)  # queued before it changed: kept, and waits
+            out.update(("delete", d) for d in p.deletes)
+            if not self.held:
+                out.update(("delete", d) for d in p.mirrored)
+        return out
+
+    def _enqueue(self, chains: set[tuple] | None, extra: set[str]) -> None:
+        assert self.target_files is not None
+        parts = list(self._chains.values()) if chains is None else [self._chains[c] for c in chains if c in self._chains]
+        rows: list[tuple[str, str, int | None, int | None]] = []
+        for p in parts:
+            for path in p.uploads:
+                e = self.view.entries[path]
+                rows.append(("upload", path, e.size, e.mtime_ns))
+            for path in p.deletes + ([] if self.held else p.mirrored):
+                t = self.target_files.get(path)
+                rows.append(("delete", path, t.size if t else None, None))
+        for it in self.queue.put_many(self.job.name, rows):
+            self.dispatch.add(it)
+        # Whatever is queued that the plan no longer wants goes (done elsewhere, vanished,
+        # superseded): for a full plan, anything the job has queued; else the chains' paths.
+        wanted = self._wanted(chains)
+        if chains is None:
+            stale = [it for it in self.queue.items(self.job.name) if (it.op, it.path) not in wanted]
+        else:
+            paths = set(extra)
+            for c in chains:
+                paths |= self._members.get(c, set())
+            stale = [it for path in paths for it in self.queue.at(self.job.name, path)
+                     if (it.op, it.path) not in wanted]
+        for it in stale:
+            self._unqueue(it)
+
+    def _unqueue(self, it: QueueItem) -> None:
+        """Queued work the plan no longer wants: done elsewhere, vanished, superseded."""
+        if it.state == "in-flight":
+            return
+        if it.state == "failed" and (it.path in self.view.entries or it.op == "delete"):
+            return  # failed items wait for the user, unless their file is gone
+        if it.op == "upload" and it.path not in self.view.entries:
+            log.info("job %s: %s vanished at the source before it was sent; skipped", self.job.name, it.path)
+            self._skipped += 1
+        self.queue.ack(it.id)
+        self.dispatch.discard(it.id)
 
     def _dropped(self) -> dict:
         """This job's dropped operations; the file is read again only when it changed."""
@@ -327,163 +436,158 @@ class JobRunner:
             self._dropped_ops = self.state.read_json("dropped.json", {}).get(self.job.name, {})
         return self._dropped_ops
 
-    def _drop_stale(self) -> None:
-        """Queued work the current plan no longer wants: done elsewhere, vanished, superseded."""
-        uploads, waiting, deletes = set(self.plan.uploads), set(self.plan.waiting), set(self.plan.deletes)
-        for it in self.queue.items(self.job.name):
-            if it.state == "in-flight":
-                continue
-            wanted = (it.path in uploads or it.path in waiting) if it.op == "upload" else it.path in deletes
-            if it.state == "failed" and (it.path in self.view.entries or it.op == "delete"):
-                continue  # failed items wait for the user, unless their file is gone
-            if not wanted:
-                if it.op == "upload" and it.path not in self.view.entries:
-                    log.info("job %s: %s vanished at the source before it was sent; skipped",
-                             self.job.name, it.path)
-                    self._skipped += 1
-                self.queue.ack(it.id)
-
-    # ------------------------------------------------------------ transfers
-    def _drain(self, forced: bool) -> None:
-        while not self.stopping.is_set():
-            now = _now()
-            if not forced and not schedule.is_open(self.job.windows, now):
-                break
-            self._fold_hints()
-            it = next_item(self.queue.items(self.job.name), self.plan.blockers, now, self.job.family)
-            if it is None:
-                break
-            if self._pass is None:
-                self._pass = SyncStats(now)
-            with self._lock:
-                self.phase = "syncing"
-            if not self._execute(it, self._pass, forced):
-                break
-            self._replan()
-        self._close_target()
-        with self._lock:
-            if self.phase == "syncing":
-                self.phase = "idle"
-
     def _fold_hints(self, hints: set[str] | None = None) -> None:
         """Fold watcher hints (taken here unless given) and settling files into the plan."""
         if hints is None:
             with self._lock:
                 hints, self._hints = self._hints, set()
         mono, wall = time.monotonic(), time.time_ns()
-        if self.view.touch(hints, mono, wall) | self.view.refresh(mono, wall):
-            self._replan()
+        self.view.touch(hints, mono, wall)
+        self.view.refresh(mono, wall)
+        changed = self.view.take_changed()
+        if changed:
+            self._changed(changed)
 
-    def _execute(self, it: QueueItem, stats: SyncStats, forced: bool) -> bool:
-        """Run one item; False when the job must stop draining."""
+    # ------------------------------------------------------------ transfers
+    def _drain(self, forced: bool) -> None:
+        """Run the queued work through the transfer threads until nothing more can start
+        and nothing runs, or the job must stop (trouble, the window, the agent stopping)."""
+        may_send = (lambda: True) if forced else (lambda: schedule.is_open(self.job.windows, _now()))
+        run = Transfers(self.job, self.dispatch, self.sessions, self.throttle, self.stopping, may_send,
+                        self.on_progress)
+        self._running = run
+        halted = False
         try:
-            target = self._open_target()
+            while True:
+                if not halted and (self.stopping.is_set() or not may_send()):
+                    halted = True
+                if not halted:
+                    self._fold_hints()
+                    while len(run.running) < self.transfers:
+                        task = self._next_task()
+                        if task is None:
+                            break
+                        run.submit(task, self.transfers)
+                if not run.running:
+                    break
+                try:
+                    outcome = run.results.get(timeout=0.5)
+                except stdqueue.Empty:
+                    continue
+                halted |= self._outcome(run, outcome)
+                while True:  # everything else that is already there
+                    try:
+                        outcome = run.results.get_nowait()
+                    except stdqueue.Empty:
+                        break
+                    halted |= self._outcome(run, outcome)
+        finally:
+            run.close()
+            while True:  # outcomes reported as the threads ended
+                try:
+                    self._outcome(run, run.results.get_nowait())
+                except stdqueue.Empty:
+                    break
+            for task in self.dispatch.in_flight():  # staged, waiting for an earlier file: kept there
+                now_ = self.queue.get(task.item.id)
+                if now_ is not None and now_.state == "in-flight":
+                    self.queue.release(task.item.id, count_attempt=False)
+            self.dispatch.end_round()
+            self._running = None
+            with self._lock:
+                if self.phase == "syncing":
+                    self.phase = "idle"
+
+    def _next_task(self) -> Task | None:
+        while True:
+            it = self.dispatch.pick(self.queue.get, self.blockers, _now())
+            if it is None:
+                return None
+            if self._pass is None:
+                self._pass = SyncStats(_now())
+            with self._lock:
+                self.phase = "syncing"
+            task = Task(it)
             if it.op == "upload":
-                self._upload(target, it, stats, forced)
-            else:
-                self.queue.lease(it.id)
-                target.delete(it.path)
-                self.target_files.pop(it.path, None)
-                self.queue.ack(it.id)
-                stats.removed(it.path)
-                log.info("job %s: deleted %s", self.job.name, it.path)
-            self._healthy()
-            return True
-        except Interrupted:
-            self.queue.release(it.id, count_attempt=False)
-            return False
-        except SourceError as e:
-            log.error("job %s: %s", self.job.name, e)
-            self.queue.fail(it.id, str(e))
-            stats.error(str(e))
-            stats.ok = False
-            return True
-        except (TransientError, PermanentError) as e:
-            self._target_failed(e, it)
-            return isinstance(e, TransientError) and self.error is None
+                e = self.view.entries.get(it.path)
+                if e is None:  # gone at the source: nothing to send
+                    self.queue.ack(it.id)
+                    self.dispatch.discard(it.id)
+                    self._pass.files_skipped += 1
+                    log.info("job %s: %s vanished at the source before it was sent; skipped", self.job.name, it.path)
+                    self._changed({it.path})
+                    continue
+                if not e.ready:  # written again since it was planned
+                    self._changed({it.path})
+                    continue
+                task.size, task.mtime_ns = e.size, e.mtime_ns
+            task.item = self.queue.lease(it.id)
+            task.started = time.monotonic()
+            self.dispatch.started(task.item, task)
+            return task
 
-    def _upload(self, target: Target, it: QueueItem, stats: SyncStats, forced: bool) -> None:
-        src = self.job.source.joinpath(*it.path.split("/"))
-        entry = self.view.entries.get(it.path)
-        try:
-            f = open(src, "rb")
-        except FileNotFoundError:
+    def _outcome(self, run: Transfers, o: Outcome) -> bool:
+        """Apply what a transfer thread reports; True when the job must stop starting work."""
+        stats = self._pass or SyncStats(_now())
+        task = o.task
+        assert task is not None
+        it, path = task.item, task.item.path
+        if o.kind == "idle":
+            run.running.pop(it.id, None)
+            return False
+        stats.bytes_on_wire += task.wire
+        task.wire = 0
+        if o.kind == "published":
+            assert self.target_files is not None
+            self.queue.ack(it.id)
+            self.target_files[path] = RemoteFile(task.size, task.mtime_ns if self.keeps_mtime else None)
+            stats.published(path, task.size)
+            log.info("job %s: sent %s (%d bytes)", self.job.name, path, task.size)
+            self._healthy()
+            f = classify(path, self.rules.family)
+            if f is not None and f.level in MONTHLY_LEVELS and self.rules.mode == "daily-monthly" \
+                    and f.role in (Role.IMAGE, Role.MD5):
+                self._changed({path})  # a new monthly on the target: retention may run
+        elif o.kind == "deleted":
+            assert self.target_files is not None
+            self.queue.ack(it.id)
+            self.target_files.pop(path, None)
+            stats.removed(path)
+            log.info("job %s: deleted %s", self.job.name, path)
+            self._healthy()
+            self._changed({path})
+        elif o.kind == "skipped":
             self.queue.ack(it.id)
             stats.files_skipped += 1
-            log.info("job %s: %s vanished at the source before it was sent; skipped", self.job.name, it.path)
-            self.view.touch({it.path}, time.monotonic(), time.time_ns())
-            return
-        except OSError as e:
-            raise SourceError(f"cannot read {src} ({e.strerror})") from None
-        with f:
-            st = os.fstat(f.fileno())
-            if entry is None or not entry.ready or (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
-                self.view.recheck(it.path, time.monotonic(), time.time_ns())  # changed since planned
-                return
-            self.queue.lease(it.id)
-            size, mtime = st.st_size, st.st_mtime_ns
-            done = 0
-
-            def progress(n: int) -> None:
-                nonlocal done
-                done += n
-                stats.bytes_on_wire += n
-                self.throttle.consume(n, self.stopping)
-                if self.on_progress:
-                    self.on_progress(it.path, done, size)
-                if self.stopping.is_set():
-                    raise Interrupted("the agent is stopping")
-                if not forced and not schedule.is_open(self.job.windows, _now()):
-                    raise Interrupted("the job's window closed")
-
-            progress.chunk = self.throttle.chunk()  # type: ignore[attr-defined]
-            try:
-                target.upload(it.path, f, size, mtime, progress)
-            except OSError as e:
-                raise SourceError(f"cannot read {src} ({e.strerror})") from None
-            try:
-                after = os.stat(src)
-            except OSError:
-                after = None
-            if after is None or (after.st_size, after.st_mtime_ns) != (size, mtime):
-                target.discard(it.path)
-                self.view.recheck(it.path, time.monotonic(), time.time_ns())
-                self.queue.release(it.id, "changed while it was sent; sent again once it settles",
-                                   count_attempt=False)
-                log.info("job %s: %s changed while it was sent; it is sent again once it settles",
-                         self.job.name, it.path)
-                return
-            target.publish(it.path, size, mtime)
-        self.target_files[it.path] = RemoteFile(size, mtime if target.keeps_mtime else None)
-        self.queue.ack(it.id)
-        stats.published(it.path, size)
-        log.info("job %s: sent %s (%d bytes)", self.job.name, it.path, size)
+            log.info("job %s: %s vanished at the source before it was sent; skipped", self.job.name, path)
+            self.view.touch({path}, time.monotonic(), time.time_ns())
+            self._changed(self.view.take_changed() | {path})
+        elif o.kind == "changed":
+            self.queue.release(it.id, "changed while it was sent; sent again once it settles", count_attempt=False)
+            log.info("job %s: %s changed while it was sent; it is sent again once it settles", self.job.name, path)
+            self.view.recheck(path, time.monotonic(), time.time_ns())
+            self._changed(self.view.take_changed() | {path})
+        elif o.kind == "interrupted":
+            self.queue.release(it.id, count_attempt=False)
+            return True
+        elif o.kind == "unreadable":
+            log.error("job %s: %s", self.job.name, o.error)
+            self.queue.fail(it.id, str(o.error))
+            stats.error(str(o.error))
+            stats.ok = False
+        elif o.kind == "failed":
+            assert isinstance(o.error, OffsiteError)
+            if run.backoff is not None and isinstance(o.error, TransientError):
+                # The same trouble seen by another transfer of this round: one failure, one wait.
+                self.queue.release(it.id, str(o.error), _now() + dt.timedelta(seconds=run.backoff))
+                if self._pass is not None:
+                    self._pass.error(str(o.error))
+            else:
+                run.backoff = self._target_failed(o.error, it)
+            return True
+        return False
 
     # ------------------------------------------------------------ target sessions
-    def _open_target(self) -> Target:
-        if self.target is not None:
-            return self.target
-        while not self.slots.acquire(timeout=0.5):  # max_connections, all jobs together
-            if self.stopping.is_set():
-                raise Interrupted("the agent is stopping")
-        try:
-            target = make_target(self.job)
-            target.open()
-            self._check_owner(target)
-        except BaseException:
-            self.slots.release()
-            raise
-        self.target = target
-        return target
-
-    def _close_target(self) -> None:
-        if self.target is not None:
-            try:
-                self.target.close()
-            finally:
-                self.target = None
-                self.slots.release()
-
     def _check_owner(self, target: Target) -> None:
         mine, theirs = self.state.owner_id(self.job.name), target.read_owner()
         if theirs is None:
@@ -499,7 +603,7 @@ class JobRunner:
             self.owner_state = "ok"
 
     def _reinit(self, req: Request) -> None:
-        self._close_target()
+        self.sessions.close()
         try:
             where = control.take_over(self.job, self.state)
         except OffsiteError as e:
@@ -515,8 +619,8 @@ class JobRunner:
             req.reply({"ok": True, "error": None, "target": where})
 
     # ------------------------------------------------------------ trouble
-    def _target_failed(self, e: OffsiteError, it: QueueItem | None) -> None:
-        self._close_target()
+    def _target_failed(self, e: OffsiteError, it: QueueItem | None) -> float | None:
+        """Transient: back off (returns the wait); permanent: the job is in error."""
         if self._pass is not None:
             self._pass.error(str(e))
         if isinstance(e, TransientError):
@@ -542,10 +646,11 @@ class JobRunner:
                 self._retry_at = time.monotonic() + wait
                 self._need_reconcile = True
             log.info("job %s: %s (retrying in %.0fs)", self.job.name, e, wait)
-            return
+            return wait
         if it is not None:
             self.queue.release(it.id, str(e), count_attempt=True)
         self._fail(str(e))
+        return None
 
     def _fail(self, msg: str) -> None:
         with self._lock:
@@ -554,7 +659,6 @@ class JobRunner:
         if first:
             log.error("job %s: %s", self.job.name, msg)
         self._retry_at = time.monotonic() + self.settings.rescan
-        self._close_target()
 
     def _clear_error(self) -> None:
         with self._lock:
@@ -593,7 +697,7 @@ class JobRunner:
         gave_up, self._pass, self._gave_up = self._gave_up, None, False
         stats.files_skipped += self._skipped
         self._skipped = 0
-        left = sum(1 for i in self.queue.items(self.job.name) if i.state != "failed")
+        left = self.queue.summary(self.job.name)["pending_files"]
         if left and self.stopping.is_set():
             stats.error(f"the agent stopped with {left} file(s) still to do")
             stats.ok = False

@@ -1,0 +1,235 @@
+"""A job's transfers: a few threads, each with its own target session, that stage uploads,
+publish them in chain order and run deletions.
+
+The job's coordinator (job.py) picks and leases items and hands them over as tasks; the
+threads report each item's outcome back through `results`, and the coordinator alone
+touches the queue's acknowledgements, the source view and the sync result. Publishing is
+decided by `Dispatch`: the thread that stages the first file of its chain publishes it and
+any later staged files right behind it, so no thread ever waits for another's turn.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue as stdqueue
+import threading
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from ..config import Job
+from ..errors import Interrupted, PermanentError, SourceError, TransientError
+from ..queue import QueueItem
+from ..targets import Target, make_target
+from .dispatcher import Dispatch
+from .throttle import Throttle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Task:
+    item: QueueItem
+    size: int = 0  # the source version that was planned: a different one is not sent
+    mtime_ns: int = 0
+    wire: int = 0  # bytes that went over the wire for it
+    done: int = 0  # of `size`, in this attempt
+    started: float = 0.0  # monotonic
+
+
+class Outcome(NamedTuple):
+    kind: str  # published | deleted | skipped | changed | interrupted | failed | unreadable | idle
+    task: Task | None
+    error: Exception | None = None
+
+
+class Sessions:
+    """The job's open target sessions, reused from task to task; each holds one of the agent's
+    `max_connections` slots while it is open."""
+
+    def __init__(self, job: Job, slots: threading.BoundedSemaphore, stopping: threading.Event,
+                 check_owner: Callable[[Target], None]) -> None:
+        self.job, self.slots, self.stopping, self.check_owner = job, slots, stopping, check_owner
+        self._free: list[Target] = []
+        self._lock = threading.Lock()
+        self._owner_lock = threading.Lock()
+        self._owner_checked = False  # once per round, by the first session: several sessions
+        # opening at once on a new target folder must not each write an owner ID
+        self.opened = 0  # sessions opened, for tests
+
+    def checkout(self) -> Target:
+        while True:
+            with self._lock:
+                if self._free:
+                    return self._free.pop()
+            if self.slots.acquire(timeout=0.2):  # max_connections, all jobs together
+                break
+            if self.stopping.is_set():
+                raise Interrupted("the agent is stopping")
+        try:
+            target = make_target(self.job)
+            target.open()
+            with self._owner_lock:
+                if not self._owner_checked:
+                    self.check_owner(target)
+                    self._owner_checked = True
+        except BaseException:
+            self.slots.release()
+            raise
+        self.opened += 1
+        return target
+
+    def checkin(self, target: Target) -> None:
+        with self._lock:
+            self._free.append(target)
+
+    def broken(self, target: Target) -> None:
+        """A session that failed: closed, its slot given back at once."""
+        try:
+            target.close()
+        finally:
+            self.slots.release()
+
+    def close(self) -> None:
+        """Close every session; the next round checks the owner ID again."""
+        with self._lock:
+            free, self._free = self._free, []
+            self._owner_checked = False
+        for t in free:
+            self.broken(t)
+
+
+class Transfers:
+    def __init__(self, job: Job, dispatch: Dispatch, sessions: Sessions, throttle: Throttle,
+                 stopping: threading.Event, may_send: Callable[[], bool],
+                 on_progress: Callable[[str, int, int], None] | None) -> None:
+        self.job, self.dispatch, self.sessions, self.throttle = job, dispatch, sessions, throttle
+        self.stopping, self.may_send, self.on_progress = stopping, may_send, on_progress
+        self.results: stdqueue.SimpleQueue[Outcome] = stdqueue.SimpleQueue()
+        self._tasks: stdqueue.SimpleQueue[Task | None] = stdqueue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self.running: dict[int, Task] = {}  # item id -> task, while a thread works on it
+        self.backoff: float | None = None  # the wait after this round's first transient failure
+
+    def submit(self, task: Task, most: int) -> None:
+        self.running[task.item.id] = task
+        if len(self._threads) < min(most, len(self.running)):
+            t = threading.Thread(target=self._loop, name=f"transfer-{self.job.name}-{len(self._threads)}",
+                                 daemon=True)
+            self._threads.append(t)
+            t.start()
+        self._tasks.put(task)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+        for t in self._threads:
+            t.join()
+        self._threads = []
+        self.sessions.close()
+
+    # ---------------------------------------------------------------- the threads
+    def _loop(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            try:
+                # A session per task from the job's pool: an idle thread holds none, so a
+                # job under a small max_connections still uses every slot it gets.
+                target = self.sessions.checkout()
+                if self._work(target, task):
+                    self.sessions.checkin(target)
+                else:
+                    self.sessions.broken(target)
+            except Interrupted:
+                self.dispatch.hold(task.item.id)
+                self.results.put(Outcome("interrupted", task))
+            except (TransientError, PermanentError) as e:  # could not open a session
+                self.dispatch.hold(task.item.id)
+                self.results.put(Outcome("failed", task, e))
+            except Exception as e:  # noqa: BLE001 - a bug fails the item, never the thread silently
+                log.exception("job %s: unexpected error on %s", self.job.name, task.item.path)
+                self.dispatch.hold(task.item.id)
+                self.results.put(Outcome("failed", task, PermanentError(f"unexpected error: {e}")))
+            finally:
+                self.results.put(Outcome("idle", task))
+
+    def _work(self, target: Target, task: Task) -> bool:
+        """Run one task (and publish what its success lets through); False when the session
+        must be dropped."""
+        current = task
+        try:
+            if task.item.op == "delete":
+                target.delete(task.item.path)
+                self.dispatch.finished(task.item.id)
+                self.results.put(Outcome("deleted", task))
+                return True
+            kind = self._stage(target, task)
+            if kind == "changed":
+                self.dispatch.hold(task.item.id)
+                self.results.put(Outcome("changed", task))
+                return True
+            if kind == "skipped":
+                self.results.put(Outcome("skipped", task))
+                run = self.dispatch.finished(task.item.id)
+            else:
+                run = self.dispatch.staged(task.item.id)
+            while run:
+                later: list[Task] = []
+                for t in run:
+                    current = t
+                    target.publish(t.item.path, t.size, t.mtime_ns)
+                    self.results.put(Outcome("published", t))
+                    later = self.dispatch.finished(t.item.id)
+                run = later
+            return True
+        except Interrupted:
+            self.dispatch.hold(current.item.id)
+            self.results.put(Outcome("interrupted", current))
+            return True
+        except SourceError as e:
+            self.dispatch.hold(current.item.id)
+            self.results.put(Outcome("unreadable", current, e))
+            return True
+        except (TransientError, PermanentError) as e:
+            self.dispatch.hold(current.item.id)
+            self.results.put(Outcome("failed", current, e))
+            return False
+
+    def _stage(self, target: Target, task: Task) -> str:
+        """Upload the planned version of the file to staging: 'staged', 'skipped' (gone at
+        the source) or 'changed' (another version than planned, or written meanwhile)."""
+        path = task.item.path
+        src = self.job.source.joinpath(*path.split("/"))
+        try:
+            f = open(src, "rb")
+        except FileNotFoundError:
+            return "skipped"
+        except OSError as e:
+            raise SourceError(f"cannot read {src} ({e.strerror})") from None
+        with f:
+            st = os.fstat(f.fileno())
+            if (st.st_size, st.st_mtime_ns) != (task.size, task.mtime_ns):
+                return "changed"
+
+            def progress(n: int) -> None:
+                task.wire += n
+                task.done += n
+                self.throttle.consume(n, self.stopping)
+                if self.on_progress:
+                    self.on_progress(path, task.done, task.size)
+                if self.stopping.is_set():
+                    raise Interrupted("the agent is stopping")
+                if not self.may_send():
+                    raise Interrupted("the job's window closed")
+
+            progress.chunk = self.throttle.chunk()  # type: ignore[attr-defined]
+            try:
+                target.upload(path, f, task.size, task.mtime_ns, progress)
+            except OSError as e:
+                raise SourceError(f"cannot read {src} ({e.strerror})") from None
+        try:
+            after = os.stat(src)
+        except OSError:
+            after = None
+        if after is None or (after.st_size, after.st_mtime_ns) != (task.size, task.mtime_ns):
+            target.discard(path)
+            return "changed"
+        return "staged"
