@@ -4,6 +4,12 @@
 module provides (stat, list a folder, make folders, write at an offset, rename, remove).
 Uploads are staged as `<folder>/.offsite/staging/<hash>-<size>-<mtime>.part`, resumed from
 the staged file's size, checked for size, and published with one rename.
+
+Round trips are what a small file costs on a WAN, so a session asks the server nothing it
+already knows: the staging folder is listed once when the session opens (what is staged and
+how much: one listing instead of a stat and a listing per file), and the folders known to
+exist are remembered. A file's upload is handled by one session at a time, so the listing
+stays true for it; publish() still asks the server for the staged size, the promise itself.
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ class RemoteFileTarget(Target):
         self.root = posixpath.join(self.location, folder)
         self.agent = posixpath.join(self.root, AGENT_DIR)
         self.staging = posixpath.join(self.agent, "staging")
+        self._dirs: set[str] = set()  # folders known to exist on the server
+        self._staged_sizes: dict[str, int] | None = None  # staging listing at open: name -> size
 
     # ---------------------------------------------------------------- primitives
     @abc.abstractmethod
@@ -83,10 +91,14 @@ class RemoteFileTarget(Target):
     # ---------------------------------------------------------------- the contract
     def open(self, create: bool = True) -> None:
         self._connect()
+        self._dirs = set()
         if not self._is_dir(self.location):
             raise PermanentError(f"the location path {self.location} does not exist on {self.describe_server()}")
+        self._dirs.add(self.location)
+        self._staged_sizes = None
         if create:
             self._makedirs(self.staging)
+            self._staged_sizes = {e.name: e.size for e in self._listdir(self.staging) if not e.is_dir}
 
     def describe(self) -> str:
         return f"{self.describe_server()}:{self.root}"
@@ -98,11 +110,14 @@ class RemoteFileTarget(Target):
     def _makedirs(self, path: str) -> None:
         missing = []
         p = path
-        while p not in ("/", "", self.location) and not self._is_dir(p):
+        while p not in ("/", "", self.location) and p not in self._dirs and not self._is_dir(p):
             missing.append(p)
             p = posixpath.dirname(p)
         for d in reversed(missing):
             self._mkdir(d)
+        while path not in ("/", "") and path not in self._dirs:
+            self._dirs.add(path)
+            path = posixpath.dirname(path)
 
     def _walk(self, path: str, rel: str) -> Iterator[tuple[str, Entry]]:
         for e in self._listdir(path):
@@ -141,15 +156,25 @@ class RemoteFileTarget(Target):
     def upload(self, relpath: str, src: BinaryIO, size: int, mtime_ns: int, progress: Progress) -> int:
         check_relpath(relpath)
         staged = self._staged(relpath, size, mtime_ns)
-        self._discard_others(relpath, keep=posixpath.basename(staged))
-        offset = self._size(staged) or 0
+        name = posixpath.basename(staged)
+        self._discard_others(relpath, keep=name)
+        if self._staged_sizes is not None:
+            offset = self._staged_sizes.get(name, 0)
+        else:
+            offset = self._size(staged) or 0
         if offset > size:
             offset = 0
         try:
-            return self._write(staged, offset, src, size, progress)
+            sent = self._write(staged, offset, src, size, progress)
         except (TransientError, PermanentError) as e:
+            if self._staged_sizes is not None:
+                self._staged_sizes.pop(name, None)  # how much got there is unknown: ask next time
+                self._staged_sizes = None
             # Name the file the operator knows, not its hashed staging name.
             raise type(e)(str(e).replace(staged, relpath)) from None
+        if self._staged_sizes is not None:
+            self._staged_sizes[name] = size
+        return sent
 
     def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
         final = self._final(relpath)
@@ -160,20 +185,29 @@ class RemoteFileTarget(Target):
         if got != size:
             self._remove(staged)
             raise TransientError(f"the staged copy of {relpath} has {got} bytes, not {size}: sending it again")
-        self._set_mtime(staged, mtime_ns)
+        if self.keeps_mtime:
+            self._set_mtime(staged, mtime_ns)
         self._makedirs(posixpath.dirname(final))
         self._rename(staged, final)
+        if self._staged_sizes is not None:
+            self._staged_sizes.pop(posixpath.basename(staged), None)
 
     def discard(self, relpath: str) -> None:
         self._discard_others(relpath, keep=None)
 
     def _discard_others(self, relpath: str, keep: str | None) -> None:
         stem = staging_stem(relpath) + "-"
-        if not self._is_dir(self.staging):
+        if self._staged_sizes is not None:
+            names = list(self._staged_sizes)
+        elif self._is_dir(self.staging):
+            names = [e.name for e in self._listdir(self.staging)]
+        else:
             return
-        for e in self._listdir(self.staging):
-            if e.name.startswith(stem) and e.name != keep:
-                self._remove(posixpath.join(self.staging, e.name))
+        for name in names:
+            if name.startswith(stem) and name != keep:
+                self._remove(posixpath.join(self.staging, name))
+                if self._staged_sizes is not None:
+                    self._staged_sizes.pop(name, None)
 
     def delete(self, relpath: str) -> None:
         self._remove(self._final(relpath))

@@ -56,6 +56,7 @@ class FtpTarget(RemoteFileTarget):
         self.o = options
         self.tls = tls
         self.ftp: ftplib.FTP | None = None
+        self._binary = False  # the session is in TYPE I (listings switch it to ASCII)
 
     def endpoint(self) -> tuple[str, int] | None:
         return self.o["host"], self.o["port"]
@@ -85,6 +86,7 @@ class FtpTarget(RemoteFileTarget):
                 ftp.prot_p()
             ftp.set_pasv(bool(self.o.get("passive", True)))
             ftp.voidcmd("TYPE I")
+            self._binary = True
         except ssl.SSLCertVerificationError as e:
             ftp.close()
             raise PermanentError(f"the TLS certificate of {where} could not be verified ({e.verify_message}); "
@@ -129,15 +131,22 @@ class FtpTarget(RemoteFileTarget):
     # ---------------------------------------------------------------- primitives
     def _size(self, path: str) -> int | None:
         def size() -> int | None:
-            self.ftp.voidcmd("TYPE I")  # listings switch to ASCII, where SIZE is refused
+            self._binary_mode()
             return self.ftp.size(path)
         return self._call(path, size, missing_ok=True)
+
+    def _binary_mode(self) -> None:
+        """Listings switch the session to ASCII, where SIZE and REST are refused."""
+        if not self._binary:
+            self.ftp.voidcmd("TYPE I")
+            self._binary = True
 
     def _is_dir(self, path: str) -> bool:
         ok = self._call(path, self.ftp.cwd, path, missing_ok=True)
         return ok is not None
 
     def _listdir(self, path: str) -> list[Entry]:
+        self._binary = False
         try:
             rows = self._call(path, lambda: list(self.ftp.mlsd(path, facts=["type", "size", "modify"])),
                               missing_ok=True) or []
@@ -152,6 +161,7 @@ class FtpTarget(RemoteFileTarget):
         return out
 
     def _list_unix(self, path: str) -> list[Entry]:
+        self._binary = False
         lines: list[str] = []
         self._call(path, self.ftp.retrlines, f"LIST -a {path}", lines.append, missing_ok=True)
         out = []
@@ -172,6 +182,7 @@ class FtpTarget(RemoteFileTarget):
     def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> int:
         if offset:
             try:
+                self._call(path, self._binary_mode)
                 self._call(path, self.ftp.sendcmd, f"REST {offset}")
                 self.ftp.sendcmd("REST 0")  # only probing: storbinary sends its own REST
             except PermanentError:

@@ -1,9 +1,14 @@
 """The `local` target: a folder on a local disk, an external drive or a mounted share.
 
 Uploads are written to `.offsite/staging/<hash>-<size>-<mtime>.part`, checkpointed (fsync,
-then the durable offset recorded) every CHECKPOINT bytes, and published with an fsync and
-an atomic rename. After a crash or power loss an upload resumes from its last checkpoint,
-so bytes that never reached the disk are never trusted.
+then the durable offset recorded) every CHECKPOINT bytes, and published with an atomic
+rename once their data is on disk (fsync). After a crash or power loss an upload resumes
+from its last checkpoint, so bytes that never reached the disk are never trusted.
+
+fsync only where a promise needs it: the data before the rename, so a power loss never
+leaves a short file under a final name. Files under CHECKPOINT bytes keep no checkpoint
+(they start over), and the rename itself is not synced: if a power loss undoes it, the
+file is simply missing, and the reconciliation at start sends it again.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ _NO_FAST_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errn
 
 class LocalTarget(Target):
     resumable = True
+    resume_min_size = CHECKPOINT  # smaller files keep no checkpoint: they start over
     keeps_mtime = True
 
     def __init__(self, location: Path, folder: str) -> None:
@@ -121,10 +127,14 @@ class LocalTarget(Target):
         try:
             with open(part, "r+b" if offset else "wb") as dst:
                 dst.truncate(offset)
-                try:
+                if size < CHECKPOINT:  # small: nothing worth resuming, one fsync before publish
                     sent = self._copy(src, dst, offset, size, ckpt, progress)
-                finally:
-                    self._checkpoint(dst, ckpt)
+                    os.fsync(dst.fileno())
+                else:
+                    try:
+                        sent = self._copy(src, dst, offset, size, ckpt, progress)
+                    finally:
+                        self._checkpoint(dst, ckpt)
         except OSError as e:
             if e.errno in _FULL:
                 self.discard(relpath)  # give the space back; the next attempt starts over
@@ -197,8 +207,8 @@ class LocalTarget(Target):
             os.utime(part, ns=(mtime_ns, mtime_ns))
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(part, final)
-            _fsync_dir(final.parent)
-            ckpt.unlink(missing_ok=True)
+            if size >= CHECKPOINT:
+                ckpt.unlink(missing_ok=True)
         except OSError as e:
             raise self._error(e, relpath) from None
 

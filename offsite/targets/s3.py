@@ -6,6 +6,10 @@ checks. The upload ID lives in a small record under `<prefix>/<folder>/.offsite/
 so an interrupted upload resumes after a restart from the parts the server lists, and the
 object appears under its key only when the upload is completed. Small files are sent with
 one PUT at publish time. Multipart uploads that no record names are aborted as strays.
+
+Round trips: a session lists the staging records once when it opens (it must, to find the
+strays), so an upload asks for no listing; a small file is one PUT with its Content-MD5,
+which the server checks, so nothing more is asked after it.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import io
 import datetime as dt
 import hashlib
 import json
+import threading
 from urllib.parse import urlsplit
 from typing import Any, BinaryIO, Callable, Mapping
 
@@ -55,6 +60,13 @@ class _Paced(io.RawIOBase):
             self.counted = end
         return out
 
+# Small files are sent with one PUT at publish time; until then their bytes wait here, shared
+# by every session of the process, because with parallel transfers the thread that publishes
+# a file (in chain order) is not always the one that staged it. The job's dispatcher bounds
+# how many staged files wait at once.
+_SMALL: dict[tuple, bytes] = {}
+_SMALL_LOCK = threading.Lock()
+
 MiB = 1024 * 1024
 MIN_PART = 16 * MiB  # also the largest file sent with one PUT
 MAX_PARTS = 9000  # S3 allows 10,000; leave room
@@ -84,7 +96,7 @@ class S3Target(Target):
         self.agent = self.root + AGENT_DIR + "/"
         self.staging = self.agent + "staging/"
         self.client = None
-        self._small: dict[str, bytes] = {}
+        self._known_records: set[str] | None = None  # staging records, listed at open
 
     def endpoint(self) -> tuple[str, int] | None:
         url = urlsplit(self.o.get("endpoint") or f"https://s3.{self.o.get('region') or 'us-east-1'}.amazonaws.com")
@@ -145,7 +157,10 @@ class S3Target(Target):
 
     def close(self) -> None:
         self.client = None
-        self._small.clear()
+        self._known_records = None
+
+    def _small_key(self, relpath: str) -> tuple:
+        return (self.o.get("endpoint"), self.bucket, self.root, relpath)
 
     def _keys(self, prefix: str) -> list[dict]:
         out: list[dict] = []
@@ -197,14 +212,20 @@ class S3Target(Target):
     def upload(self, relpath: str, src: BinaryIO, size: int, mtime_ns: int, progress: Progress) -> int:
         key = self.root + check_relpath(relpath)
         record_key = self._record_key(relpath, size, mtime_ns)
-        for other in self._records(relpath):
+        if self._known_records is None:
+            records = self._records(relpath)
+        else:
+            stem = self.staging + staging_stem(relpath) + "-"
+            records = [r for r in self._known_records if r.startswith(stem)]
+        for other in records:
             if other != record_key:
                 self._drop_record(other)
         if size <= MIN_PART:
             src.seek(0)
             data = src.read(size)
             progress(len(data))
-            self._small[relpath] = data
+            with _SMALL_LOCK:
+                _SMALL[self._small_key(relpath)] = data
             return len(data)
         record = self._get(record_key)
         done: dict[int, int] = {}
@@ -222,6 +243,8 @@ class S3Target(Target):
                            **self._object_extra())
             upload_id, done = r["UploadId"], {}
             self._put(record_key, json.dumps({"key": key, "upload_id": upload_id, "part_size": psize}).encode())
+            if self._known_records is not None:
+                self._known_records.add(record_key)
         sent = 0
         count = -(-size // psize)
         for n in range(1, count + 1):
@@ -242,10 +265,12 @@ class S3Target(Target):
     def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
         key = self.root + check_relpath(relpath)
         if size <= MIN_PART:
-            data = self._small.pop(relpath, None)
+            with _SMALL_LOCK:
+                data = _SMALL.pop(self._small_key(relpath), None)
             if data is None or len(data) != size:
                 raise TransientError(f"nothing complete is staged for {relpath}: sending it again")
-            self._put(key, data, **self._object_extra())
+            self._put(key, data, **self._object_extra())  # its Content-MD5 proves size and bytes
+            return
         else:
             record_key = self._record_key(relpath, size, mtime_ns)
             record = self._get(record_key)
@@ -260,6 +285,8 @@ class S3Target(Target):
                        UploadId=rec["upload_id"],
                        MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n} for n, (e, _) in sorted(etags.items())]})
             self._call(record_key, self.client.delete_object, Bucket=self.bucket, Key=record_key)
+            if self._known_records is not None:
+                self._known_records.discard(record_key)
         head = self._call(relpath, self.client.head_object, Bucket=self.bucket, Key=key)
         if head["ContentLength"] != size:
             raise TransientError(f"{relpath} has {head['ContentLength']} bytes on the server, not {size}")
@@ -280,6 +307,8 @@ class S3Target(Target):
             marker = r["NextPartNumberMarker"]
 
     def _drop_record(self, record_key: str) -> None:
+        if self._known_records is not None:
+            self._known_records.discard(record_key)
         data = self._get(record_key)
         if data is not None:
             rec = json.loads(data)
@@ -290,7 +319,8 @@ class S3Target(Target):
     def _abort_strays(self) -> None:
         """Abort multipart uploads under this job's folder that no staging record names."""
         known = set()
-        for rk in self._records():
+        self._known_records = set(self._records())
+        for rk in self._known_records:
             data = self._get(rk)
             if data is not None:
                 known.add(json.loads(data)["upload_id"])
@@ -301,7 +331,8 @@ class S3Target(Target):
                            Key=u["Key"], UploadId=u["UploadId"])
 
     def discard(self, relpath: str) -> None:
-        self._small.pop(relpath, None)
+        with _SMALL_LOCK:
+            _SMALL.pop(self._small_key(relpath), None)
         for rk in self._records(relpath):
             self._drop_record(rk)
 
