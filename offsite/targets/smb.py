@@ -1,8 +1,9 @@
 """The `smb` target: smbprotocol's smbclient.
 
-Writes go through unbuffered 4 MiB writes that loop on short writes (a raw SMB write may
-take fewer bytes than given, silently: reference/servers.md), `port=` is passed to every
-call, and the session is dropped at close and made anew at open, because smbprotocol
+Writes are raw SMB WRITE requests of up to 4 MiB with several in flight at once (sent
+without waiting, their responses read in order), so the link never idles between two
+writes; a short write (a raw SMB write may take fewer bytes than given, silently:
+reference/servers.md) is completed before going on. `port=` is passed to every call, and the session is dropped at close and made anew at open, because smbprotocol
 neither re-authenticates an expired session (#90) nor notices new credentials for a
 server it has a session with.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from typing import Any, BinaryIO, Callable, Mapping
 
 import smbclient
@@ -20,6 +22,7 @@ from .base import Progress, chunk_size
 from .filesystem import Entry, RemoteFileTarget
 
 CHUNK = 4 * 1024 * 1024
+IN_FLIGHT = 4  # write requests sent and not yet answered
 # smbclient keeps one session per server:port for the whole process: count who uses it, so
 # one job closing its target never tears down another job's session mid-transfer.
 _SESSIONS: dict[tuple[str, int], int] = {}
@@ -157,19 +160,45 @@ class SmbTarget(RemoteFileTarget):
                                      port=port) as dst:
                 if offset:
                     dst.truncate(offset)
-                    dst.seek(offset)
+                fd = dst.fd  # the smbprotocol Open under the file object
+                step = min(chunk_size(progress, CHUNK), fd.connection.max_write_size or CHUNK)
+                sid, tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+                pending: deque = deque()  # (request, receive, offset, data), in the order sent
                 src.seek(offset)
                 pos = offset
-                step = chunk_size(progress, CHUNK)
-                while pos < size:
-                    data = src.read(min(step, size - pos))
-                    if not data:
-                        raise TransientError(f"the source ended at {pos} of {size} bytes")
-                    view = memoryview(data)
-                    while view:
-                        view = view[dst.write(view):]  # raw writes can be short
-                    pos += len(data)
+
+                def settle_one() -> None:
+                    request, receive, at, data = pending.popleft()
+                    done = receive(request)
+                    while done < len(data):  # short: write the rest before anything else counts
+                        done += fd.write(data[done:], at + done)
                     progress(len(data))
+
+                conn = fd.connection
+                try:
+                    while pos < size:
+                        data = src.read(min(step, size - pos))
+                        if not data:
+                            raise TransientError(f"the source ended at {pos} of {size} bytes")
+                        message, receive = fd.write(data, pos, send=False)
+                        charge = conn._calculate_credit_charge(message)
+                        # Credits come back with the responses: wait for earlier ones while the
+                        # window is short, and ask for more while it is smaller than the pipeline.
+                        while pending and _credits(conn) < charge:
+                            settle_one()
+                        grow = charge * 2 if _credits(conn) < IN_FLIGHT * charge else charge
+                        pending.append((conn.send(message, sid, tid, credit_request=grow), receive, pos, data))
+                        pos += len(data)
+                        if len(pending) >= IN_FLIGHT:
+                            settle_one()
+                    while pending:
+                        settle_one()
+                finally:
+                    for request, receive, _, _ in pending:  # never leave answers unread on the connection
+                        try:
+                            receive(request)
+                        except Exception:  # noqa: BLE001 - the first error is the one reported
+                            break
 
         self._call(path, body)
         return size - offset
@@ -189,6 +218,12 @@ class SmbTarget(RemoteFileTarget):
                 return f.read()
 
         return self._call(path, read, missing_ok=True)
+
+
+def _credits(conn) -> int:
+    """Credits the connection may spend now (smbprotocol keeps them as a sequence window)."""
+    with conn.sequence_lock:
+        return conn.sequence_window["high"] - conn.sequence_window["low"]
 
 
 def _tail(e: Exception) -> str:
