@@ -54,10 +54,10 @@ class Measure:
 
 
 def measured(argv: list[str], env: dict | None = None, check: Callable[[subprocess.CompletedProcess], None] | None = None,
-             timeout: float | None = None) -> Measure:
+             timeout: float | None = None, cwd: Path | None = None) -> Measure:
     """Run a command under /usr/bin/time: wall seconds, user+system CPU seconds, peak RSS."""
     r = subprocess.run(["/usr/bin/time", "-f", "@@time %e %U %S %M", *argv], capture_output=True, text=True,
-                       env={**os.environ, **(env or {})}, timeout=timeout)
+                       env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd)
     if r.returncode != 0:
         raise SystemExit(f"{argv[0]} failed ({r.returncode}): {r.stderr[-2000:]}")
     if check:
@@ -71,6 +71,10 @@ class Offsite:
 
     def __init__(self, name: str, src: Path) -> None:
         self.name, self.src = name, src
+        check = subprocess.run([sys.executable, "-c", "import offsite; print(offsite.__file__)"], capture_output=True,
+                               text=True, env={**os.environ, "PYTHONPATH": str(src)}, cwd=tempfile.gettempdir())
+        if not check.stdout.startswith(str(src)):
+            raise SystemExit(f"offsite {name} would not run from {src}: {check.stdout.strip()}")
 
     def sync(self, work: Path, source: Path, target: dict, files: int, extra_agent: str = "",
              timeout: float | None = None) -> Measure:
@@ -88,13 +92,16 @@ class Offsite:
             if f"{files} sent" not in r.stderr:
                 raise SystemExit(f"offsite {self.name} did not send {files} files: {r.stderr[-1500:]}")
 
+        # Run from the work folder: `python -m` puts the current folder first on sys.path,
+        # which from the checkout would shadow the `before` tree given in PYTHONPATH.
         return measured([sys.executable, "-m", "offsite", "-c", str(cfg), "sync", "b"],
-                        env={"PYTHONPATH": str(self.src)}, check=ok, timeout=timeout)
+                        env={"PYTHONPATH": str(self.src)}, check=ok, timeout=timeout, cwd=work)
 
     def resync(self) -> Measure:
         """The same sync again, with everything already offsite."""
         cfg, _ = self.last
-        return measured([sys.executable, "-m", "offsite", "-c", str(cfg), "sync", "b"], env={"PYTHONPATH": str(self.src)})
+        return measured([sys.executable, "-m", "offsite", "-c", str(cfg), "sync", "b"], env={"PYTHONPATH": str(self.src)},
+                        cwd=cfg.parent)
 
 
 # ---------------------------------------------------------------- reference tools
@@ -209,7 +216,7 @@ def scenario_big(ctx) -> None:
             f.write(os.urandom(1_000_000))
     os.utime(img, (time.time() - 3600,) * 2)
     src = img.parent
-    for kind in ("local", "sftp", "smb", "ftp", "s3"):
+    for kind in ctx.args.targets.split(","):
         o = ctx.location(kind)
         refs: dict[str, Callable[[], Measure]] = {}
         if kind == "local":
@@ -310,7 +317,7 @@ def scenario_latency(ctx) -> None:
                        f"include_intra_daily = true\ntarget = {{ type = 'local', path = '{drive}' }}\n")
         os.chmod(cfg, 0o600)
         agent = subprocess.Popen([sys.executable, "-m", "offsite", "-c", str(cfg), "run"], env={
-            **os.environ, "PYTHONPATH": str(x.src)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            **os.environ, "PYTHONPATH": str(x.src)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ctx.work)
         lat = []
         try:
             time.sleep(3)
@@ -359,7 +366,7 @@ def scenario_idle(ctx) -> None:
         cfg.write_text(f"[agent]\nstate_dir = '{base}/state'\nsettle = '1s'\n" + "".join(jobs))
         os.chmod(cfg, 0o600)
         agent = subprocess.Popen([sys.executable, "-m", "offsite", "-c", str(cfg), "run"], env={
-            **os.environ, "PYTHONPATH": str(x.src)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            **os.environ, "PYTHONPATH": str(x.src)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ctx.work)
         try:
             time.sleep(15)  # started and caught up
             p = psutil.Process(agent.pid)
@@ -422,6 +429,7 @@ def main() -> None:
     ap.add_argument("--only", default="big,small,wan,seed,latency,idle")
     ap.add_argument("--before", help="a git revision whose offsite runs beside this one")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--targets", default="local,sftp,smb,ftp,s3", help="target types of the big-image rows")
     ap.add_argument("--size-mb", type=int, default=1000, help="the big image (default 1000 MB)")
     ap.add_argument("--small-files", type=int, default=1000)
     ap.add_argument("--seed-files", type=int, default=100_000)

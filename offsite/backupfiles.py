@@ -66,7 +66,8 @@ EXCLUDED_SUFFIXES = (".spwb", ".tmp", ".temp", ".part", ".partial", ".crdownload
 
 def is_excluded(relpath: str) -> bool:
     """Never replicated: excluded folders, hidden, temporary and write-back files."""
-    parts = PurePosixPath(relpath).parts
+    # Plain string work, not PurePosixPath: this runs for every file of every scan.
+    parts = [p for p in relpath.split("/") if p and p != "."]
     for part in parts[:-1]:
         if part.casefold() in EXCLUDED_FOLDERS or part.startswith("."):
             return True
@@ -88,26 +89,28 @@ def classify(relpath: str, family: str = "auto") -> BackupFile | None:
     Pure, so cached: the agent classifies the same names on every replan."""
     if is_excluded(relpath):
         return None
-    p = PurePosixPath(relpath)
-    folder = p.parent.as_posix().casefold()
+    cut = relpath.rfind("/")
+    name = relpath[cut + 1:]
+    folder = relpath[:cut].casefold() if cut > 0 else "."
+    stem = name[: name.rfind(".")] if "." in name[1:] else name
     if family in ("auto", "shadowprotect"):
-        m = _SP.match(p.name)
+        m = _SP.match(name)
         if m:
             return _shadowprotect(relpath, folder, m)
     if family in ("auto", "macrium"):
-        if p.name.casefold() == REPOSITORY_INFO.casefold():
+        if name.casefold() == REPOSITORY_INFO.casefold():
             # Site Manager's map of definition GUIDs to names: a restore needs it, and it
             # changes in place like a Macrium file (reference/backup-files.md section 3).
             return BackupFile(path=relpath, family="macrium", chain=("macrium", folder, ""), key=(0, 0),
-                              role=Role.MACRIUM, stem=p.stem.casefold())
-        m = _MACRIUM.match(p.name)
+                              role=Role.MACRIUM, stem=stem.casefold())
+        m = _MACRIUM.match(name)
         if m:
             inc, num = int(m.group("inc")), int(m.group("num"))
             return BackupFile(
                 path=relpath, family="macrium",
                 chain=("macrium", folder, m.group("prefix").casefold()),
                 key=(inc, num), role=Role.MACRIUM, point=(inc, num),
-                stem=p.stem.casefold(),
+                stem=stem.casefold(),
             )
     return None
 
@@ -138,7 +141,7 @@ def _shadowprotect(relpath: str, folder: str, m: re.Match) -> BackupFile:
         key: tuple = (-1, -1, -1, int(role), 0)
     else:
         key = (diff, inc, int(level), int(role), piece)
-    name = PurePosixPath(relpath).name
+    name = relpath[relpath.rfind("/") + 1:]
     return BackupFile(
         path=relpath, family="shadowprotect", chain=chain, key=key, role=role, level=level,
         point=(diff, inc), stem=name[: name.rfind(".")].casefold(),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backupfiles import (
-    EXCLUDED_FOLDERS, MACRIUM_TRAILER, BackupFile, Role, classify, is_excluded, md5_sidecar,
+    EXCLUDED_FOLDERS, MACRIUM_TRAILER, BackupFile, Role, classify, is_excluded,
     needs_macrium_trailer,
 )
 from ..selection import SourceFile
@@ -197,7 +197,7 @@ class SourceView:
             path = self.root / rel
             if f.role is Role.MD5:
                 done = _complete_sidecar(path, f.stem) or mono - e.changed_at >= self.settle
-            elif f.role is Role.IMAGE and md5_sidecar(f) and (f.chain, f.stem) in self._sidecars:
+            elif f.role is Role.IMAGE and f.family == "shadowprotect" and (f.chain, f.stem) in self._sidecars:
                 done = True
             else:
                 done = mono - e.changed_at >= self.settle
