@@ -53,7 +53,8 @@ class Sessions:
         self._lock = threading.Lock()
         self._owner_lock = threading.Lock()
         self._owner_checked = False  # once per round, by the first session: several sessions
-        # opening at once on a new target folder must not each write an owner ID
+        # opening at once on a new target folder must not each write an owner ID, nor sweep
+        # away as strays the uploads the others are starting
         self.opened = 0  # sessions opened, for tests
 
     def checkout(self) -> Target:
@@ -69,8 +70,9 @@ class Sessions:
             target = make_target(self.job)
             target.open()
             with self._owner_lock:
-                if not self._owner_checked:
+                if not self._owner_checked:  # the round's first session
                     self.check_owner(target)
+                    target.tidy()
                     self._owner_checked = True
         except BaseException:
             self.slots.release()

@@ -89,6 +89,11 @@ class Target(abc.ABC):
     def close(self) -> None:
         """Release connections; never raises."""
 
+    def tidy(self) -> None:
+        """Remove what an interrupted earlier run left behind that nothing else will (S3:
+        multipart uploads that no staging record names). Called once per round, by its first
+        session, before any upload starts: never while other sessions of the job upload."""
+
     @abc.abstractmethod
     def list(self) -> dict[str, RemoteFile]:
         """Every published file under the job folder by '/'-separated relative path; never

@@ -7,8 +7,8 @@ so an interrupted upload resumes after a restart from the parts the server lists
 object appears under its key only when the upload is completed. Small files are sent with
 one PUT at publish time. Multipart uploads that no record names are aborted as strays.
 
-Round trips: a session lists the staging records once when it opens (it must, to find the
-strays), so an upload asks for no listing; a small file is one PUT with its Content-MD5,
+Round trips: a session lists the staging records once when it opens, so an upload asks
+for no listing; a small file is one PUT with its Content-MD5,
 which the server checks, so nothing more is asked after it.
 """
 from __future__ import annotations
@@ -165,7 +165,7 @@ class S3Target(Target):
         if head is None:
             raise PermanentError(f"the location (bucket) {self.bucket} does not exist")
         if create:
-            self._abort_strays()
+            self._known_records = set(self._records())
 
     def close(self) -> None:
         self.client = None
@@ -349,7 +349,7 @@ class S3Target(Target):
                        Key=rec["key"], UploadId=rec["upload_id"])
         self._call(record_key, self.client.delete_object, Bucket=self.bucket, Key=record_key)
 
-    def _abort_strays(self) -> None:
+    def tidy(self) -> None:
         """Abort multipart uploads under this job's folder that no staging record names."""
         known = set()
         self._known_records = set(self._records())
