@@ -14,7 +14,7 @@ Writes the tables to stdout and, with --out, to a Markdown file.
 Scenarios:
   big      one big image to every target type (cp + sync, OpenSSH sftp, smbclient, curl, rclone)
   small    1,000 small files (64 KiB-4 MiB) to local, SFTP and S3 (rclone with its defaults)
-  wan      small files and a big image through wan.py at 50 ms/100 Mbps and 20 ms/1 Gbps
+  wan      small files to SFTP and S3 through wan.py at 50 ms/100 Mbps and 20 ms/1 Gbps
   seed     seeding N tiny files to a local drive, then a re-check with nothing to do (rclone)
   latency  the agent running: an image's .md5 lands -> image and .md5 published, default settle
   idle     an agent with 20 idle jobs: CPU seconds per minute and RSS

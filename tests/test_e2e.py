@@ -12,13 +12,11 @@ import json
 import os
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
 from conftest import Site, TargetWatcher, wait_until
 from imagemanager import ImageManager, write_events
-from offsite.backupfiles import classify
 from offsite.selection import Rules, SourceFile, plan
 
 MiB = 1024 * 1024

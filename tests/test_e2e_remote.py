@@ -56,18 +56,6 @@ def test_a_day_of_backups_reaches_each_remote_target_in_chain_order_with_4_trans
     assert all(log.count(f"sent {p} (") == 1 for p in expected)  # each file sent once
 
 
-def _staged_bytes(kind: str, server, loc) -> int:
-    if kind == "sftp":
-        staging = __import__("pathlib").Path(loc["path"]) / "job1" / ".offsite" / "staging"
-        return sum(p.stat().st_size for p in staging.glob("*.part")) if staging.exists() else 0
-    c = server.client()
-    total = 0
-    for u in c.list_multipart_uploads(Bucket=loc["bucket"]).get("Uploads", []):
-        parts = c.list_parts(Bucket=loc["bucket"], Key=u["Key"], UploadId=u["UploadId"]).get("Parts", [])
-        total += sum(p["Size"] for p in parts)
-    return total
-
-
 @pytest.mark.parametrize("kind", ["sftp", "s3"])
 def test_sigkill_in_the_middle_of_an_upload_resumes_it(kind, servers, site, start_agent):
     server = servers.get(kind)
@@ -75,9 +63,9 @@ def test_sigkill_in_the_middle_of_an_upload_resumes_it(kind, servers, site, star
     site.config(target=loc, agent='bandwidth = "25MB/s"', job='mode = "all"')
     big = finished_file(site.source / "C_VOL-b001.spf", 128 * MiB)
     agent = start_agent()
-    wait_until(lambda: _staged_bytes(kind, server, loc) >= 48 * MiB, timeout=60, what="the upload under way")
+    wait_until(lambda: server.staged_bytes(loc) >= 48 * MiB, timeout=60, what="the upload under way")
     agent.kill()
-    kept = _staged_bytes(kind, server, loc)
+    kept = server.staged_bytes(loc)
     assert published(server, loc) == {}  # nothing under its final name
     agent = start_agent()
     wait_until(lambda: "C_VOL-b001.spf" in published(server, loc), timeout=90, what="the resumed upload")
@@ -88,7 +76,7 @@ def test_sigkill_in_the_middle_of_an_upload_resumes_it(kind, servers, site, star
     assert last["bytes_sent"] == 128 * MiB and last["sent"] == ["C_VOL-b001.spf"]
     got = published(server, loc)["C_VOL-b001.spf"]
     assert hashlib.sha256(got).digest() == hashlib.sha256(big.read_bytes()).digest()
-    assert _staged_bytes(kind, server, loc) == 0
+    assert server.staged_bytes(loc) == 0
     assert agent.stop() == 0
 
 
@@ -98,7 +86,7 @@ def test_a_server_stopped_in_the_middle_of_an_upload_is_ridden_out(servers, site
     site.config(target=loc, agent='bandwidth = "20MB/s"', job='mode = "all"')
     big = finished_file(site.source / "C_VOL-b001.spf", 80 * MiB)
     agent = start_agent()
-    wait_until(lambda: _staged_bytes("sftp", server, loc) >= 16 * MiB, timeout=60, what="the upload under way")
+    wait_until(lambda: server.staged_bytes(loc) >= 16 * MiB, timeout=60, what="the upload under way")
     server.stop()  # the whole server, its open sessions included
     try:
         time.sleep(8)

@@ -40,8 +40,10 @@ def test_an_outage_longer_than_retry_for_parks_the_items_until_the_next_chance(s
         assert "127.0.0.1" in item["last_error"]
         r = site.offsite("queue", "list")
         assert "last error:" in r.stdout
-        st = site.job_status()
-        assert st["state"] == "paused" and st["last_sync"]["ok"] is False and st["last_sync"]["errors"]
+        # The pass that gave up is recorded right after the item is parked.
+        st = wait_until(lambda: (j := site.job_status())["last_sync"]["ok"] is False and j, timeout=10,
+                        what="the failed pass recorded")
+        assert st["state"] == "paused" and st["last_sync"]["errors"]
         r = site.offsite("status")
         assert "paused" in r.stdout and "127.0.0.1" in r.stdout
     finally:

@@ -22,11 +22,11 @@ from typing import Callable
 
 from ..config import AgentSettings, Job
 from ..errors import (
-    Interrupted, OffsiteError, OwnerMismatch, PermanentError, SourceError, TransientError,
+    Interrupted, OffsiteError, OwnerMismatch, PermanentError, TransientError,
 )
 from ..backupfiles import Role, classify
 from ..queue import QueueItem, WorkQueue
-from ..selection import MONTHLY_LEVELS, Plan, RemoteFile, Rules, combine, hold, plan_chain
+from ..selection import MONTHLY_LEVELS, Plan, RemoteFile, Rules, hold, plan_chain
 from ..state import StateDir
 from ..targets import Target, make_target, reachable
 from ..watchers import SourceView
@@ -281,9 +281,9 @@ class JobRunner:
             self.sessions.close()
             if self._pass is not None and (forced or self._pass_over()):
                 self._finish(self._pass, forced)
-            if forced:
+            if forced and self._allow_deletes:
                 self._allow_deletes = False
-                self._replan(None)  # deletions allowed for this sync only
+                self._replan(None)  # deletions were allowed for this sync only
             self._answer(syncs)
 
     def _answer(self, syncs: list[Request]) -> None:
