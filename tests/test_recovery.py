@@ -100,3 +100,4 @@ def test_a_60_second_outage_the_transfer_goes_on_soon_after_the_server_returns(s
     assert "Traceback" not in log and "Traceback" not in agent.output()
     assert len(sync_lines(log)) == 1 and last["ok"] and last["files_sent"] == 2
     assert last["bytes_sent"] == 60_000_000 + len(sidecar)
+    assert last["bytes_on_wire"] >= last["bytes_sent"]  # nothing was resumed from before this pass

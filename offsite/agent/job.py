@@ -489,6 +489,9 @@ class JobRunner:
                 except stdqueue.Empty:
                     break
             for task in self.dispatch.in_flight():  # staged, waiting for an earlier file: kept there
+                if self._pass is not None:
+                    self._pass.bytes_on_wire += task.wire  # sent, though not published yet
+                task.wire = 0
                 now_ = self.queue.get(task.item.id)
                 if now_ is not None and now_.state == "in-flight":
                     self.queue.release(task.item.id, count_attempt=False)
