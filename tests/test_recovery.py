@@ -95,7 +95,10 @@ def test_a_60_second_outage_the_transfer_goes_on_soon_after_the_server_returns(s
           f"transfer going on {going - t0:.1f}, published {done - t0:.1f}")
     print("agent log:\n" + log)
     print("last_sync: " + json.dumps(last))
-    assert going - back < 30, f"the transfer went on {going - back:.1f}s after the server was back"
+    # The issue asks for 30 s; the probe (every 5 s) plus a reconnect needs about 6. 15 s
+    # leaves room for a loaded machine and fails the old backoff, whose next attempt after
+    # a 60 s outage came 17-49 s after the server's return (21 s measured on the old code).
+    assert going - back < 15, f"the transfer went on {going - back:.1f}s after the server was back"
     assert published(server, loc)[IMAGE] == image
     assert "Traceback" not in log and "Traceback" not in agent.output()
     assert len(sync_lines(log)) == 1 and last["ok"] and last["files_sent"] == 2
