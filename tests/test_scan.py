@@ -115,3 +115,22 @@ def test_touch_forgets_vanished_files_and_folders(tmp_path):
     (tmp_path / "a").rmdir()
     assert v.touch({"a"}, 1.0, time.time_ns())
     assert list(v.snapshot()) == ["C_VOL-b002.spf"]
+
+
+def test_a_vanished_file_is_planned_as_deleted_only_after_the_quiet_period(tmp_path):
+    # So that a mass deletion arriving as many events is counted as one by max_deletes.
+    for name in ("C_VOL-b001-i001-cd.spi", "C_VOL-b001-i002-cd.spi"):
+        write(tmp_path / name, age=120)
+    v = view(tmp_path, settle=30.0)
+    v.scan(0.0, time.time_ns())
+    v.take_changed()
+    (tmp_path / "C_VOL-b001-i001-cd.spi").unlink()
+    v.touch({"C_VOL-b001-i001-cd.spi"}, 10.0, time.time_ns())
+    assert "C_VOL-b001-i001-cd.spi" not in v.entries
+    ghost = v.snapshot(["C_VOL-b001-i001-cd.spi"])["C_VOL-b001-i001-cd.spi"]
+    assert not ghost.ready  # still seen by the planner, so not mirrored yet; never sent
+    v.take_changed()
+    v.refresh(39.0, time.time_ns())
+    assert v.snapshot(["C_VOL-b001-i001-cd.spi"]) != {} and v.take_changed() == set()
+    v.refresh(40.5, time.time_ns())
+    assert v.snapshot(["C_VOL-b001-i001-cd.spi"]) == {} and v.take_changed() == {"C_VOL-b001-i001-cd.spi"}

@@ -55,20 +55,32 @@ class SourceView:
         self._unready: set[str] = set()
         self._sidecars: set[tuple] = set()  # (chain, stem) of the complete .md5 sidecars
         self.changed: set[str] = set()
+        # Files gone from the source less than `settle` ago: the planner still sees them (not
+        # complete, so nothing is sent) until the burst they vanished in is over, so that a
+        # mass deletion is counted as one by the max_deletes guard, not mirrored piecemeal.
+        self._gone: dict[str, tuple[float, Entry]] = {}
 
     def snapshot(self, paths=None) -> dict[str, SourceFile]:
         """The source as the planner sees it: all of it, or only `paths` (those present)."""
         if paths is None:
             return {p: SourceFile(e.size, e.mtime_ns, e.ready) for p, e in self.entries.items()}
-        return {p: SourceFile(e.size, e.mtime_ns, e.ready) for p in paths if (e := self.entries.get(p))}
+        out = {}
+        for p in paths:
+            if (e := self.entries.get(p)) is not None:
+                out[p] = SourceFile(e.size, e.mtime_ns, e.ready)
+            elif (g := self._gone.get(p)) is not None:
+                out[p] = SourceFile(g[1].size, g[1].mtime_ns, False)  # just vanished: not yet mirrored
+        return out
 
     def take_changed(self) -> set[str]:
         """The paths that changed since the last call."""
         out, self.changed = self.changed, set()
         return out
 
-    def _forget(self, rel: str) -> None:
+    def _forget(self, rel: str, mono: float | None = None) -> None:
         e = self.entries.pop(rel)
+        if mono is not None and self.settle > 0:
+            self._gone[rel] = (mono, e)
         self._unready.discard(rel)
         if e.ready and e.file.role is Role.MD5:
             self._sidecars.discard((e.file.chain, e.file.stem))
@@ -82,7 +94,7 @@ class SourceView:
             seen.add(rel)
             changed |= self._observe(rel, st, mono, wall_ns)
         for rel in [r for r in self.entries if r not in seen]:
-            self._forget(rel)
+            self._forget(rel, mono)
             changed = True
         return self._evaluate(mono) or changed
 
@@ -111,20 +123,24 @@ class SourceView:
             if st is not None or not gone:  # a folder (or the whole source): look inside
                 gone = [r for r in self.entries if (r == rel or r.startswith(prefix)) and r not in seen]
             for r in gone:
-                self._forget(r)
+                self._forget(r, mono)
                 changed = True
         return self._evaluate(mono) or changed
 
     def refresh(self, mono: float, wall_ns: int) -> bool:
         """Stat the files not yet complete again; True when one became complete or moved."""
-        if not self._unready:
-            return False  # the loop runs twice a second: nothing to do is the common case
         changed = False
+        for rel in [r for r, (at, _) in self._gone.items() if mono - at >= self.settle or r in self.entries]:
+            del self._gone[rel]  # the burst is over: its deletions are planned now
+            self.changed.add(rel)
+            changed = True
+        if not self._unready:
+            return changed  # the loop runs twice a second: nothing to do is the common case
         for rel in list(self._unready):
             try:
                 st = os.lstat(self.root / rel)
             except OSError:
-                self._forget(rel)
+                self._forget(rel, mono)
                 changed = True
                 continue
             changed |= self._observe(rel, st, mono, wall_ns)
