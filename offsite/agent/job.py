@@ -525,7 +525,6 @@ class JobRunner:
                     continue
                 task.size, task.mtime_ns = e.size, e.mtime_ns
             task.item = self.queue.lease(it.id)
-            task.started = time.monotonic()
             self.dispatch.started(task.item, task)
             return task
 

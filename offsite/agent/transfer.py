@@ -33,7 +33,6 @@ class Task:
     mtime_ns: int = 0
     wire: int = 0  # bytes that went over the wire for it
     done: int = 0  # of `size`, in this attempt
-    started: float = 0.0  # monotonic
 
 
 class Outcome(NamedTuple):
