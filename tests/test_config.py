@@ -282,3 +282,14 @@ def test_status_and_queue_work_while_a_source_is_unplugged(folder):
     assert run_offsite(path, "queue", "list").returncode == 0
     r = run_offsite(path, "check")
     assert r.returncode == 2 and "jobs[0].source:" in r.stderr
+
+
+def test_transfers_default_agent_wide_and_per_job(folder):
+    from offsite.errors import ConfigError
+
+    c = config.load(write(folder, GOOD_JOB))
+    assert c.agent.transfers == 4 and c.jobs[0].transfers is None  # the job takes the agent's
+    c = config.load(write(folder, "[agent]\ntransfers = 2\n" + GOOD_JOB + "transfers = 8\n"))
+    assert c.agent.transfers == 2 and c.jobs[0].transfers == 8
+    with pytest.raises(ConfigError, match=r"jobs\[0\]\.transfers: must be a whole number from 1 to 64"):
+        config.load(write(folder, GOOD_JOB + "transfers = 0\n"))
