@@ -59,6 +59,10 @@ class PermanentError(TargetError):
     """Needs a person (authentication, missing path, permission, full disk): the job goes to error."""
 
 
+class TargetFull(PermanentError):
+    """The target has no room left for the file being written."""
+
+
 class OwnerMismatch(PermanentError):
     """The target folder carries another job's owner ID."""
 

@@ -112,6 +112,37 @@ def test_a_file_that_fails_holds_back_the_later_ones_already_staged():
     assert d.in_flight() == [] and d.pick(known.get, {}, NOW) is a  # the next round starts over at a
 
 
+def test_a_file_out_of_room_starts_again_in_the_round_and_later_staged_files_give_their_room_back():
+    a, b, c = item("C_VOL-b001.spf"), item("C_VOL-b001-i001-cd.spi"), item("C_VOL-b001-i002-cd.spi")
+    d, known = dispatch([a, b, c])
+    for it in (a, b, c):
+        d.started(d.pick(known.get, {}, NOW), it.path)
+    assert d.staged(b.id) == []
+    d.hold(a.id)  # the target ran out of room while a was written
+    d.again(a.id)
+    assert d.pick(known.get, {}, NOW) is a  # the chain starts a again, ahead of everything else
+    assert d.staged(c.id) == []  # c, staged meanwhile, stays behind a
+    assert d.started(a, a.path) == [b.path, c.path]  # the staged later files give their room back
+    assert sorted(d.in_flight()) == [a.path]
+    assert d.staged(a.id) == [a.path]  # published alone; b and c upload again after it
+    assert d.finished(a.id) == []
+    assert d.pick(known.get, {}, NOW) is b
+
+
+def test_a_file_out_of_room_that_fails_again_holds_its_chain_like_any_failure():
+    a, b = item("C_VOL-b001.spf"), item("C_VOL-b001-i001-cd.spi")
+    d, known = dispatch([a, b])
+    for it in (a, b):
+        d.started(d.pick(known.get, {}, NOW), it.path)
+    d.hold(a.id)
+    d.again(a.id)
+    d.hold(b.id)  # b ran out of room too
+    d.again(b.id)
+    assert d.pick(known.get, {}, NOW) is a and d.started(a, a.path) == []
+    d.hold(a.id)  # alone, and still no room: the real thing
+    assert d.pick(known.get, {}, NOW) is None and d.staged(b.id) == []
+
+
 def test_a_held_publisher_gives_its_run_back_and_nothing_is_published_twice():
     a, b, c = item("C_VOL-b001.spf"), item("C_VOL-b001-i001-cd.spi"), item("C_VOL-b001-i002-cd.spi")
     d, known = dispatch([a, b, c])

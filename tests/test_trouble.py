@@ -60,14 +60,19 @@ def small_disk(site):
     subprocess.run(["umount", "-l", str(site.location)], check=False)
 
 
-def test_a_full_target_disk_is_a_clear_error_and_the_item_completes_once_space_is_freed(site, start_agent, small_disk):
-    site.config(agent='rescan = "4s"')
-    finished_file(site.source / "C_VOL-b001.spf", 8 * MiB)
-    finished_file(site.source / "C_VOL-b001-i001-cd.spi", 16 * MiB)
+@pytest.mark.parametrize("full_size, incr_size", [(8, 16), (12, 10)])
+def test_a_full_target_disk_is_a_clear_error_and_the_item_completes_once_space_is_freed(
+        site, start_agent, small_disk, full_size, incr_size):
+    # Both files upload at once (transfers = 4), throttled alike, so their writes interleave.
+    # (8, 16): the incremental runs out of room. (12, 10): the staged incremental took the room
+    # the full needs; the full is tried again alone, the incremental giving its room back.
+    site.config(agent='rescan = "4s"\nbandwidth = "20MB/s"')
+    finished_file(site.source / "C_VOL-b001.spf", full_size * MiB)
+    finished_file(site.source / "C_VOL-b001-i001-cd.spi", incr_size * MiB)
     agent = start_agent()
     st = wait_until(lambda: (s := site.job_status())["state"] == "error" and s, timeout=30, what="the disk-full error")
     assert "the target disk is full" in st["error"] and str(site.location) in st["error"]
-    assert site.target_files() == {"C_VOL-b001.spf": 8 * MiB}  # no partial file under a final name
+    assert site.target_files() == {"C_VOL-b001.spf": full_size * MiB}  # no partial file under a final name
     assert staged_bytes(site.target) == 0  # the partial copy gave its space back
     items = json.loads(site.offsite("queue", "list", "--json").stdout)
     assert [(i["path"], i["last_error"] is not None) for i in items] == [("C_VOL-b001-i001-cd.spi", True)]

@@ -3,7 +3,9 @@
 Chain order (reference/backup-files.md section 2): within a chain, files become VISIBLE in
 chain order. Several files of a chain may upload to staging at once, but each is published
 only after every earlier file of its chain that was started is published; a file whose
-upload failed holds the later ones back until the next attempt. Deletions run only once
+upload failed holds the later ones back until the next attempt. A file that failed for lack
+of room on the target is started again in the same round (`again`), and the later files of
+its chain that are staged give their room back to it. Deletions run only once
 their chain has nothing left to upload. Chains are independent of each other.
 
 `Dispatch` keeps a job's queued work indexed by chain, in chain order, so picking the next
@@ -51,6 +53,7 @@ class Dispatch:
         self._staged: set[int] = set()
         self._publishing: set[int] = set()
         self._blocked: set[int] = set()
+        self._again: set[int] = set()  # blocked, but may start again in this round
         self.looked = 0  # entries examined by pick(): the work a pick costs, for tests
 
     # ---------------------------------------------------------------- the index
@@ -113,8 +116,9 @@ class Dispatch:
             if rank == 0:
                 uploads_left = True
                 if item_id in self._blocked:
-                    return None  # failed in this round: later files wait for its next attempt
-                if item_id in self._payload:
+                    if item_id not in self._again:
+                        return None  # failed in this round: later files wait for its next attempt
+                elif item_id in self._payload:
                     ahead = True
                     continue
                 if it.state != "ready" or not it.due(now):
@@ -133,12 +137,25 @@ class Dispatch:
         return None
 
     # ---------------------------------------------------------------- in flight
-    def started(self, it: QueueItem, payload: Any) -> None:
+    def started(self, it: QueueItem, payload: Any) -> list[Any]:
+        """The item starts. When it starts again after running out of room, the later files of
+        its chain that are staged leave the flight and are returned: the caller discards what
+        they staged, to make room, and releases them; they upload again after it."""
         chain, key = order(it.path, self.family)
         with self._lock:
             self._payload[it.id] = payload
-            if it.op == "upload":
-                bisect.insort(self._flight.setdefault(chain, []), (key, it.id))
+            self._blocked.discard(it.id)
+            if it.id not in self._again:
+                if it.op == "upload":
+                    bisect.insort(self._flight.setdefault(chain, []), (key, it.id))
+                return []
+            self._again.discard(it.id)  # still in its place in the flight
+            flight = [i for _, i in self._flight.get(chain, [])]
+            later = [i for i in flight[flight.index(it.id) + 1:] if i in self._staged]
+            out = [self._payload[i] for i in later]
+            for i in later:
+                self._drop_flight(i)
+            return out
 
     def staged(self, item_id: int) -> list[Any]:
         """An upload is staged: the payloads that may be published now, in order (this one
@@ -171,6 +188,12 @@ class Dispatch:
                 for other in flight[flight.index(item_id) + 1:]:
                     self._publishing.discard(other)
 
+    def again(self, item_id: int) -> None:
+        """The item failed for lack of room on the target: it may start again in this round,
+        still ahead of the later files of its chain."""
+        with self._lock:
+            self._again.add(item_id)
+
     def in_flight(self) -> list[Any]:
         with self._lock:
             return list(self._payload.values())
@@ -183,6 +206,7 @@ class Dispatch:
             self._staged.clear()
             self._publishing.clear()
             self._blocked.clear()
+            self._again.clear()
 
     def _chain_of(self, item_id: int) -> tuple | None:
         where = self._where.get(item_id)
@@ -193,6 +217,7 @@ class Dispatch:
         self._staged.discard(item_id)
         self._publishing.discard(item_id)
         self._blocked.discard(item_id)
+        self._again.discard(item_id)
         for chain, flight in self._flight.items():
             for i, (_, other) in enumerate(flight):
                 if other == item_id:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from ..config import AgentSettings, Job
 from ..errors import (
-    Interrupted, OffsiteError, OwnerMismatch, PermanentError, TransientError,
+    Interrupted, OffsiteError, OwnerMismatch, PermanentError, TargetFull, TransientError,
 )
 from ..backupfiles import Role, classify
 from ..queue import QueueItem, WorkQueue
@@ -463,10 +463,11 @@ class JobRunner:
                     halted = True
                 if not halted:
                     self._fold_hints()
-                    while len(run.running) < self.transfers:
+                    while len(run.running) < (1 if run.alone else self.transfers):
                         task = self._next_task()
                         if task is None:
                             break
+                        task.alone = run.alone
                         run.submit(task, self.transfers)
                 if not run.running:
                     break
@@ -525,7 +526,10 @@ class JobRunner:
                     continue
                 task.size, task.mtime_ns = e.size, e.mtime_ns
             task.item = self.queue.lease(it.id)
-            self.dispatch.started(task.item, task)
+            for later in self.dispatch.started(task.item, task):  # started again, alone: room
+                self._pass.bytes_on_wire += later.wire
+                self.queue.release(later.item.id, count_attempt=False)
+                task.room.append(later.item.path)
             return task
 
     def _outcome(self, run: Transfers, o: Outcome) -> bool:
@@ -579,6 +583,15 @@ class JobRunner:
             stats.ok = False
         elif o.kind == "failed":
             assert isinstance(o.error, OffsiteError)
+            if isinstance(o.error, TargetFull) and not task.alone:
+                # Full while other transfers wrote too: their files may be what took the room.
+                # Try it again alone, ahead of the later files of its chain, which give back
+                # the room they staged; the target is full only if it fails alone.
+                run.alone = True
+                self.dispatch.again(it.id)
+                self.queue.release(it.id, count_attempt=False)
+                log.info("job %s: %s; trying %s again alone", self.job.name, o.error, path)
+                return False
             if run.backoff is not None and isinstance(o.error, TransientError):
                 # The same trouble seen by another transfer of this round: one failure, one wait.
                 self.queue.release(it.id, str(o.error), _now() + dt.timedelta(seconds=run.backoff))

@@ -13,7 +13,7 @@ import logging
 import os
 import queue as stdqueue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from ..config import Job
@@ -33,6 +33,8 @@ class Task:
     mtime_ns: int = 0
     wire: int = 0  # bytes that went over the wire for it
     done: int = 0  # of `size`, in this attempt
+    alone: bool = False  # started with no other transfer of the job running, nor to start
+    room: list[str] = field(default_factory=list)  # staged files to discard before it starts
 
 
 class Outcome(NamedTuple):
@@ -110,6 +112,7 @@ class Transfers:
         self._threads: list[threading.Thread] = []
         self.running: dict[int, Task] = {}  # item id -> task, while a thread works on it
         self.backoff: float | None = None  # the wait after this round's first transient failure
+        self.alone = False  # one transfer at a time for the rest of the round (the target was full)
 
     def submit(self, task: Task, most: int) -> None:
         self.running[task.item.id] = task
@@ -162,6 +165,8 @@ class Transfers:
                 self.dispatch.finished(task.item.id)
                 self.results.put(Outcome("deleted", task))
                 return True
+            for path in task.room:  # staged by later files of its chain: room for this one
+                target.discard(path)
             kind = self._stage(target, task)
             if kind == "changed":
                 self.dispatch.hold(task.item.id)

@@ -14,7 +14,7 @@ import ssl
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable, Mapping
 
-from ..errors import PermanentError, TransientError
+from ..errors import PermanentError, TargetFull, TransientError
 from .base import Progress, chunk_size
 from .filesystem import Entry, RemoteFileTarget
 
@@ -121,7 +121,7 @@ class FtpTarget(RemoteFileTarget):
             if missing_ok and str(e).startswith("550"):
                 return None
             if str(e).startswith("552"):
-                raise PermanentError(f"the storage of {self.describe_server()} is full while writing {what}") from None
+                raise TargetFull(f"the storage of {self.describe_server()} is full while writing {what}") from None
             raise PermanentError(f"{what} failed on {self.describe_server()}: {_reply(e)}") from None
         except ftplib.error_temp as e:
             raise TransientError(f"{what} on {self.describe_server()}: {_reply(e)}") from None

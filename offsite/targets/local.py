@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import PermanentError, TransientError
+from ..errors import PermanentError, TargetFull, TransientError
 from ..selection import RemoteFile
 from .base import AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, chunk_size, staging_stem
 
@@ -53,7 +53,7 @@ class LocalTarget(Target):
     def _error(self, e: OSError, what: str) -> Exception:
         """Translate an OSError into offsite's tree, once, here."""
         if e.errno in _FULL:
-            return PermanentError(f"the target disk is full while writing {what} in {self.root}")
+            return TargetFull(f"the target disk is full while writing {what} in {self.root}")
         if e.errno in _DENIED:
             return PermanentError(f"permission denied on {what} in {self.root}")
         if e.errno in _TRANSIENT:
@@ -221,13 +221,15 @@ class LocalTarget(Target):
             raise self._error(e, relpath) from None
 
     def discard(self, relpath: str) -> None:
-        self._discard_other_versions(relpath, keep=None)
+        # Listed afresh: another session may have staged it since this one listed the folder.
+        self._discard_other_versions(relpath, keep=None, fresh=True)
 
-    def _discard_other_versions(self, relpath: str, keep: str | None) -> None:
+    def _discard_other_versions(self, relpath: str, keep: str | None, fresh: bool = False) -> None:
         stem = staging_stem(relpath) + "-"
         keep_stem = keep[: -len(".part")] if keep else None
         try:
-            names = self._staged_names if self._staged_names is not None else set(os.listdir(self.staging))
+            names = self._staged_names if self._staged_names is not None and not fresh \
+                else set(os.listdir(self.staging))
             for name in [n for n in names if n.startswith(stem)]:
                 if keep_stem is None or not name.startswith(keep_stem + "."):
                     (self.staging / name).unlink(missing_ok=True)

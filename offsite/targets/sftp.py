@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Mapping
 
 import paramiko
 
-from ..errors import PermanentError, TransientError
+from ..errors import PermanentError, TargetFull, TransientError
 from .base import Progress, chunk_size
 from .filesystem import Entry, RemoteFileTarget
 
@@ -132,7 +132,7 @@ class SftpTarget(RemoteFileTarget):
                 raise TransientError(f"the connection to {self.describe_server()} broke during {what}") from None
             # SFTP v3 reports most server-side errors, a full disk among them, as "Failure".
             if e.errno == errno.ENOSPC:
-                raise PermanentError(f"the disk of {self.describe_server()} is full while writing {what}") from None
+                raise TargetFull(f"the disk of {self.describe_server()} is full while writing {what}") from None
             raise PermanentError(f"{what} failed on {self.describe_server()}: {e}") from None
         except (paramiko.SSHException, EOFError) as e:
             raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {e}") from None

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Callable, Mapping
 import smbclient
 from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError, SMBResponseException
 
-from ..errors import PermanentError, TransientError
+from ..errors import PermanentError, TargetFull, TransientError
 from .base import Progress, chunk_size
 from .filesystem import Entry, RemoteFileTarget
 
@@ -120,7 +120,7 @@ class SmbTarget(RemoteFileTarget):
                     return None
                 raise PermanentError(f"{what} does not exist on {self.describe_server()}") from None
             if e.ntstatus in (_DISK_FULL, _QUOTA):
-                raise PermanentError(f"the share {self.describe_server()} is full while writing {what}") from None
+                raise TargetFull(f"the share {self.describe_server()} is full while writing {what}") from None
             if e.ntstatus == _ACCESS_DENIED:
                 raise PermanentError(f"permission denied on {what} on {self.describe_server()}") from None
             raise PermanentError(f"{what} failed on {self.describe_server()}: {e.strerror}") from None
