@@ -289,7 +289,8 @@ def scenario_wanbig(ctx) -> None:
                 if kind == "sftp":
                     conf = ctx.work / "ssh_config_wan"
                     conf.write_text(ctx.ssh_config.read_text().replace(
-                        f" Port {ctx.servers.get('sftp').port}\n", f" Port {o['port']}\n"))
+                        f" Port {ctx.servers.get('sftp').port}\n", f" Port {o['port']}\n").replace(
+                        "StrictHostKeyChecking yes", "StrictHostKeyChecking no\n UserKnownHostsFile /dev/null"))
                     batch = ctx.work / "batch"
                     batch.write_text(f"put {img} {o['path']}/sftp{time.monotonic_ns()}\n")
                     refs["OpenSSH sftp"] = lambda conf=conf, batch=batch: measured(
