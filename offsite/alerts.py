@@ -1,0 +1,176 @@
+"""Alert rules (SPEC section 6): which alerts hold for a job, and what to send about them.
+
+Pure: the facts about a job and `now` come in, alerts and messages go out. The agent
+gathers the facts (agent/watch.py), this module decides, and `Book` remembers what was
+sent, so an alert is sent once when it starts, again after `repeat` while it lasts, once
+when it clears, and a restart neither repeats nor forgets it (the book is kept in the
+state directory).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+NAMES = ("job-error", "lag", "queue", "source-inactive", "target-space", "deletes-held",
+         "owner-mismatch", "agent-restarted", "source-corrupt", "verify-failed")
+HISTORY = 200  # events kept in the book, newest last
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A job's thresholds; None is "off"."""
+
+    max_lag: float | None = 26 * 3600.0
+    max_pending_files: int | None = None
+    max_pending_bytes: int | None = None
+    inactive_after: float | None = None
+    min_free: int | None = None
+    retry_for: float = 600.0
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the agent knows of one job at one moment."""
+
+    state: str  # starting | idle | syncing | waiting | paused | error
+    error: str | None = None  # a permanent failure
+    trouble: str | None = None  # a transient failure being retried
+    trouble_since: float | None = None  # epoch seconds the transient trouble began
+    owner: str = "unknown"
+    held_deletes: int = 0
+    held_reason: str | None = None
+    pending_files: int = 0
+    pending_bytes: int = 0
+    lag_seconds: float = 0.0
+    newest_source: float | None = None  # epoch seconds of the newest backup file at the source
+    free_bytes: int | None = None  # on the target, None where unknown
+    target: str = ""
+
+
+def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str, str]:
+    """The alerts that hold for `job`, each with what happened and what to do next."""
+    out: dict[str, str] = {}
+    t = now.timestamp()
+    if f.owner == "mismatch":
+        out["owner-mismatch"] = (f"the target folder {f.target} is owned by another job or agent. Nothing is "
+                                 f"sent. If this agent should take it over, run 'offsite reinit {job}'.")
+    elif f.error:
+        out["job-error"] = f"{f.error}. Nothing is sent until this is fixed; 'offsite status' shows the details."
+    elif f.trouble and f.trouble_since is not None and t - f.trouble_since >= limits.retry_for:
+        out["job-error"] = (f"{f.trouble}, for {_ago(t - f.trouble_since)}. offsite keeps retrying; check the "
+                            f"server and the network.")
+    if f.held_deletes:
+        out["deletes-held"] = (f"{f.held_deletes} deletion(s) on the target are held back: {f.held_reason}. "
+                               f"Check the source; if they are intended, run 'offsite sync {job} --allow-deletes'.")
+    if limits.max_lag is not None and f.lag_seconds > limits.max_lag:
+        out["lag"] = (f"the offsite copy is {_ago(f.lag_seconds)} behind (limit {_ago(limits.max_lag)}), with "
+                      f"{f.pending_files} file(s) waiting. Check the job's windows, bandwidth and errors.")
+    over = []
+    if limits.max_pending_files is not None and f.pending_files > limits.max_pending_files:
+        over.append(f"{f.pending_files} files (limit {limits.max_pending_files})")
+    if limits.max_pending_bytes is not None and f.pending_bytes > limits.max_pending_bytes:
+        over.append(f"{_size(f.pending_bytes)} (limit {_size(limits.max_pending_bytes)})")
+    if over:
+        out["queue"] = (f"the replication queue holds {' and '.join(over)}. The link may be too slow for the "
+                        f"backups, or the windows too short.")
+    if limits.inactive_after is not None and f.newest_source is not None \
+            and t - f.newest_source > limits.inactive_after:
+        out["source-inactive"] = (f"no new backup file at the source for {_ago(t - f.newest_source)} (limit "
+                                  f"{_ago(limits.inactive_after)}). Check that the backups still run.")
+    if limits.min_free is not None and f.free_bytes is not None and f.free_bytes < limits.min_free:
+        out["target-space"] = (f"the target {f.target} has {_size(f.free_bytes)} free (limit "
+                               f"{_size(limits.min_free)}). Free space there or raise the quota.")
+    return out
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # start | repeat | clear
+    job: str  # "" for the agent itself
+    name: str
+    message: str
+    since: str
+
+
+@dataclass
+class Book:
+    """The alerts in force ("job/name" -> since, message, sent) and recent events."""
+
+    active: dict[str, dict] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, data: dict) -> Book:
+        return cls(dict(data.get("active", {})), list(data.get("history", [])))
+
+    def to_json(self) -> dict:
+        return {"active": self.active, "history": self.history[-HISTORY:]}
+
+    def update(self, held: dict[tuple[str, str], str], judged: set[str], now: dt.datetime,
+               repeat: float | None) -> list[Event]:
+        """`held`: (job, name) -> message for every alert that holds now, among the jobs in
+        `judged` (and "" for the agent). Alerts of jobs not judged this time (still starting)
+        stay as they are. Returns what must be sent."""
+        events: list[Event] = []
+        stamp = now.isoformat(timespec="seconds")
+        for (job, name), message in sorted(held.items()):
+            key = f"{job}/{name}"
+            a = self.active.get(key)
+            if a is None:
+                self.active[key] = {"since": stamp, "message": message, "sent": stamp}
+                events.append(Event("start", job, name, message, stamp))
+            else:
+                a["message"] = message
+                if repeat is not None and (now - dt.datetime.fromisoformat(a["sent"])).total_seconds() >= repeat:
+                    a["sent"] = stamp
+                    events.append(Event("repeat", job, name, message, a["since"]))
+        for key in sorted(self.active):
+            job, name = key.split("/", 1)
+            if (job in judged) and (job, name) not in held:
+                a = self.active.pop(key)
+                events.append(Event("clear", job, name, a["message"], a["since"]))
+        for e in events:
+            self.history.append({"at": stamp, "kind": e.kind, "job": e.job, "alert": e.name})
+        del self.history[:-HISTORY]
+        return events
+
+    def of_job(self, job: str) -> list[dict]:
+        """The job's active alerts, as `status --json` shows them."""
+        out = []
+        for key, a in sorted(self.active.items()):
+            j, name = key.split("/", 1)
+            if j == job:
+                out.append({"name": name, "since": a["since"], "message": a["message"]})
+        return out
+
+
+def subject(e: Event, host: str) -> str:
+    what = {"start": "ALERT", "repeat": "STILL", "clear": "CLEARED"}[e.kind]
+    return f"[offsite {host}] {what} {e.name}" + (f" on job {e.job}" if e.job else "")
+
+
+def body(e: Event, host: str) -> str:
+    where = f"job {e.job} on {host}" if e.job else f"the offsite agent on {host}"
+    if e.kind == "clear":
+        return f"{e.name} has cleared for {where} (it had started {e.since}). Was: {e.message}"
+    lead = "still holds" if e.kind == "repeat" else "started"
+    return f"{e.name} {lead} for {where} (since {e.since}): {e.message}"
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
