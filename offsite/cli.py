@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from . import logs
+from . import logs, notify
 from .agent import control, schedule
 from .agent.job import JobRunner, Request
 from .agent.service import Agent
+from .alerts import Book
 from .config import Config, Job
-from .errors import EXIT_FAILED, EXIT_OK, LockedError, OffsiteError, UsageError
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LockedError, OffsiteError, UsageError
 from .queue import WorkQueue, read_items, summary
 from .selection import Rules, plan
 from .state import StateDir
@@ -57,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _usage(p: argparse.ArgumentParser):
+    """A command group given no action: its help, exit 2."""
+    def show(_args: argparse.Namespace) -> int:
+        p.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    return show
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="offsite", description="Replicate backup images offsite.")
     p.add_argument("-c", "--config", metavar="PATH", help="agent.toml (default: $OFFSITE_CONFIG, ./agent.toml, system location)")
@@ -83,9 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     sp = cmd("reinit", cmd_reinit, "take over a target folder whose owner ID belongs to someone else")
     sp.add_argument("job", metavar="JOB")
 
+    n = sub.add_parser("notify", help="notifications", description="notifications")
+    ns = n.add_subparsers(metavar="ACTION")
+    n.set_defaults(func=_usage(n))
+    sp = ns.add_parser("test", help="send a test message to every destination and ping the heartbeat")
+    sp.set_defaults(func=cmd_notify_test)
+
     q = sub.add_parser("queue", help="inspect and steer the queue", description="inspect and steer the queue")
     qs = q.add_subparsers(metavar="ACTION")
-    q.set_defaults(func=lambda a: (q.print_help(sys.stderr), 2)[1])
+    q.set_defaults(func=_usage(q))
     sp = qs.add_parser("list", help="list queued items")
     sp.set_defaults(func=cmd_queue_list)
     sp.add_argument("--job")
@@ -166,7 +183,17 @@ def _agent_answers(state: StateDir) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     logs.to_stderr(cfg.agent.log_level)
-    return Agent(cfg).run()
+    agent = Agent(cfg)
+    code = agent.run()
+    if agent.watch is not None and agent.watch.delivering():
+        # A destination still holds a delivery open: Python would wait for Apprise's worker
+        # threads at exit (concurrent.futures joins them), and a hanging server must never
+        # hold up the agent's stop. Everything of ours is closed and logged by now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -224,24 +251,31 @@ def _status_data(cfg: Config) -> dict:
     except OffsiteError as e:  # status must still answer when the queue is unreadable
         items, queue_error = [], str(e)
     results = state.read_json("results.json", {})
+    book = Book.of(state.read_json("alerts.json", {}))
     now = dt.datetime.now().astimezone()
     jobs = []
     for job in cfg.jobs:
         last = results.get(job.name)
         next_window = schedule.next_opening(job.windows, now)
+        mine = [i for i in items if i.job == job.name]
+        oldest = min((i.mtime_ns for i in mine if i.op == "upload" and i.mtime_ns), default=None)
         jobs.append({
             "name": job.name,
             "state": "error" if last and not last.get("ok") else "idle",
-            **summary([i for i in items if i.job == job.name]),
+            **summary(mine),
             "next_window": next_window.isoformat(timespec="seconds") if next_window else None,
             "owner": "ok" if state.owner_id(job.name) else "unset",
             "error": queue_error,
             "last_sync": last,
+            "lag_seconds": round(max(0.0, now.timestamp() - oldest / 1e9), 1) if oldest else 0.0,
+            "transfer": None,
+            "alerts": book.of_job(job.name),
         })
         if queue_error:
             jobs[-1]["state"] = "error"
-    return {"agent": {"running": False, "pid": None, "started": None, "rss_bytes": None}, "jobs": jobs,
-            "queue_error": queue_error}
+    return {"agent": {"running": False, "pid": None, "started": None, "rss_bytes": None,
+                      "alerts": book.of_job(""), "state_bytes": state.size_bytes()},
+            "jobs": jobs, "queue_error": queue_error}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -252,15 +286,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(data)
         return EXIT_FAILED if bad else EXIT_OK
     a = data["agent"]
+    size = f", state {format_bytes(a['state_bytes'])}" if a.get("state_bytes") is not None else ""
     if a["running"]:
-        print(f"agent: running, pid {a['pid']}, since {a['started']}, memory {format_bytes(a['rss_bytes'] or 0)}")
+        print(f"agent: running, pid {a['pid']}, since {a['started']}, memory {format_bytes(a['rss_bytes'] or 0)}"
+              f"{size}")
     else:
-        print("agent: not running")
+        print(f"agent: not running{size}")
+    for x in a.get("alerts") or []:
+        print(f"  ALERT {x['name']} since {x['since']}: {x['message']}")
     for j in data["jobs"]:
         extra = f", {j['failed_files']} failed" if j["failed_files"] else ""
         window = f", next window {j['next_window']}" if j.get("next_window") else ""
-        print(f"{j['name']}: {j['state']}, {j['pending_files']} pending "
+        lag = f", lag {_duration_text(j['lag_seconds'])}" if j.get("lag_seconds") else ""
+        print(f"{j['name']}: {j['state']}{lag}, {j['pending_files']} pending "
               f"({format_bytes(j['pending_bytes'])}){extra}{window}, owner {j['owner']}")
+        t = j.get("transfer")
+        if t:
+            pct = 100 * t["done"] / t["total"] if t["total"] else 100
+            rate = f", {format_bytes(t['rate'])}/s" if t.get("rate") else ""
+            eta = f", {_duration_text(t['eta'])} left" if t.get("eta") is not None else ""
+            print(f"  sending {t['path']}: {format_bytes(t['done'])} of {format_bytes(t['total'])} "
+                  f"({pct:.0f}%){rate}{eta}")
+        for x in j.get("alerts") or []:
+            print(f"  ALERT {x['name']} since {x['since']}: {x['message']}")
         if j.get("error"):
             print(f"  error: {j['error']}")
         if j.get("held_reason"):
@@ -273,6 +321,30 @@ def cmd_status(args: argparse.Namespace) -> int:
             for err in ls.get("errors") or []:
                 print(f"    {'retried after: ' if ls['ok'] else ''}{err}")
     return EXIT_FAILED if bad else EXIT_OK
+
+
+def _duration_text(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    cfg = _config(args, check_sources=False)
+    n = cfg.notify
+    if not n.urls and n.heartbeat_url is None:
+        print(f"offsite: {cfg.path}: no [notify] urls or heartbeat_url to test", file=sys.stderr)
+        return EXIT_USAGE
+    failed = False
+    for what, why in notify.test_all(n, socket.gethostname()):
+        print(f"{what}: ok" if why is None else f"{what}: FAILED: {why}")
+        failed |= why is not None
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_queue_list(args: argparse.Namespace) -> int:

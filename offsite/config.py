@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 from .agent.schedule import DAYS, Window
 from .errors import ConfigError
-from .units import parse_bandwidth, parse_duration
+from .units import parse_bandwidth, parse_duration, parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,6 +99,33 @@ def _duration(lo: float) -> Callable[[Any], float]:
         return seconds
 
     return parse
+
+
+def _off_or(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """"off" -> None, else `parse`."""
+    def wrapped(v: Any) -> Any:
+        return None if v == "off" else parse(v)
+
+    return wrapped
+
+
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f'must be "off" or a whole number of files (got {v!r})')
+    return v
+
+
+def _clock_text(v: Any) -> str:
+    if not isinstance(v, str) or not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", v):
+        raise ValueError(f'must be a local time "HH:MM" (got {v!r})')
+    return v
+
+
+def _http_url(v: Any) -> str:
+    v = _string(v)
+    if not re.match(r"^https?://[^/\s]+", v):
+        raise ValueError("must be an http:// or https:// URL")
+    return v
 
 
 def _hostport(v: Any) -> str:
@@ -239,6 +266,21 @@ JOB_OPTIONS: dict[str, Opt] = {
     "family": Opt(_choice(*FAMILIES), "auto"),
     "bandwidth": Opt(parse_bandwidth, None),
     "transfers": Opt(_integer(1, 64), None, help="files in flight for this job; default: [agent] transfers"),
+    # Alert thresholds (SPEC section 6); "off" disables one.
+    "max_lag": Opt(_off_or(_duration(1)), 26 * 3600.0, help="the offsite RPO: alert 'lag' past it"),
+    "max_pending_files": Opt(_off_or(_count), None, help="alert 'queue' past this many files"),
+    "max_pending_bytes": Opt(_off_or(parse_size), None, help="alert 'queue' past this many bytes"),
+    "inactive_after": Opt(_off_or(_duration(1)), None, help="alert 'source-inactive': no new backup file"),
+    "min_free": Opt(_off_or(parse_size), None, help="alert 'target-space' below this much free space"),
+}
+
+NOTIFY_OPTIONS: dict[str, Opt] = {
+    # urls (a list; also urls_env, urls_file) is read by _Parser.notify_urls: URLs carry secrets.
+    "heartbeat_url": Opt(_http_url, secret=True, help="pinged while healthy; <url>/fail on error"),
+    "heartbeat_every": Opt(_duration(10), 3600.0),
+    "repeat": Opt(_off_or(_duration(60)), 24 * 3600.0, help="an alert still active is sent again after this"),
+    "summary": Opt(_choice("off", "daily"), "off"),
+    "summary_at": Opt(_clock_text, "08:00"),
 }
 
 
@@ -253,6 +295,16 @@ class AgentSettings:
     retry_for: float
     transfers: int
     metrics: str | None
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    urls: tuple[Secret, ...] = ()
+    heartbeat_url: Secret | None = None
+    heartbeat_every: float = 3600.0
+    repeat: float | None = 24 * 3600.0
+    summary: str = "off"
+    summary_at: str = "08:00"
 
 
 @dataclass(frozen=True)
@@ -290,6 +342,11 @@ class Job:
     bandwidth: float | None
     windows: tuple[Window, ...]
     transfers: int | None = None  # None: the agent's
+    max_lag: float | None = 26 * 3600.0
+    max_pending_files: int | None = None
+    max_pending_bytes: int | None = None
+    inactive_after: float | None = None
+    min_free: int | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +355,7 @@ class Config:
     agent: AgentSettings
     locations: Mapping[str, Location]
     jobs: tuple[Job, ...]
+    notify: NotifySettings = NotifySettings()
 
     def job(self, name: str) -> Job | None:
         return next((j for j in self.jobs if j.name == name), None)
@@ -429,8 +487,8 @@ class _Parser:
 
     def config(self, raw: dict) -> Config:
         for name in raw:
-            if name not in ("agent", "locations", "jobs"):
-                raise self.fail(name, "unknown key (allowed: agent, locations, jobs)")
+            if name not in ("agent", "locations", "jobs", "notify"):
+                raise self.fail(name, "unknown key (allowed: agent, jobs, locations, notify)")
         agent_raw = self.table(raw.get("agent", {}), "agent")
         a = self.options(agent_raw, AGENT_OPTIONS, "agent")
         agent = AgentSettings(
@@ -461,7 +519,40 @@ class _Parser:
                     f"job {seen[where]!r} already replicates into the same target folder",
                 )
             seen[where] = job.name
-        return Config(self.path, agent, MappingProxyType(locations), tuple(jobs))
+        notify = self.notify(self.table(raw.get("notify", {}), "notify"))
+        return Config(self.path, agent, MappingProxyType(locations), tuple(jobs), notify)
+
+    def notify(self, raw: dict) -> NotifySettings:
+        urls_raw = {k: raw[k] for k in ("urls", "urls_env", "urls_file") if k in raw}
+        o = self.options({k: v for k, v in raw.items() if k not in urls_raw}, NOTIFY_OPTIONS, "notify",
+                         extra=())
+        return NotifySettings(urls=self.notify_urls(urls_raw), **o)
+
+    def notify_urls(self, raw: dict) -> tuple[Secret, ...]:
+        """Apprise URLs from urls (a list), urls_env (separated by spaces or new lines) or
+        urls_file (one a line, # comments): one of the three, like every secret."""
+        if len(raw) > 1:
+            raise self.fail("notify.urls", f"give only one of {', '.join(raw)}")
+        if not raw:
+            return ()
+        (k, value), = raw.items()
+        if k == "urls":
+            if not isinstance(value, list) or not value or not all(isinstance(u, str) and u for u in value):
+                raise self.fail("notify.urls", "must be a non-empty list of Apprise URLs (strings)")
+            self.require_owner_only("notify.urls")
+            urls = value
+        else:
+            secret = self.secret({k: value}, "urls", "notify")
+            assert secret is not None
+            text = secret.reveal()
+            lines = [ln.split("#", 1)[0] if ln.lstrip().startswith("#") else ln for ln in text.splitlines()]
+            urls = [u for ln in lines for u in ln.split()]
+            if not urls:
+                raise self.fail(f"notify.{k}", "holds no URL")
+        for i, u in enumerate(urls):
+            if not re.match(r"^[a-z][a-z0-9+.-]*://", u, re.I):
+                raise self.fail(f"notify.urls[{i}]", "is not an Apprise URL (scheme://...)")
+        return tuple(Secret(u) for u in urls)
 
     def location(self, name: str, raw: dict, key: str) -> Location:
         kind = raw.get("type")
@@ -503,7 +594,8 @@ class _Parser:
             include_intra_daily=o["include_intra_daily"], replicate_base=o["replicate_base"],
             mirror_deletes=o["mirror_deletes"], max_deletes=o["max_deletes"], family=o["family"],
             bandwidth=o["bandwidth"], windows=self.windows(raw.get("windows"), f"{key}.windows"),
-            transfers=o["transfers"],
+            transfers=o["transfers"], max_lag=o["max_lag"], max_pending_files=o["max_pending_files"],
+            max_pending_bytes=o["max_pending_bytes"], inactive_after=o["inactive_after"], min_free=o["min_free"],
         )
 
     def windows(self, raw: Any, key: str) -> tuple[Window, ...]:

@@ -84,6 +84,17 @@ class StateDir:
             return data
 
     # -- owner IDs
+    def size_bytes(self) -> int:
+        """The state directory's size: queue, logs, results, alerts."""
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    pass
+        return total
+
     def owner_id(self, job: str) -> str | None:
         return self.read_json("owners.json", {}).get(job)
 

@@ -43,6 +43,19 @@ def parse_bandwidth(text: str) -> float | None:
     return rate
 
 
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+_SIZE_BYTES = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+               "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """'500GB', '1.5TiB', '0B' -> bytes. Raises ValueError with what is allowed."""
+    m = _SIZE.match(text.strip()) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f'must be "off" or a size such as "500GB" or "2TiB" (got {text!r})')
+    return int(float(m.group(1)) * _SIZE_BYTES[m.group(2)])
+
+
 def format_bytes(n: float) -> str:
     """A byte count for people: 1.5 GiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -38,15 +38,15 @@ def run_offsite(cfg: Path, *args: str, timeout: float = 120, env: dict | None = 
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def finished_file(path: Path, size: int | None = None, data: bytes | None = None) -> Path:
-    """A backup file written a minute ago, so it has settled: random bytes, or `data`."""
+def finished_file(path: Path, size: int | None = None, data: bytes | None = None, age: float = 60) -> Path:
+    """A backup file written `age` seconds ago (a minute: it has settled): random bytes, or `data`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if data is not None:
         path.write_bytes(data)
     else:
         with open(path, "wb") as f:
             f.write(os.urandom(size or 0))
-    os.utime(path, (time.time() - 60, time.time() - 60))
+    os.utime(path, (time.time() - age, time.time() - age))
     return path
 
 

@@ -41,3 +41,20 @@ def test_an_unreadable_file_is_an_error_for_that_file_only(site, monkeypatch):
     assert "cannot read" in failed[0].last_error and "Permission denied" in failed[0].last_error
     assert reply["result"]["files_sent"] == 3 and not reply["result"]["ok"]
     assert runner.error is None  # the job itself is not in error
+
+
+def test_a_job_is_starting_until_it_has_looked_at_its_source_and_target(site):
+    site.config()
+    cfg = config.load(site.cfg)
+    state = StateDir(cfg.agent.state_dir)
+    state.ensure()
+    queue = WorkQueue(state.queue_dir)
+    runner = JobRunner(cfg.jobs[0], cfg.agent, queue, state, threading.BoundedSemaphore(1))
+    import datetime as dt
+
+    now = dt.datetime.now().astimezone()
+    assert runner.status(now)["state"] == "starting"  # not "idle, 0 pending" before it looked
+    runner.step()
+    st = runner.status(now)
+    queue.close()
+    assert st["state"] == "idle" and st["lag_seconds"] == 0 and st["transfer"] is None

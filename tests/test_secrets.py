@@ -6,9 +6,10 @@ import stat
 import time
 
 from conftest import AgentProcess, toml_table, wait_until
-from servers import PASSWORD
+from servers import PASSWORD, free_port
 
 WRONG = "Wrong-Smb-Pass8"
+SMTP_PASSWORD, HOOK_TOKEN, PING_TOKEN = "Smtp-Pass-31x", "hook-token-9f2", "ping-token-7c4"
 
 
 def test_nothing_the_agent_or_commands_produce_holds_a_secret(servers, site):
@@ -25,6 +26,13 @@ def test_nothing_the_agent_or_commands_produce_holds_a_secret(servers, site):
              + toml_table("m", smb.new_location() | {"password": WRONG})
              + toml_table("c", loc | {"secret_access_key_env": "OFFSITE_TEST_S3_SECRET"})
              + "".join(f"[[jobs]]\nname = '{n}'\nsource = '{site.source}'\nlocation = '{n}'\n" for n in "fmc"))
+    # Notification destinations that refuse: every failure path logs, none may show a secret.
+    dead = free_port()
+    (site.root / "notify-urls").write_text(
+        f"mailto://offsite:{SMTP_PASSWORD}@127.0.0.1:{dead}?to=ops@example.net&mode=insecure\n"
+        f"json://127.0.0.1:{dead}/hook/{HOOK_TOKEN}\n")
+    extra += (f"[notify]\nurls_file = '{site.root / 'notify-urls'}'\n"
+              f"heartbeat_url = 'http://127.0.0.1:{dead}/ping/{PING_TOKEN}'\n")
     site.config(extra=extra)
     outputs = []
     agent = AgentProcess(site)
@@ -34,18 +42,20 @@ def test_nothing_the_agent_or_commands_produce_holds_a_secret(servers, site):
         wait_until(lambda: all(j["last_sync"] for j in site.status()["jobs"] if j["name"] in "fc"),
                    what="the ftp and s3 jobs' syncs")
         for args in (["status"], ["status", "--json"], ["queue", "list"], ["queue", "list", "--json"],
-                     ["check"], ["check", "--json"], ["plan", "m"], ["sync", "m"], ["sync", "c", "--json"]):
+                     ["check"], ["check", "--json"], ["plan", "m"], ["sync", "m"], ["sync", "c", "--json"],
+                     ["notify", "test"]):
             r = site.offsite(*args)
             outputs.append(r.stdout + r.stderr)
     finally:
         agent.stop()
     outputs.append(agent.output())
     assert "authentication failed" in "".join(outputs)  # the failures were there to be reported
+    assert f"json://127.0.0.1:{dead}/...: FAILED" in "".join(outputs)  # and the notification failures
 
     produced = [p for p in site.state.rglob("*") if p.is_file()]
     assert any(p.name == "offsite.log" for p in produced) and any(p.name == "data.db" for p in produced)
     texts = outputs + [p.read_bytes().decode("utf-8", "replace") for p in produced]
-    for secret in (PASSWORD, WRONG, s3.secret_key):
+    for secret in (PASSWORD, WRONG, s3.secret_key, SMTP_PASSWORD, HOOK_TOKEN, PING_TOKEN):
         leaks = [t[:200] for t in texts if secret in t]
         assert not leaks, f"secret found in: {leaks}"
 

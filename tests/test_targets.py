@@ -211,3 +211,15 @@ def test_nothing_is_written_outside_the_job_folder(remote, bad):
     everything = remote.server.files(remote.location, "")  # the whole location, not just the job folder
     assert not [f for f in everything if "escape" in f or f == "abs.spf"]
     t.close()
+
+
+def test_free_space_is_reported_where_the_protocol_tells(remote):
+    t = remote.target()
+    try:
+        free = t.free_space()
+    finally:
+        t.close()
+    if remote.kind in ("local", "sftp", "smb"):  # statvfs; OpenSSH's statvfs extension; SMB's volume query
+        assert isinstance(free, int) and free > 0
+    else:  # FTP and S3 have no such query: unknown, and the target-space alert stays quiet
+        assert free is None

@@ -42,12 +42,17 @@ def _now() -> dt.datetime:
     return dt.datetime.now().astimezone()
 
 
+def _epoch(iso: str | None) -> float | None:
+    return dt.datetime.fromisoformat(iso).timestamp() if iso else None
+
+
 def _iso(t: dt.datetime | None) -> str | None:
     return t.isoformat(timespec="seconds") if t else None
 
 
 LISTED = 100  # paths kept in a result's "sent" and "deleted" lists (SPEC section 6)
 PROBE_EVERY = 5.0  # seconds between reachability probes while a target is unreachable
+SPACE_EVERY = 300.0  # seconds between looks at the target's free space, besides reconciliations
 
 
 @dataclass
@@ -111,7 +116,8 @@ class JobRunner:
         self.rules = Rules.of(job)
         self.view = SourceView(job.source, settings.settle, job.family)
         self.target_files: dict[str, RemoteFile] | None = None
-        self.keeps_mtime = make_target(job).keeps_mtime
+        probe = make_target(job)
+        self.keeps_mtime, self.where = probe.keeps_mtime, probe.describe()
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.rewatch = threading.Event()  # the source folder was gone: its watch is dead
@@ -151,6 +157,18 @@ class JobRunner:
         self._dropped_stamp: int | None = None
         self._dropped_ops: dict = {}
         self._running: Transfers | None = None
+        # What the operator is told (status, metrics, alerts), beside the state above.
+        self.looked = False  # source and target looked at since the agent started
+        self.counters = {"files_sent": 0, "bytes_sent": 0, "files_deleted": 0, "transfer_failures": 0}
+        self.last_success: float | None = _epoch(self.last_sync["finished"]) \
+            if self.last_sync and self.last_sync.get("ok") else None
+        self.last_success = state.read_json("success.json", {}).get(job.name, self.last_success)
+        self.trouble_since: float | None = None  # epoch seconds transient trouble began
+        self.newest_source: float | None = None  # epoch seconds of the newest backup file at the source
+        self.free_bytes: int | None = None  # on the target, where the protocol tells
+        self._free_at = 0.0  # next look at the target's free space (monotonic)
+        self._rate: list[tuple[float, int]] = []  # (monotonic, bytes on the wire so far), recent
+        self._wire = 0  # bytes on the wire since the agent started
 
     # ------------------------------------------------------------ from other threads
     def hint(self, rel: str) -> None:
@@ -189,10 +207,14 @@ class JobRunner:
                 phase = "error"
             elif trouble:
                 phase, error = "paused", trouble
+            elif not self.looked:
+                phase = "starting"  # not idle before the source and target were looked at
             elif pending and not schedule.is_open(self.job.windows, now):
                 phase = "waiting"
             elif not pending:
                 phase = "idle"
+        oldest = self.queue.oldest_upload(self.job.name)
+        lag = max(0.0, now.timestamp() - oldest / 1e9) if oldest else 0.0
         return {
             "name": self.job.name,
             "state": phase,
@@ -204,7 +226,34 @@ class JobRunner:
             "held_deletes": self.held_count if held else 0,
             "held_reason": held,
             "last_sync": last,
+            "lag_seconds": round(lag, 1),
+            "transfer": self._transfer(),
+            "target_free_bytes": self.free_bytes,
+            "counters": dict(self.counters),
+            "last_success_ts": self.last_success,
         }
+
+    def facts(self) -> dict:
+        """What the alert rules need beside the status."""
+        with self._lock:
+            return {"error": self.error, "trouble": self.transient_error, "trouble_since": self.trouble_since,
+                    "newest_source": self.newest_source, "target": self.where}
+
+    def _transfer(self) -> dict | None:
+        """The file being sent (the biggest, when several are), and the job's rate."""
+        run = self._running
+        tasks = [t for t in list(run.running.values()) if t.item.op == "upload"] if run is not None else []
+        mono = time.monotonic()
+        wire = self._wire + sum(t.wire for t in tasks)
+        self._rate = [(m, w) for m, w in self._rate if mono - m <= 10.0] + [(mono, wire)]
+        if not tasks:
+            return None
+        (m0, w0), (m1, w1) = self._rate[0], self._rate[-1]
+        rate = (w1 - w0) / (m1 - m0) if m1 - m0 >= 1.0 else None
+        t = max(tasks, key=lambda t: t.size)
+        share = rate / len(tasks) if rate else None
+        return {"path": t.item.path, "done": t.done, "total": t.size, "rate": round(rate) if rate else None,
+                "eta": round((t.size - t.done) / share) if share else None}
 
     # ------------------------------------------------------------ the coordinator
     def _run(self) -> None:
@@ -273,6 +322,10 @@ class JobRunner:
                 self._fold_hints(hints)
             if forced or schedule.is_open(self.job.windows, _now()):
                 self._drain(forced)
+            if self.job.min_free is not None and time.monotonic() >= self._free_at and self.target_files is not None:
+                target = self.sessions.checkout()
+                self._look_at_space(target, time.monotonic())
+                self.sessions.checkin(target)
         except (PermanentError, TransientError) as e:
             self._target_failed(e, None)
         except Interrupted:
@@ -313,21 +366,41 @@ class JobRunner:
         except BaseException:
             self.sessions.broken(target)
             raise
+        self._look_at_space(target, mono)
         self.sessions.checkin(target)
         with self._lock:
             self.transient_error = None
+            self.trouble_since = None
+        self.looked = True
         self._need_reconcile = False
         self._next_rescan = mono + self.settings.rescan
         self._members = {}
+        newest = 0
         for path in (*self.view.entries, *self.target_files):
             f = classify(path, self.rules.family)
             if f is not None:
                 self._members.setdefault(f.chain, set()).add(path)
+                e = self.view.entries.get(path)
+                if e is not None and e.mtime_ns > newest:
+                    newest = e.mtime_ns
+        self.newest_source = newest / 1e9 if newest else None
         self._chains = {}
         self._replan(None)
         self.dispatch.clear()  # built afresh from the queue
         for it in self.queue.items(self.job.name):
             self.dispatch.add(it)
+
+    def _look_at_space(self, target: Target, mono: float) -> None:
+        """The target's free space, for the target-space alert: at each reconciliation and
+        every few minutes while transfers run, only when the job watches it."""
+        if self.job.min_free is None:
+            return
+        self._free_at = mono + SPACE_EVERY
+        try:
+            self.free_bytes = target.free_space()
+        except OffsiteError as e:
+            log.debug("job %s: free space unknown (%s)", self.job.name, e)
+            self.free_bytes = None
 
     def _changed(self, paths: set[str]) -> None:
         """Paths that changed at the source or on the target: their chains are planned again."""
@@ -337,7 +410,10 @@ class JobRunner:
             if f is None:
                 continue
             members = self._members.setdefault(f.chain, set())
-            if path in self.view.entries or (self.target_files is not None and path in self.target_files):
+            e = self.view.entries.get(path)
+            if e is not None and (self.newest_source is None or e.mtime_ns / 1e9 > self.newest_source):
+                self.newest_source = e.mtime_ns / 1e9
+            if e is not None or (self.target_files is not None and path in self.target_files):
                 members.add(path)
             else:
                 members.discard(path)
@@ -542,12 +618,15 @@ class JobRunner:
             run.running.pop(it.id, None)
             return False
         stats.bytes_on_wire += task.wire
+        self._wire += task.wire
         task.wire = 0
         if o.kind == "published":
             assert self.target_files is not None
             self.queue.ack(it.id)
             self.target_files[path] = RemoteFile(task.size, task.mtime_ns if self.keeps_mtime else None)
             stats.published(path, task.size)
+            self.counters["files_sent"] += 1
+            self.counters["bytes_sent"] += task.size
             log.info("job %s: sent %s (%d bytes)", self.job.name, path, task.size)
             self._healthy()
             f = classify(path, self.rules.family)
@@ -559,6 +638,7 @@ class JobRunner:
             self.queue.ack(it.id)
             self.target_files.pop(path, None)
             stats.removed(path)
+            self.counters["files_deleted"] += 1
             log.info("job %s: deleted %s", self.job.name, path)
             self._healthy()
             self._changed({path})
@@ -577,12 +657,14 @@ class JobRunner:
             self.queue.release(it.id, count_attempt=False)
             return True
         elif o.kind == "unreadable":
+            self.counters["transfer_failures"] += 1
             log.error("job %s: %s", self.job.name, o.error)
             self.queue.fail(it.id, str(o.error))
             stats.error(str(o.error))
             stats.ok = False
         elif o.kind == "failed":
             assert isinstance(o.error, OffsiteError)
+            self.counters["transfer_failures"] += 1
             if isinstance(o.error, TargetFull) and not task.alone:
                 # Full while other transfers wrote too: their files may be what took the room.
                 # Try it again alone, ahead of the later files of its chain, which give back
@@ -641,6 +723,8 @@ class JobRunner:
         if isinstance(e, TransientError):
             with self._lock:
                 self.transient_error = str(e)
+                if self.trouble_since is None:
+                    self.trouble_since = time.time()
             mono = time.monotonic()
             if self._transient_since is None:
                 self._transient_since, self._transient_count = mono, 0
@@ -687,6 +771,7 @@ class JobRunner:
         self._transient_since, self._probe_at, self._unreachable, self._gave_up = None, None, False, False
         with self._lock:
             self.transient_error = None
+            self.trouble_since = None
 
     def _probe(self, mono: float) -> None:
         """While transient failures back off: is the server answering again? A server that
@@ -725,6 +810,9 @@ class JobRunner:
         with self._lock:
             self.last_sync = result
         self.state.update_json("results.json", lambda d: d.__setitem__(self.job.name, result))
+        if result["ok"]:
+            self.last_success = time.time()
+            self.state.update_json("success.json", lambda d: d.__setitem__(self.job.name, self.last_success))
         log.info("job %s: sync %s: %d sent (%d bytes), %d deleted, %d skipped%s", self.job.name,
                  "ok" if result["ok"] else "failed", stats.files_sent, stats.bytes_sent,
                  stats.files_deleted, stats.files_skipped,

@@ -21,15 +21,18 @@ from .. import config as config_mod
 from .. import logs
 from ..config import Config
 from ..errors import LockedError, OffsiteError
-from ..queue import WorkQueue
+from ..queue import WorkQueue, count_rows
 from ..state import StateDir
 from ..watchers import SourceWatcher
 from . import control
 from .job import JobRunner, Request
 from .throttle import Throttle
+from .watch import Watch
 
 log = logging.getLogger(__name__)
 STOP_GRACE = 8.0  # seconds the runners get to reach a resumable point
+HOUSEKEEPING_EVERY = 24 * 3600.0  # prune acknowledged queue rows and compact the database
+SIZES_EVERY = 60.0  # seconds between measures of the state directory and queue rows
 
 
 class Agent:
@@ -42,6 +45,10 @@ class Agent:
         self._reload = threading.Event()
         self.started = dt.datetime.now().astimezone()
         self.queue: WorkQueue | None = None
+        self.watch: Watch | None = None
+        self._metrics = None  # the metrics HTTP server
+        self._snapshot: dict = {"jobs": []}  # the last status, for metrics
+        self._sizes = (0.0, 0, 0)  # (monotonic when measured, state bytes, queue rows)
 
     # -- signals only set flags
     def request_stop(self, *_: object) -> None:
@@ -64,12 +71,19 @@ class Agent:
             raise LockedError(f"another agent already holds the state directory {self.state.root}")
         try:
             logs.to_file(self.state.log_dir)
+            # status.json still says "running" when the last agent did not stop cleanly.
+            restarted = bool(self.state.read_json("status.json", {}).get("agent", {}).get("running"))
             self.queue = self._open_queue()
             self._install_signals()
+            self.watch = Watch(self.config, self.state, restarted)
+            if self.config.agent.metrics:
+                from .metrics import serve  # prometheus_client only when metrics are on
+
+                self._metrics = serve(self.config.agent.metrics, lambda: self._snapshot)
             self._start_jobs()
             log.info("offsite agent started (pid %d) with %d job(s) from %s",
                      os.getpid(), len(self.runners), self.config.path)
-            last_status = 0.0
+            last_status, housekept = 0.0, time.monotonic()
             while not self._stop.is_set():
                 if self._reload.is_set():
                     self._reload.clear()
@@ -79,10 +93,19 @@ class Agent:
                 if time.monotonic() - last_status >= 1.0:
                     self._write_status(running=True)
                     last_status = time.monotonic()
+                if time.monotonic() - housekept >= HOUSEKEEPING_EVERY:
+                    housekept = time.monotonic()
+                    self.queue.compact()
+                    log.info("housekeeping: pruned acknowledged queue rows and compacted the queue database")
                 self._stop.wait(0.2)
             log.info("offsite agent stopping")
         finally:
             self._stop_jobs()
+            if self._metrics is not None:
+                self._metrics.shutdown()
+                self._metrics.server_close()
+            if self.watch is not None:
+                self.watch.stop()
             self._write_status(running=False)
             if self.queue is not None:
                 self.queue.close()
@@ -159,6 +182,8 @@ class Agent:
         log.info("reloading the configuration from %s", self.config.path)
         self._stop_jobs()
         self.config = new
+        if self.watch is not None:
+            self.watch.reconfigure(new)
         logging.getLogger().setLevel(new.agent.log_level.upper())
         self._start_jobs()
 
@@ -199,13 +224,28 @@ class Agent:
             rss = psutil.Process().memory_info().rss
         except psutil.Error:
             rss = None
+        jobs = [r.status(now) for r in self.runners.values()]
+        if running and self.watch is not None:
+            try:
+                self.watch.tick(jobs, {name: r.facts() for name, r in self.runners.items()}, now)
+            except OffsiteError as e:
+                log.error("%s", e)
+        for st in jobs:
+            st["alerts"] = self.watch.of_job(st["name"]) if self.watch is not None else []
+        mono = time.monotonic()
+        if not self._sizes[0] or mono - self._sizes[0] >= SIZES_EVERY:
+            self._sizes = (mono, self.state.size_bytes(), count_rows(self.state.queue_dir))
+        agent_alerts = self.watch.of_agent() if self.watch is not None else []
         data = {
             "agent": {"running": running, "pid": os.getpid() if running else None,
                       "started": self.started.isoformat(timespec="seconds") if running else None,
-                      "rss_bytes": rss if running else None},
-            "jobs": [r.status(now) for r in self.runners.values()],
+                      "rss_bytes": rss if running else None, "alerts": agent_alerts,
+                      "state_bytes": self._sizes[1], "queue_rows": self._sizes[2]},
+            "jobs": jobs,
             "written": now.isoformat(timespec="seconds"),
         }
+        self._snapshot = {"jobs": jobs, "agent_alerts": agent_alerts, "state_bytes": self._sizes[1],
+                          "queue_rows": self._sizes[2]}
         try:
             self.state.write_json("status.json", data)
         except OffsiteError as e:

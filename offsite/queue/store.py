@@ -178,6 +178,14 @@ class WorkQueue:
             c = self._counts.get(job, [0, 0, 0])
             return {"pending_files": c[0], "pending_bytes": c[1], "failed_files": c[2]}
 
+    def oldest_upload(self, job: str) -> int | None:
+        """The modification time (ns) of the job's oldest file still to send, failed ones
+        included: what the job's lag is measured from."""
+        with self._lock:
+            items = self._items
+            return min((it.mtime_ns for i in self._by_job.get(job, ())
+                        if (it := items[i]).op == "upload" and it.mtime_ns), default=None)
+
     def get(self, item_id: int) -> QueueItem | None:
         with self._lock:
             return self._items.get(item_id)
@@ -319,6 +327,21 @@ class WorkQueue:
             self._q.clear_acked_data(keep_latest=0, clear_ack_failed=False)
             self._q.shrink_disk_usage()
             self._acked_since_clear = 0
+
+
+def count_rows(folder: Path) -> int:
+    """Rows in the queue database, acknowledged ones not yet pruned included (for metrics)."""
+    db = Path(folder) / "data.db"
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
 
 
 def read_items(folder: Path) -> list[QueueItem]:

@@ -89,6 +89,11 @@ class Target(abc.ABC):
     def close(self) -> None:
         """Release connections; never raises."""
 
+    def free_space(self) -> int | None:
+        """Free bytes where the target's protocol reports them (local, SMB, SFTP with the
+        statvfs extension); None where it cannot tell."""
+        return None
+
     def tidy(self) -> None:
         """Remove what an interrupted earlier run left behind that nothing else will (S3:
         multipart uploads that no staging record names). Called once per round, by its first

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import BinaryIO
 
@@ -78,6 +79,12 @@ class LocalTarget(Target):
 
     def close(self) -> None:
         pass
+
+    def free_space(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.location).free
+        except OSError as e:
+            raise self._error(e, "the free space") from None
 
     def list(self) -> dict[str, RemoteFile]:
         out: dict[str, RemoteFile] = {}

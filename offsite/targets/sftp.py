@@ -14,6 +14,7 @@ import stat
 from typing import Any, BinaryIO, Mapping
 
 import paramiko
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
 from ..errors import PermanentError, TargetFull, TransientError
 from .base import Progress, chunk_size
@@ -113,6 +114,18 @@ class SftpTarget(RemoteFileTarget):
             except Exception:  # noqa: BLE001 - closing never fails the caller
                 pass
         self.client, self.sftp = None, None
+
+    def free_space(self) -> int | None:
+        """Through OpenSSH's statvfs@openssh.com extension; None on a server without it."""
+        assert self.sftp is not None
+        try:
+            t, msg = self.sftp._request(CMD_EXTENDED, "statvfs@openssh.com", self.root)
+        except (OSError, paramiko.SSHException):
+            return None
+        if t != CMD_EXTENDED_REPLY:
+            return None
+        _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
+        return frsize * bavail
 
     def _call(self, what: str, fn, *args):
         """Run one SFTP call, translating failures into offsite's errors."""

@@ -58,6 +58,10 @@ class SmbTarget(RemoteFileTarget):
     def _unc(self, path: str) -> str:
         return f"\\\\{self.server}\\{self.share}" + path.replace("/", "\\").rstrip("\\")
 
+    def free_space(self) -> int | None:
+        st = self._call("the share's free space", smbclient.stat_volume, self._unc(self.root))
+        return int(st.caller_available_size)
+
     def _connect(self) -> None:
         password = self.o.get("password")
         where = f"{self.server}:{self.port}"

@@ -1,0 +1,103 @@
+"""Prometheus metrics at `[agent] metrics`, with the names of SPEC section 6.
+
+A collector reads the agent's latest status (the same one `offsite status` shows) at each
+scrape, so the numbers on a dashboard and on a terminal never disagree; prometheus_client
+serves them, with its process metrics, from its own thread.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .. import __version__
+from ..alerts import NAMES as ALERTS
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+STATES = ("starting", "idle", "syncing", "waiting", "paused", "error")
+
+
+class Collector:
+    def __init__(self, snapshot: Callable[[], dict]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snapshot()
+        jobs = s.get("jobs", [])
+        up = GaugeMetricFamily("offsite_up", "1 while the agent runs")
+        up.add_metric([], 1)
+        yield up
+        info = GaugeMetricFamily("offsite_build_info", "the agent's version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        state = GaugeMetricFamily("offsite_job_state", "1 for the job's current state", labels=["job", "state"])
+        for j in jobs:
+            for st in STATES:
+                state.add_metric([j["name"], st], 1 if j["state"] == st else 0)
+        yield state
+        for name, key, doc in (
+            ("offsite_files_sent", "files_sent", "files published on the target since the agent started"),
+            ("offsite_bytes_sent", "bytes_sent", "bytes of the files published since the agent started"),
+            ("offsite_files_deleted", "files_deleted", "files deleted on the target since the agent started"),
+            ("offsite_transfer_failures", "transfer_failures", "failed transfers since the agent started"),
+        ):
+            c = CounterMetricFamily(name, doc, labels=["job"])
+            for j in jobs:
+                c.add_metric([j["name"]], j.get("counters", {}).get(key, 0))
+            yield c
+        for name, value, doc in (
+            ("offsite_pending_files", lambda j: j["pending_files"], "files waiting to be sent or deleted"),
+            ("offsite_pending_bytes", lambda j: j["pending_bytes"], "bytes waiting to be sent"),
+            ("offsite_failed_files", lambda j: j["failed_files"], "files that failed and wait for a person"),
+            ("offsite_lag_seconds", lambda j: j.get("lag_seconds") or 0, "age of the oldest file not yet offsite"),
+            ("offsite_transfer_rate_bytes", lambda j: (j.get("transfer") or {}).get("rate") or 0,
+             "bytes per second being sent now"),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["job"])
+            for j in jobs:
+                g.add_metric([j["name"]], value(j))
+            yield g
+        g = GaugeMetricFamily("offsite_last_success_timestamp_seconds",
+                              "when the job's last successful sync ended (absent before the first)", labels=["job"])
+        for j in jobs:
+            if j.get("last_success_ts") is not None:
+                g.add_metric([j["name"]], j["last_success_ts"])
+        yield g
+        a = GaugeMetricFamily("offsite_alert_active", "1 while the alert holds", labels=["job", "alert"])
+        for j in jobs:
+            active = {x["name"] for x in j.get("alerts", [])}
+            for name in ALERTS:
+                a.add_metric([j["name"], name], 1 if name in active else 0)
+        for x in s.get("agent_alerts", []):
+            a.add_metric(["", x["name"]], 1)
+        yield a
+        rows = GaugeMetricFamily("offsite_queue_rows", "rows in the queue database, acknowledged ones included")
+        rows.add_metric([], s.get("queue_rows", 0))
+        yield rows
+        size = GaugeMetricFamily("offsite_state_bytes", "size of the state directory")
+        size.add_metric([], s.get("state_bytes", 0))
+        yield size
+
+
+def serve(address: str, snapshot: Callable[[], dict]):
+    """Serve the metrics at "host:port"; returns the server (shutdown() stops it)."""
+    host, _, port = address.rpartition(":")
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    registry.register(Collector(snapshot))  # type: ignore[arg-type]
+    try:
+        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    except OSError as e:
+        raise ConfigError(f"cannot serve metrics at {address} ({e.strerror or e})") from None
+    log.info("metrics served at http://%s/metrics", address)
+    return server
