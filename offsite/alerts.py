@@ -57,13 +57,13 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
     elif f.error:
         out["job-error"] = f"{f.error}. Nothing is sent until this is fixed; 'offsite status' shows the details."
     elif f.trouble and f.trouble_since is not None and t - f.trouble_since >= limits.retry_for:
-        out["job-error"] = (f"{f.trouble}, for {_ago(t - f.trouble_since)}. offsite keeps retrying; check the "
+        out["job-error"] = (f"{f.trouble}, for {ago(t - f.trouble_since)}. offsite keeps retrying; check the "
                             f"server and the network.")
     if f.held_deletes:
         out["deletes-held"] = (f"{f.held_deletes} deletion(s) on the target are held back: {f.held_reason}. "
                                f"Check the source; if they are intended, run 'offsite sync {job} --allow-deletes'.")
     if limits.max_lag is not None and f.lag_seconds > limits.max_lag:
-        out["lag"] = (f"the offsite copy is {_ago(f.lag_seconds)} behind (limit {_ago(limits.max_lag)}), with "
+        out["lag"] = (f"the offsite copy is {ago(f.lag_seconds)} behind (limit {ago(limits.max_lag)}), with "
                       f"{f.pending_files} file(s) waiting. Check the job's windows, bandwidth and errors.")
     over = []
     if limits.max_pending_files is not None and f.pending_files > limits.max_pending_files:
@@ -75,8 +75,8 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
                         f"backups, or the windows too short.")
     if limits.inactive_after is not None and f.newest_source is not None \
             and t - f.newest_source > limits.inactive_after:
-        out["source-inactive"] = (f"no new backup file at the source for {_ago(t - f.newest_source)} (limit "
-                                  f"{_ago(limits.inactive_after)}). Check that the backups still run.")
+        out["source-inactive"] = (f"no new backup file at the source for {ago(t - f.newest_source)} (limit "
+                                  f"{ago(limits.inactive_after)}). Check that the backups still run.")
     if limits.min_free is not None and f.free_bytes is not None and f.free_bytes < limits.min_free:
         out["target-space"] = (f"the target {f.target} has {_size(f.free_bytes)} free (limit "
                                f"{_size(limits.min_free)}). Free space there or raise the quota.")
@@ -100,7 +100,11 @@ class Book:
     history: list[dict] = field(default_factory=list)
 
     @classmethod
-    def of(cls, data: dict) -> Book:
+    def of(cls, data: object) -> Book:
+        """From alerts.json; anything unreadable there is an empty book."""
+        if not isinstance(data, dict) or not isinstance(data.get("active", {}), dict) \
+                or not isinstance(data.get("history", []), list):
+            return cls()
         return cls(dict(data.get("active", {})), list(data.get("history", [])))
 
     def to_json(self) -> dict:
@@ -157,7 +161,7 @@ def body(e: Event, host: str) -> str:
     return f"{e.name} {lead} for {where} (since {e.since}): {e.message}"
 
 
-def _ago(seconds: float) -> str:
+def ago(seconds: float) -> str:
     s = int(seconds)
     if s < 120:
         return f"{s}s"

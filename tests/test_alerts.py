@@ -72,3 +72,8 @@ def test_messages_name_the_host_the_job_and_what_to_do():
     assert subject(e, "backup1") == "[offsite backup1] ALERT deletes-held on job job1"
     text = body(e, "backup1")
     assert "job job1 on backup1" in text and "offsite sync job1 --allow-deletes" in text
+
+
+def test_an_unreadable_book_is_an_empty_one():
+    for data in ([], {"active": []}, {"history": {}}, None, "x"):
+        assert Book.of(data).active == {}

@@ -222,3 +222,19 @@ def test_the_config_refuses_bad_notify_keys_in_one_line(site):
     site.config(job='max_lag = "soon"')
     r = site.offsite("check")
     assert r.returncode == 2 and "max_lag" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_daily_summary_is_sent_once_a_day(site, start_agent, http):
+    site.config(extra=notify_toml(None, http, heartbeat=False, extra='summary = "daily"\nsummary_at = "00:00"'))
+    finished_file(site.source / "C_VOL-b001.spf", 1000)
+    agent = start_agent()
+    wait_until(lambda: site.target_files(), what="the file sent")
+    summary = wait_until(lambda: [h.json() for h in http.of("/hook/") if "daily summary" in h.json()["title"]],
+                         what="the summary")
+    assert "job job1:" in summary[0]["message"] and "Active alerts: none" in summary[0]["message"]
+    assert agent.stop() == 0
+    agent = start_agent()  # the same day: not again
+    wait_until(lambda: site.job_status()["state"] == "idle", what="idle")
+    time.sleep(2)
+    assert agent.stop() == 0
+    assert len([h for h in http.of("/hook/") if "daily summary" in h.json()["title"]]) == 1

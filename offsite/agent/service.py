@@ -230,6 +230,8 @@ class Agent:
                 self.watch.tick(jobs, {name: r.facts() for name, r in self.runners.items()}, now)
             except OffsiteError as e:
                 log.error("%s", e)
+            except Exception:  # a bug in alerting must never stop replication
+                log.exception("unexpected error while evaluating alerts")
         for st in jobs:
             st["alerts"] = self.watch.of_job(st["name"]) if self.watch is not None else []
         mono = time.monotonic()

@@ -140,7 +140,7 @@ class Watch:
         lines = [f"offsite on {self.host}, {now.strftime('%Y-%m-%d %H:%M')}:"]
         for st in jobs:
             last = st.get("last_sync") or {}
-            lines.append(f"- job {st['name']}: {st['state']}, lag {alerts._ago(st['lag_seconds'])}, "
+            lines.append(f"- job {st['name']}: {st['state']}, lag {alerts.ago(st['lag_seconds'])}, "
                          f"{st['pending_files']} file(s) pending, last sync "
                          f"{'ok' if last.get('ok') else 'failed' if last else 'none yet'}"
                          f"{' at ' + last['finished'] if last.get('finished') else ''}")
