@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from . import config as config_mod
 from . import logs, notify
 from .agent import control, schedule
@@ -70,6 +71,7 @@ def _usage(p: argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="offsite", description="Replicate backup images offsite.")
+    p.add_argument("--version", action="version", version=f"offsite {__version__}")
     p.add_argument("-c", "--config", metavar="PATH", help="agent.toml (default: $OFFSITE_CONFIG, ./agent.toml, system location)")
     sub = p.add_subparsers(metavar="COMMAND")
 
@@ -93,6 +95,23 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp = cmd("reinit", cmd_reinit, "take over a target folder whose owner ID belongs to someone else")
     sp.add_argument("job", metavar="JOB")
+
+    sv = sub.add_parser("service", help="install offsite as a system service (systemd, Windows)",
+                        description="install offsite as a system service (systemd, Windows)")
+    svs = sv.add_subparsers(metavar="ACTION")
+    sv.set_defaults(func=_usage(sv))
+    sp = svs.add_parser("install", help="install, enable and start the service")
+    sp.set_defaults(func=cmd_service_install)
+    sp.add_argument("--dry-run", action="store_true", help="print every file and command instead")
+    sp.add_argument("--account", help="Windows: the account the service runs as (default LocalSystem)")
+    sp.add_argument("--password", help="Windows: that account's password")
+    sp = svs.add_parser("uninstall", help="stop and remove the service (the state and config stay)")
+    sp.set_defaults(func=cmd_service_uninstall)
+    sp.add_argument("--purge", action="store_true", help="also remove the state directory and agent.toml")
+    sp = svs.add_parser("status", help="the service manager's view of the service")
+    sp.set_defaults(func=cmd_service_status)
+    sp = svs.add_parser("run", help="Windows: what the service manager starts (not run by hand)")
+    sp.set_defaults(func=cmd_service_run)
 
     n = sub.add_parser("notify", help="notifications", description="notifications")
     ns = n.add_subparsers(metavar="ACTION")
@@ -138,6 +157,13 @@ def _job(cfg: Config, name: str) -> Job:
     return job
 
 
+def _state(cfg: Config) -> StateDir:
+    """The state directory, refused in one line when a newer offsite wrote it."""
+    state = StateDir(cfg.agent.state_dir)
+    state.format(write=False)
+    return state
+
+
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -152,7 +178,7 @@ class _Writer:
     """Hold the state directory's lock for a command that changes state without an agent."""
 
     def __init__(self, cfg: Config) -> None:
-        self.state = StateDir(cfg.agent.state_dir)
+        self.state = _state(cfg)
         self.queue: WorkQueue | None = None
 
     def __enter__(self) -> "_Writer":
@@ -198,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    state = StateDir(cfg.agent.state_dir)
+    state = _state(cfg)
     jobs = [_job(cfg, n) for n in args.jobs] if args.jobs else list(cfg.jobs)
     results, failed = [], False
     for job in jobs:
@@ -238,7 +264,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _status_data(cfg: Config) -> dict:
-    state = StateDir(cfg.agent.state_dir)
+    state = _state(cfg)
     if _agent_answers(state):
         for _ in range(20):  # just started: the first status.json is a moment away
             data = state.read_json("status.json", None)
@@ -334,6 +360,58 @@ def _duration_text(seconds: float) -> str:
     return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
+def _service_config(args: argparse.Namespace) -> tuple[Path, Config | None, Path]:
+    """(agent.toml of the service, its config when it reads, the state directory)."""
+    path = Path(args.config) if args.config else config_mod.system_config_path()
+    from .install import EXAMPLE
+
+    try:  # a missing agent.toml is written from the example: the unit is made for that
+        cfg = config_mod.load(path if path.exists() else EXAMPLE, check_sources=False)
+    except OffsiteError:
+        cfg = None  # the install's own check says what is wrong with it
+    return path, cfg, Path(cfg.agent.state_dir) if cfg else config_mod.default_state_dir()
+
+
+def cmd_service_install(args: argparse.Namespace) -> int:
+    path, cfg, state_dir = _service_config(args)
+    if os.name == "nt":  # pragma: no cover - exercised with fakes in tests/test_windows_service.py
+        from .install import windows
+
+        return windows.install(path, state_dir, args.account, args.password, args.dry_run)
+    from .install import linux, offsite_command
+
+    return linux.install(offsite_command(), path, cfg, state_dir, args.dry_run)
+
+
+def cmd_service_uninstall(args: argparse.Namespace) -> int:
+    path, _cfg, state_dir = _service_config(args)
+    if os.name == "nt":  # pragma: no cover
+        from .install import windows
+
+        return windows.uninstall(args.purge, state_dir, path)
+    from .install import linux
+
+    return linux.uninstall(args.purge, state_dir, path)
+
+
+def cmd_service_run(args: argparse.Namespace) -> int:
+    if os.name != "nt":
+        raise UsageError("'offsite service run' is what the Windows service manager starts; use 'offsite run'")
+    from .install import windows  # pragma: no cover
+
+    return windows.host(Path(args.config) if args.config else config_mod.system_config_path())  # pragma: no cover
+
+
+def cmd_service_status(args: argparse.Namespace) -> int:
+    if os.name == "nt":  # pragma: no cover
+        from .install import windows
+
+        return windows.status()
+    from .install import linux
+
+    return linux.status()
+
+
 def cmd_notify_test(args: argparse.Namespace) -> int:
     cfg = _config(args, check_sources=False)
     n = cfg.notify
@@ -351,7 +429,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
     cfg = _config(args, check_sources=False)  # works while a source disk is unplugged
     if args.job:
         _job(cfg, args.job)
-    items = [i for i in read_items(StateDir(cfg.agent.state_dir).queue_dir)
+    items = [i for i in read_items(_state(cfg).queue_dir)
              if (not args.job or i.job == args.job) and (not args.state or i.state == args.state)]
     if args.json:
         _print_json([i.to_json() for i in items])
@@ -366,7 +444,7 @@ def cmd_queue_list(args: argparse.Namespace) -> int:
 
 def cmd_queue_show(args: argparse.Namespace) -> int:
     cfg = _config(args, check_sources=False)  # works while a source disk is unplugged
-    item = next((i for i in read_items(StateDir(cfg.agent.state_dir).queue_dir) if i.id == args.id), None)
+    item = next((i for i in read_items(_state(cfg).queue_dir) if i.id == args.id), None)
     if item is None:
         raise UsageError(f"no queue item with ID {args.id}")
     if args.json:
@@ -378,7 +456,7 @@ def cmd_queue_show(args: argparse.Namespace) -> int:
 
 
 def _queue_change(cfg: Config, request: dict) -> dict:
-    state = StateDir(cfg.agent.state_dir)
+    state = _state(cfg)
     if _agent_answers(state):
         reply = _ask_agent(state, request)
         if not reply.get("ok"):
@@ -431,7 +509,7 @@ def _print_sync(job: str, reply: dict, as_json: bool) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     cfg = _config(args)
     job = _job(cfg, args.job)
-    state = StateDir(cfg.agent.state_dir)
+    state = _state(cfg)
     if _agent_answers(state):
         reply = _ask_agent(state, {"op": "sync", "job": job.name, "allow_deletes": args.allow_deletes})
         return _print_sync(job.name, reply, args.json)
@@ -485,7 +563,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         listing = target.list()
     finally:
         target.close()
-    state = StateDir(cfg.agent.state_dir)
+    state = _state(cfg)
     dropped = state.read_json("dropped.json", {}).get(job.name, {})
     p = control.without_dropped(plan(view.snapshot(), listing, Rules.of(job), target.keeps_mtime),
                                 dropped, view.entries)
@@ -512,7 +590,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_reinit(args: argparse.Namespace) -> int:
     cfg = _config(args)
     job = _job(cfg, args.job)
-    state = StateDir(cfg.agent.state_dir)
+    state = _state(cfg)
     if _agent_answers(state):
         reply = _ask_agent(state, {"op": "reinit", "job": job.name})
         if not reply.get("ok"):

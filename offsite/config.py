@@ -372,6 +372,11 @@ def default_config_path() -> Path:
     local = Path("agent.toml")
     if local.exists():
         return local
+    return system_config_path()
+
+
+def system_config_path() -> Path:
+    """Where the service's agent.toml lives."""
     if os.name == "nt":
         return Path(os.environ.get("ProgramData", r"C:\ProgramData")) / "offsite" / "agent.toml"
     return Path("/etc/offsite/agent.toml")

@@ -40,3 +40,11 @@ def to_file(folder: Path) -> None:
                                                    backupCount=3, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
     logging.getLogger().addHandler(handler)
+
+
+def to_event_log() -> None:
+    """Windows: errors also go to the Application event log, source "offsite" (pywin32)."""
+    handler = logging.handlers.NTEventLogHandler("offsite")
+    handler.setLevel(logging.ERROR)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger().addHandler(handler)

@@ -9,6 +9,9 @@ Layout (created owner-only):
     status.json       the running agent's view, rewritten every second
     control/          requests from commands to the running agent, and its replies
     logs/offsite.log  the agent's log
+    alerts.json       the alerts in force and recent alert events
+    format.json       the state format: a newer agent migrates an older state in place, an
+                      older agent refuses a newer one (SPEC section 7)
 """
 from __future__ import annotations
 
@@ -20,8 +23,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from . import __version__
 from .errors import OffsiteError, StateError
 from .system import FileLock, make_private_dir, open_private
+
+# The state format this offsite writes. Format 0 is a state written before formats were
+# recorded (offsite 0.1): the same layout, without format.json. A migration from format n
+# to n + 1 is MIGRATIONS[n]; each leaves the state readable by the version after it.
+FORMAT = 1
+MIGRATIONS: dict[int, Callable[["StateDir"], None]] = {0: lambda state: None}
 
 
 class StateDir:
@@ -34,12 +44,45 @@ class StateDir:
         self._write_lock = threading.Lock()
 
     def ensure(self) -> None:
+        """Create the state directory, or bring an older one to this version's format."""
+        existing = self.format(write=False)
         try:
             make_private_dir(self.root)
             for d in (self.queue_dir, self.control_dir, self.log_dir):
                 make_private_dir(d)
         except OSError as e:
             raise StateError(f"{self.root}: cannot create the state directory ({e.strerror})") from None
+        if existing is None or existing < FORMAT:
+            self.format(write=True)
+
+    def format(self, write: bool) -> int | None:
+        """The state's format (None: no state yet); a newer one than this offsite reads is a
+        StateError. With `write`, an older state is migrated in place, one format at a time,
+        each step recorded atomically, so an interrupted migration resumes where it stopped."""
+        doc = self.root / "format.json"
+        data: dict = {}
+        if doc.exists():
+            data = self.read_json("format.json", None)
+            if not isinstance(data, dict) or not isinstance(data.get("format"), int):
+                raise StateError(f"{doc}: unreadable; it should say which state format this is")
+            found: int | None = data["format"]
+        elif (self.queue_dir / "data.db").exists() or (self.root / "owners.json").exists():
+            found = 0  # written before formats were recorded
+        else:
+            found = None
+        if found is not None and found > FORMAT:
+            raise StateError(
+                f"{self.root} was written by a newer offsite ({data.get('written_by', 'unknown version')}, state "
+                f"format {found}); this offsite {__version__} reads formats up to {FORMAT}: upgrade offsite")
+        if write:
+            n = FORMAT if found is None else found
+            while n < FORMAT:
+                MIGRATIONS[n](self)
+                n += 1
+                self.write_json("format.json", {"format": n, "written_by": f"offsite {__version__}"})
+            if found is None:
+                self.write_json("format.json", {"format": FORMAT, "written_by": f"offsite {__version__}"})
+        return found
 
     def agent_running(self) -> bool:
         return self.lock.held_by_other()
