@@ -254,7 +254,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         results.append(line)
         if not args.json:
             if line["ok"]:
-                owner = {"ok": "owner ID ok", "unset": "owner ID not written yet"}[line["owner"]]
+                owner = {"ok": "owner ID ok", "unset": "owner ID not written yet"}[str(line["owner"])]
                 print(f"{job.name}: ok: {line['target']} ({owner})")
             else:
                 print(f"{job.name}: FAILED: {line['target']}: {line['error']}")
@@ -520,8 +520,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
                            threading.BoundedSemaphore(cfg.agent.max_connections))
         if sys.stderr.isatty():
             runner.on_progress = _ProgressBar().update
-        reply: dict = {}
-        runner.request(Request("sync", args.allow_deletes, reply.update))
+        result: dict = {}
+        runner.request(Request("sync", args.allow_deletes, result.update))
         previous = {s: signal.signal(s, lambda *_: runner.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             runner.step()
@@ -531,9 +531,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
             if sys.stderr.isatty():
                 sys.stderr.write("\n")
     if runner.stopping.is_set():
-        reply["ok"] = False
-        reply["error"] = "interrupted; the transfer resumes at the next sync"
-    return _print_sync(job.name, reply, args.json)
+        result["ok"] = False
+        result["error"] = "interrupted; the transfer resumes at the next sync"
+    return _print_sync(job.name, result, args.json)
 
 
 class _ProgressBar:

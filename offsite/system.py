@@ -7,10 +7,11 @@ lives here.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import IO
 
-if os.name == "nt":  # pragma: no cover - not testable on this Linux machine
+if sys.platform == "win32":  # pragma: no cover - not testable on this Linux machine
     import msvcrt
 else:
     import fcntl
@@ -26,7 +27,7 @@ class FileLock:
     def acquire(self) -> bool:
         f = open(self.path, "a+b")
         try:
-            if os.name == "nt":  # pragma: no cover
+            if sys.platform == "win32":  # pragma: no cover
                 f.seek(0)
                 msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
             else:
@@ -40,7 +41,7 @@ class FileLock:
     def release(self) -> None:
         if self._f is not None:
             try:
-                if os.name == "nt":  # pragma: no cover
+                if sys.platform == "win32":  # pragma: no cover
                     self._f.seek(0)
                     msvcrt.locking(self._f.fileno(), msvcrt.LK_UNLCK, 1)
                 else:
@@ -78,7 +79,7 @@ def open_private(path: Path, mode: str = "w"):
 def write_denied_to_others(path: Path) -> bool:
     """Windows: can we open the file while denying writes to others? If another process
     still has it open for writing, it is not complete. Elsewhere there is no such signal."""
-    if os.name != "nt":
+    if sys.platform != "win32":
         return True
     import ctypes  # pragma: no cover
     from ctypes import wintypes  # pragma: no cover

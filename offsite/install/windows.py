@@ -31,7 +31,7 @@ RESTART_AFTER_MS = 30_000
 SYSTEM_SID, ADMINS_SID = "*S-1-5-18", "*S-1-5-32-544"
 
 
-def service_class() -> type:
+def service_class() -> Any:
     """OffsiteService, built when pywin32 is importable (so this module imports anywhere)."""
     import servicemanager
     import win32service

@@ -216,6 +216,7 @@ class WorkQueue:
                 self._batch.append(item)
                 return item  # id 0 until the batch is written
             pqid = self._q.put(_data(item))
+            assert pqid is not None
             return self._remember(replace(item, id=pqid))
 
     def put_many(self, job: str, rows: Iterable[tuple[str, str, int | None, int | None]]) -> list[QueueItem]:
@@ -238,7 +239,7 @@ class WorkQueue:
                     cur = conn.execute(self._q._sql_insert, (self._q._serializer.dumps(_data(it)), time.time()))
                     ids.append(cur.lastrowid)
             self._q.total += len(new)
-            made = {id(it): self._remember(replace(it, id=pqid)) for it, pqid in zip(new, ids)}
+            made = {id(it): self._remember(replace(it, id=int(pqid or 0))) for it, pqid in zip(new, ids)}
             return [made.get(id(it), it) for it in out]
 
     def lease(self, item_id: int) -> QueueItem:

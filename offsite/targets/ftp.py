@@ -64,6 +64,13 @@ class FtpTarget(RemoteFileTarget):
     def describe_server(self) -> str:
         return f"{'ftps' if self.tls else 'ftp'} {self.o['username']}@{self.o['host']}:{self.o['port']}"
 
+    @property
+    def conn(self) -> ftplib.FTP:
+        """The open control connection (a TransientError when there is none)."""
+        if self.ftp is None:
+            raise TransientError(f"not connected to {self.describe_server()}")
+        return self.ftp
+
     def _connect(self) -> None:
         where = f"{self.o['host']}:{self.o['port']}"
         if self.tls:
@@ -78,11 +85,12 @@ class FtpTarget(RemoteFileTarget):
         password = self.o.get("password")
         try:
             ftp.connect(self.o["host"], self.o["port"])
+            assert ftp.sock is not None
             ftp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # long STORs idle the control link
-            if self.tls:
+            if isinstance(ftp, ftplib.FTP_TLS):
                 ftp.auth()
             ftp.login(self.o["username"], password.reveal() if password else "")
-            if self.tls:
+            if isinstance(ftp, ftplib.FTP_TLS):
                 ftp.prot_p()
             ftp.set_pasv(bool(self.o.get("passive", True)))
             ftp.voidcmd("TYPE I")
@@ -132,23 +140,23 @@ class FtpTarget(RemoteFileTarget):
     def _size(self, path: str) -> int | None:
         def size() -> int | None:
             self._binary_mode()
-            return self.ftp.size(path)
+            return self.conn.size(path)
         return self._call(path, size, missing_ok=True)
 
     def _binary_mode(self) -> None:
         """Listings switch the session to ASCII, where SIZE and REST are refused."""
         if not self._binary:
-            self.ftp.voidcmd("TYPE I")
+            self.conn.voidcmd("TYPE I")
             self._binary = True
 
     def _is_dir(self, path: str) -> bool:
-        ok = self._call(path, self.ftp.cwd, path, missing_ok=True)
+        ok = self._call(path, self.conn.cwd, path, missing_ok=True)
         return ok is not None
 
     def _listdir(self, path: str) -> list[Entry]:
         self._binary = False
         try:
-            rows = self._call(path, lambda: list(self.ftp.mlsd(path, facts=["type", "size", "modify"])),
+            rows = self._call(path, lambda: list(self.conn.mlsd(path, facts=["type", "size", "modify"])),
                               missing_ok=True) or []
         except PermanentError:
             return self._list_unix(path)  # no MLSD (vsftpd): the classic LIST
@@ -163,7 +171,7 @@ class FtpTarget(RemoteFileTarget):
     def _list_unix(self, path: str) -> list[Entry]:
         self._binary = False
         lines: list[str] = []
-        self._call(path, self.ftp.retrlines, f"LIST -a {path}", lines.append, missing_ok=True)
+        self._call(path, self.conn.retrlines, f"LIST -a {path}", lines.append, missing_ok=True)
         out = []
         for line in lines:
             parts = line.split(None, 8)  # mode links owner group size month day time|year name
@@ -174,7 +182,7 @@ class FtpTarget(RemoteFileTarget):
 
     def _mkdir(self, path: str) -> None:
         try:
-            self._call(path, self.ftp.mkd, path)
+            self._call(path, self.conn.mkd, path)
         except PermanentError:
             if not self._is_dir(path):
                 raise
@@ -183,30 +191,30 @@ class FtpTarget(RemoteFileTarget):
         if offset:
             try:
                 self._call(path, self._binary_mode)
-                self._call(path, self.ftp.sendcmd, f"REST {offset}")
-                self.ftp.sendcmd("REST 0")  # only probing: storbinary sends its own REST
+                self._call(path, self.conn.sendcmd, f"REST {offset}")
+                self.conn.sendcmd("REST 0")  # only probing: storbinary sends its own REST
             except PermanentError:
                 offset = 0  # no resume on this server: start over
         src.seek(offset)
         reader = _Limited(src, size - offset)
-        self._call(path, self.ftp.storbinary, f"STOR {path}", reader, blocksize=chunk_size(progress, BLOCK),
+        self._call(path, self.conn.storbinary, f"STOR {path}", reader, blocksize=chunk_size(progress, BLOCK),
                    callback=lambda block: progress(len(block)), rest=offset or None)
         return size - offset
 
     def _rename(self, src: str, dst: str) -> None:
         try:
-            self._call(dst, self.ftp.rename, src, dst)
+            self._call(dst, self.conn.rename, src, dst)
         except PermanentError:
             self._remove(dst)  # servers that refuse to replace: remove, then rename
-            self._call(dst, self.ftp.rename, src, dst)
+            self._call(dst, self.conn.rename, src, dst)
 
     def _remove(self, path: str) -> None:
         if self._size(path) is not None:
-            self._call(path, self.ftp.delete, path, missing_ok=True)
+            self._call(path, self.conn.delete, path, missing_ok=True)
 
     def _get_small(self, path: str) -> bytes | None:
         buf = io.BytesIO()
-        done = self._call(path, self.ftp.retrbinary, f"RETR {path}", buf.write, missing_ok=True)
+        done = self._call(path, self.conn.retrbinary, f"RETR {path}", buf.write, missing_ok=True)
         return None if done is None else buf.getvalue()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import BinaryIO
 
@@ -182,7 +183,7 @@ class LocalTarget(Target):
             got = 0
             if fast:
                 try:
-                    got = os.copy_file_range(src.fileno(), dst.fileno(), n, pos, pos)
+                    got = _copy_file_range(src.fileno(), dst.fileno(), n, pos)
                 except OSError as e:
                     if e.errno not in _NO_FAST_COPY:
                         raise
@@ -286,3 +287,10 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _copy_file_range(src: int, dst: int, n: int, pos: int) -> int:
+    """The kernel's copy (Linux); elsewhere the read-and-write fallback above is used."""
+    if sys.platform == "win32":  # pragma: no cover - hasattr(os, "copy_file_range") is False there
+        raise OSError(errno.ENOSYS, "no copy_file_range")
+    return os.copy_file_range(src, dst, n, pos, pos)

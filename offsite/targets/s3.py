@@ -14,18 +14,24 @@ which the server checks, so nothing more is asked after it.
 from __future__ import annotations
 
 import base64
-import io
+import builtins
 import datetime as dt
 import hashlib
+import io
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
 from typing import Any, BinaryIO, Callable, Mapping
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
@@ -99,7 +105,7 @@ class S3Target(Target):
         self.root = f"{prefix}/{folder}/" if prefix else f"{folder}/"
         self.agent = self.root + AGENT_DIR + "/"
         self.staging = self.agent + "staging/"
-        self.client = None
+        self.client: Any = None  # a boto3 client (untyped)
         self._known_records: set[str] | None = None  # staging records, listed at open
 
     def endpoint(self) -> tuple[str, int] | None:
@@ -217,7 +223,7 @@ class S3Target(Target):
     def _record_key(self, relpath: str, size: int, mtime_ns: int) -> str:
         return f"{self.staging}{staging_stem(relpath)}-{size}-{mtime_ns}.json"
 
-    def _records(self, relpath: str | None = None) -> list[str]:
+    def _records(self, relpath: str | None = None) -> builtins.list[str]:
         prefix = self.staging + (staging_stem(relpath) + "-" if relpath else "")
         return [o["Key"] for o in self._keys(prefix)]
 

@@ -73,7 +73,9 @@ class SftpTarget(RemoteFileTarget):
             if self.o.get("accept_new_host_key") and self.o.get("known_hosts"):
                 client.save_host_keys(str(self.o["known_hosts"]))  # remember what was accepted
             self.sftp = client.open_sftp()
-            self.sftp.get_channel().settimeout(TIMEOUT)
+            channel = self.sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(TIMEOUT)
         except paramiko.BadHostKeyException:
             client.close()
             raise PermanentError(
@@ -104,7 +106,8 @@ class SftpTarget(RemoteFileTarget):
                 raise PermanentError(f"the key file {self.o['key_file']} does not exist") from None
             raise TransientError(f"cannot connect to {where}: {e.strerror or e}") from None
         self.client = client
-        if "openssh" in (client.get_transport().remote_version or "").lower():
+        transport = client.get_transport()
+        if transport is not None and "openssh" in (transport.remote_version or "").lower():
             self.request_size = OPENSSH_REQUEST
 
     def close(self) -> None:
@@ -115,11 +118,19 @@ class SftpTarget(RemoteFileTarget):
                 pass
         self.client, self.sftp = None, None
 
+    @property
+    def conn(self) -> paramiko.SFTPClient:
+        """The open SFTP session (a TransientError when there is none)."""
+        if self.sftp is None:
+            raise TransientError(f"not connected to {self.describe_server()}")
+        return self.sftp
+
     def free_space(self) -> int | None:
         """Through OpenSSH's statvfs@openssh.com extension; None on a server without it."""
         assert self.sftp is not None
         try:
-            t, msg = self.sftp._request(CMD_EXTENDED, "statvfs@openssh.com", self.root)
+            # paramiko has no statvfs call: its request primitive sends the extension.
+            t, msg = self.sftp._request(CMD_EXTENDED, "statvfs@openssh.com", self.root)  # type: ignore[attr-defined]
         except (OSError, paramiko.SSHException):
             return None
         if t != CMD_EXTENDED_REPLY:
@@ -153,7 +164,7 @@ class SftpTarget(RemoteFileTarget):
     # ---------------------------------------------------------------- primitives
     def _stat(self, path: str):
         try:
-            return self._call(path, self.sftp.stat, path)
+            return self._call(path, self.conn.stat, path)
         except FileNotFoundError:
             return None
 
@@ -167,7 +178,7 @@ class SftpTarget(RemoteFileTarget):
 
     def _listdir(self, path: str) -> list[Entry]:
         try:
-            attrs = self._call(path, self.sftp.listdir_attr, path)
+            attrs = self._call(path, self.conn.listdir_attr, path)
         except FileNotFoundError:
             return []
         return [Entry(a.filename, stat.S_ISDIR(a.st_mode or 0), a.st_size or 0,
@@ -175,14 +186,14 @@ class SftpTarget(RemoteFileTarget):
 
     def _mkdir(self, path: str) -> None:
         try:
-            self._call(path, self.sftp.mkdir, path)
+            self._call(path, self.conn.mkdir, path)
         except (PermanentError, FileNotFoundError):
             if not self._is_dir(path):
                 raise
 
     def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> int:
         def body() -> None:
-            dst = self.sftp.open(path, "r+b" if offset else "wb", bufsize=self.CHUNK)
+            dst = self.conn.open(path, "r+b" if offset else "wb", bufsize=self.CHUNK)
             try:
                 dst.MAX_REQUEST_SIZE = self.request_size
                 dst.set_pipelined(True)
@@ -211,26 +222,26 @@ class SftpTarget(RemoteFileTarget):
 
     def _set_mtime(self, path: str, mtime_ns: int) -> None:
         t = mtime_ns / 1e9
-        self._call(path, self.sftp.utime, path, (t, t))
+        self._call(path, self.conn.utime, path, (t, t))
 
     def _rename(self, src: str, dst: str) -> None:
         try:
-            self._call(dst, self.sftp.posix_rename, src, dst)
+            self._call(dst, self.conn.posix_rename, src, dst)
         except (PermanentError, OSError):
             # No posix-rename: plain SFTP rename refuses to replace, so remove the old one first.
             self._remove(dst)
-            self._call(dst, self.sftp.rename, src, dst)
+            self._call(dst, self.conn.rename, src, dst)
 
     def _remove(self, path: str) -> None:
         try:
-            self._call(path, self.sftp.remove, path)
+            self._call(path, self.conn.remove, path)
         except FileNotFoundError:
             pass
 
     def _get_small(self, path: str) -> bytes | None:
         try:
             def read() -> bytes:
-                f = self.sftp.open(path, "rb")
+                f = self.conn.open(path, "rb")
                 try:
                     return f.read()
                 finally:

@@ -14,6 +14,7 @@ from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class SourceWatcher:
     def __init__(self, root: Path, hint: Callable[[str], None]) -> None:
         self.root = Path(root)
         self.hint = hint
-        self._observer = None
+        self._observer: BaseObserver | None = None
         self.polling = False
 
     def start(self) -> None:
