@@ -45,6 +45,7 @@ class Facts:
     newest_source: float | None = None  # epoch seconds of the newest backup file at the source
     free_bytes: int | None = None  # on the target, None where unknown
     target: str = ""
+    corrupt: tuple[str, ...] = ()  # images at the source that do not match their .md5 sidecar
 
 
 def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str, str]:
@@ -77,6 +78,11 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
             and t - f.newest_source > limits.inactive_after:
         out["source-inactive"] = (f"no new backup file at the source for {ago(t - f.newest_source)} (limit "
                                   f"{ago(limits.inactive_after)}). Check that the backups still run.")
+    if f.corrupt:
+        names = ", ".join(f.corrupt[:5]) + (f" and {len(f.corrupt) - 5} more" if len(f.corrupt) > 5 else "")
+        out["source-corrupt"] = (f"{len(f.corrupt)} image(s) at the source do not match their .md5 sidecar: {names}. "
+                                 f"The backup itself is damaged (the backup server's disk?) and is not sent. Check "
+                                 f"it with ImageManager; once it is restored, 'offsite queue retry' sends it.")
     if limits.min_free is not None and f.free_bytes is not None and f.free_bytes < limits.min_free:
         out["target-space"] = (f"the target {f.target} has {_size(f.free_bytes)} free (limit "
                                f"{_size(limits.min_free)}). Free space there or raise the quota.")

@@ -156,6 +156,20 @@ def needs_macrium_trailer(relpath: str) -> bool:
     return relpath.casefold().endswith(("mrimgx", "mrbakx"))
 
 
+def sidecar_md5(text: bytes, image_name: str) -> str | None:
+    """The MD5 (lower-case hex) a sidecar's first line gives for `image_name`, or None when
+    the line is not `<32 hex> *<image name>`."""
+    line = text.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+    digest, sep, name = line.partition(" *")
+    if not sep or len(digest) != 32 or name != image_name:
+        return None
+    try:
+        int(digest, 16)
+    except ValueError:
+        return None
+    return digest.lower()
+
+
 def md5_sidecar(f: BackupFile) -> str | None:
     """The relative path of a ShadowProtect image's .md5 sidecar."""
     if f.family != "shadowprotect" or f.role is not Role.IMAGE:

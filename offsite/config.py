@@ -227,6 +227,8 @@ TARGET_OPTIONS: dict[str, dict[str, Opt]] = {
         "secret_access_key": Opt(_string, secret=True),
         "storage_class": Opt(_string),
         "object_lock_days": Opt(_integer(1, 36500)),
+        "sse": Opt(_choice("AES256", "aws:kms"), None, help="server-side encryption asked for on every object"),
+        "sse_kms_key_id": Opt(_string, None, help="the KMS key for sse = \"aws:kms\" (default: the store's)"),
     },
 }
 TARGET_OPTIONS["ftps"] = {**TARGET_OPTIONS["ftp"], "ca_file": Opt(_string, path=True)}
@@ -573,6 +575,8 @@ class _Parser:
                 raise self.fail(key, "give known_hosts or host_key, not both")
         if kind == "smb":
             opts.update(_smb_identity(opts))
+        if kind == "s3" and opts["sse_kms_key_id"] and opts["sse"] != "aws:kms":
+            raise self.fail(f"{key}.sse_kms_key_id", 'applies to sse = "aws:kms" only')
         return Location(name, kind, MappingProxyType(opts))
 
     def job(self, raw: dict, key: str, locations: dict[str, Location]) -> Job:

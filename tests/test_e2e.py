@@ -119,7 +119,8 @@ def test_sigkill_in_the_middle_of_a_large_copy_loses_and_duplicates_nothing(site
     site.config(agent='bandwidth = "25MB/s"')
     big = site.source / "C_VOL-b001.spf"
     big.write_bytes(os.urandom(150 * MiB))
-    (site.source / "C_VOL-b001.md5").write_bytes(b"0" * 32 + b" *C_VOL-b001.spf\r\n")
+    md5 = hashlib.md5(big.read_bytes()).hexdigest().encode()  # the image's own checksum, checked on the way
+    (site.source / "C_VOL-b001.md5").write_bytes(md5 + b" *C_VOL-b001.spf\r\n")
     agent = start_agent()
     wait_until(lambda: staged_size(site) > 60 * MiB, timeout=60, what="the copy to be well under way")
     agent.kill()

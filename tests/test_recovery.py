@@ -3,6 +3,7 @@ log holds clear lines and no library traceback, the transfer goes on soon after 
 is back, and the whole outage is one sync result."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -37,7 +38,8 @@ def sync_lines(log: str) -> list[str]:
 
 def a_pair(site, size: int) -> tuple[bytes, bytes]:
     image = finished_file(site.source / IMAGE, size).read_bytes()
-    sidecar = finished_file(site.source / SIDECAR, data=b"0" * 32 + b" *C_VOL-b001.spf\r\n").read_bytes()
+    md5 = hashlib.md5(image).hexdigest().encode()
+    sidecar = finished_file(site.source / SIDECAR, data=md5 + b" *C_VOL-b001.spf\r\n").read_bytes()
     return image, sidecar
 
 

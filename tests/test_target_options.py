@@ -6,8 +6,8 @@ import io
 import os
 
 import pytest
-
 from conftest import toml_table
+
 from offsite import config
 from offsite.targets import make_target
 from offsite.targets.s3 import MAX_PARTS, part_size
@@ -128,3 +128,44 @@ def test_smb_one_job_closing_leaves_another_jobs_session_alone(servers, tmp_path
     a.close()
     roundtrip(b)  # b's session is still there
     b.close()
+
+
+@pytest.mark.parametrize("kind, sse", [("s3", "AES256"), ("s3", "aws:kms"), ("s3-seaweedfs", "AES256")])
+def test_s3_server_side_encryption_is_asked_for_on_every_object(servers, tmp_path, kind, sse):
+    s3 = servers.get(kind)
+    loc = s3.new_location() | {"sse": sse} | ({"sse_kms_key_id": "offsite-test-key"} if sse == "aws:kms" else {})
+    t = target(tmp_path, loc)
+    t.probe()  # what `offsite check` runs: the store must report the encryption asked for
+    roundtrip(t, "C_VOL-b001-i001-cd.spi")
+    roundtrip(t, "C_VOL-b001.spf", os.urandom(20 * MiB))  # a multipart upload
+    t.write_owner("owner-1")
+    t.close()
+    c = s3.client()
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket=loc["bucket"])["Contents"]]
+    assert {"backups/j/C_VOL-b001.spf", "backups/j/C_VOL-b001-i001-cd.spi", "backups/j/.offsite/owner"} <= set(keys)
+    for key in keys:  # every object offsite wrote, its own records included
+        head = c.head_object(Bucket=loc["bucket"], Key=key)
+        assert head.get("ServerSideEncryption") == sse, key
+        if sse == "aws:kms":
+            assert head.get("SSEKMSKeyId") == "offsite-test-key", key
+
+
+def test_s3_a_store_that_refuses_the_encryption_fails_check_in_one_line(servers, tmp_path):
+    weed = servers.get("s3-seaweedfs")
+    loc = weed.new_location() | {"sse": "aws:kms", "sse_kms_key_id": "no-such-key"}
+    (tmp_path / "src").mkdir()
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(toml_table("t", loc) + f"\n[[jobs]]\nname = 'j'\nsource = '{tmp_path / 'src'}'\nlocation = 't'\n")
+    os.chmod(cfg, 0o600)
+    from conftest import run_offsite
+
+    r = run_offsite(cfg, "check")
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
+    line = next(x for x in r.stdout.splitlines() if x.startswith("j: FAILED"))
+    assert "aws:kms" in line and "no-such-key" in line
+
+
+def test_s3_sse_kms_key_without_kms_is_a_config_error(servers, tmp_path):
+    loc = servers.get("s3").new_location() | {"sse": "AES256", "sse_kms_key_id": "k"}
+    with pytest.raises(config.ConfigError, match='sse_kms_key_id: applies to sse = "aws:kms" only'):
+        target(tmp_path, loc)

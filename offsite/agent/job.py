@@ -164,6 +164,7 @@ class JobRunner:
             if self.last_sync and self.last_sync.get("ok") else None
         self.last_success = state.read_json("success.json", {}).get(job.name, self.last_success)
         self.trouble_since: float | None = None  # epoch seconds transient trouble began
+        self.source_corrupt: set[str] = set()  # images that did not match their .md5 sidecar
         self.newest_source: float | None = None  # epoch seconds of the newest backup file at the source
         self.free_bytes: int | None = None  # on the target, where the protocol tells
         self._free_at = 0.0  # next look at the target's free space (monotonic)
@@ -235,9 +236,11 @@ class JobRunner:
 
     def facts(self) -> dict:
         """What the alert rules need beside the status."""
+        corrupt = sorted(p for p in list(self.source_corrupt)
+                         if any(i.state == "failed" for i in self.queue.at(self.job.name, p)))
         with self._lock:
             return {"error": self.error, "trouble": self.transient_error, "trouble_since": self.trouble_since,
-                    "newest_source": self.newest_source, "target": self.where}
+                    "newest_source": self.newest_source, "target": self.where, "corrupt": tuple(corrupt)}
 
     def _transfer(self) -> dict | None:
         """The file being sent (the biggest, when several are), and the job's rate."""
@@ -625,6 +628,7 @@ class JobRunner:
             self.queue.ack(it.id)
             self.target_files[path] = RemoteFile(task.size, task.mtime_ns if self.keeps_mtime else None)
             stats.published(path, task.size)
+            self.source_corrupt.discard(path)
             self.counters["files_sent"] += 1
             self.counters["bytes_sent"] += task.size
             log.info("job %s: sent %s (%d bytes)", self.job.name, path, task.size)
@@ -656,6 +660,15 @@ class JobRunner:
         elif o.kind == "interrupted":
             self.queue.release(it.id, count_attempt=False)
             return True
+        elif o.kind == "corrupt":
+            self.counters["transfer_failures"] += 1
+            msg = f"{path}: {o.error}"
+            log.error("job %s: %s; it is not sent until the image is restored and retried "
+                      "('offsite queue retry %d')", self.job.name, msg, it.id)
+            self.queue.fail(it.id, str(o.error))
+            self.source_corrupt.add(path)
+            stats.error(msg)
+            stats.ok = False
         elif o.kind == "unreadable":
             self.counters["transfer_failures"] += 1
             log.error("job %s: %s", self.job.name, o.error)

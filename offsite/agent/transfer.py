@@ -9,13 +9,15 @@ any later staged files right behind it, so no thread ever waits for another's tu
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue as stdqueue
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import BinaryIO, Callable, NamedTuple, cast
 
+from ..backupfiles import classify, md5_sidecar, sidecar_md5
 from ..config import Job
 from ..errors import Interrupted, PermanentError, SourceError, TransientError
 from ..queue import QueueItem
@@ -24,6 +26,59 @@ from .dispatcher import Dispatch
 from .throttle import Throttle
 
 log = logging.getLogger(__name__)
+
+
+CORRUPT = "the image at the source does not match its .md5 sidecar: the backup itself is damaged"
+
+
+class HashingReader:
+    """The source file as the target reads it, with the MD5 of every byte of the file: bytes
+    read in order are hashed as they pass; a gap (an upload resumed at an offset, S3 parts
+    read out of order) is read once more from the file, so a resumed upload is checked as
+    fully as a whole one. No fileno(): the local target then copies through read(), not
+    the kernel, so every byte is seen."""
+
+    def __init__(self, f, size: int) -> None:
+        self.f, self.size = f, size
+        self.md5 = hashlib.md5()
+        self.hashed = 0  # bytes [0, hashed) are in the digest
+        self.bytes_reread = 0  # read a second time to fill gaps (for tests and the bench)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.f.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self.f.tell()
+        if pos > self.hashed:
+            self._fill(pos)
+            self.f.seek(pos)
+        data = self.f.read(n)
+        if pos == self.hashed:
+            self.md5.update(data)
+            self.hashed += len(data)
+        elif pos < self.hashed < pos + len(data):
+            self.md5.update(data[self.hashed - pos:])
+            self.hashed = pos + len(data)
+        return data
+
+    def _fill(self, upto: int) -> None:
+        self.f.seek(self.hashed)
+        while self.hashed < upto:
+            chunk = self.f.read(min(1 << 20, upto - self.hashed))
+            if not chunk:
+                break
+            self.md5.update(chunk)
+            self.hashed += len(chunk)
+            self.bytes_reread += len(chunk)
+
+    def hexdigest(self) -> str:
+        """The MD5 of the whole file (what was not read yet is read now)."""
+        if self.hashed < self.size:
+            self._fill(self.size)
+        return self.md5.hexdigest()
 
 
 @dataclass
@@ -38,7 +93,7 @@ class Task:
 
 
 class Outcome(NamedTuple):
-    kind: str  # published | deleted | skipped | changed | interrupted | failed | unreadable | idle
+    kind: str  # published | deleted | skipped | changed | interrupted | failed | unreadable | corrupt | idle
     task: Task | None
     error: Exception | None = None
 
@@ -168,6 +223,10 @@ class Transfers:
             for path in task.room:  # staged by later files of its chain: room for this one
                 target.discard(path)
             kind = self._stage(target, task)
+            if kind == "corrupt":
+                self.dispatch.hold(task.item.id)
+                self.results.put(Outcome("corrupt", task, SourceError(CORRUPT)))
+                return True
             if kind == "changed":
                 self.dispatch.hold(task.item.id)
                 self.results.put(Outcome("changed", task))
@@ -227,8 +286,11 @@ class Transfers:
                     raise Interrupted("the job's window closed")
 
             progress.chunk = self.throttle.chunk()  # type: ignore[attr-defined]
+            expected = self._expected_md5(path)
+            reader = HashingReader(f, task.size) if expected else f
             try:
-                target.upload(path, f, task.size, task.mtime_ns, progress)
+                target.upload(path, cast(BinaryIO, reader), task.size, task.mtime_ns, progress)
+                digest = reader.hexdigest() if isinstance(reader, HashingReader) else None
             except OSError as e:
                 raise SourceError(f"cannot read {src} ({e.strerror})") from None
         try:
@@ -238,4 +300,20 @@ class Transfers:
         if after is None or (after.st_size, after.st_mtime_ns) != (task.size, task.mtime_ns):
             target.discard(path)
             return "changed"
+        if expected and digest != expected:
+            target.discard(path)  # nothing of it is published, nor kept to resume from
+            return "corrupt"
         return "staged"
+
+    def _expected_md5(self, path: str) -> str | None:
+        """A ShadowProtect image's MD5 as its .md5 sidecar at the source gives it, if any."""
+        f = classify(path, self.job.family)
+        sidecar = md5_sidecar(f) if f is not None else None
+        if sidecar is None:
+            return None
+        try:
+            with open(self.job.source.joinpath(*sidecar.split("/")), "rb") as s:
+                head = s.read(4096)
+        except OSError:
+            return None  # no sidecar (yet): nothing to compare with
+        return sidecar_md5(head, path.rsplit("/", 1)[-1])

@@ -175,7 +175,7 @@ class LocalTarget(Target):
 
     def _copy(self, src: BinaryIO, dst: BinaryIO, offset: int, size: int, ckpt: Path,
               progress: Progress) -> int:
-        fast = hasattr(os, "copy_file_range")
+        fast = hasattr(os, "copy_file_range") and hasattr(src, "fileno")  # not through a hashing reader
         pos, last_ckpt = offset, offset
         step = chunk_size(progress, CHUNK)
         while pos < size:

@@ -201,7 +201,21 @@ class S3Target(Target):
 
     def _put(self, key: str, data: bytes, **extra) -> None:
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-        self._call(key, self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentMD5=md5, **extra)
+        self._call(key, self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentMD5=md5,
+                   **self._sse(), **extra)
+
+    def _sse_text(self) -> str:
+        key = self.o.get("sse_kms_key_id")
+        return f"sse {self.o.get('sse')}" + (f" with key {key}" if key else "")
+
+    def _sse(self) -> dict:
+        """Server-side encryption, asked for on every object written (records included)."""
+        out: dict[str, str] = {}
+        if self.o.get("sse"):
+            out["ServerSideEncryption"] = self.o["sse"]
+            if self.o.get("sse_kms_key_id"):
+                out["SSEKMSKeyId"] = self.o["sse_kms_key_id"]
+        return out
 
     def read_owner(self) -> str | None:
         data = self._get(self.agent + OWNER_FILE)
@@ -258,7 +272,7 @@ class S3Target(Target):
         if record is None:
             psize = part_size(size)
             r = self._call(key, self.client.create_multipart_upload, Bucket=self.bucket, Key=key,
-                           **self._object_extra())
+                           **self._sse(), **self._object_extra())
             upload_id, done = r["UploadId"], {}
             self._put(record_key, json.dumps({"key": key, "upload_id": upload_id, "part_size": psize}).encode())
             if self._known_records is not None:
@@ -381,10 +395,26 @@ class S3Target(Target):
 
     def probe(self) -> None:
         tmp, final = self.agent + PROBE_NAME + ".tmp", self.agent + PROBE_NAME
-        self._put(tmp, b"offsite probe\n")
+        try:
+            self._put(tmp, b"offsite probe\n")
+        except (TransientError, PermanentError) as e:
+            if not self._sse():
+                raise
+            raise PermanentError(
+                f"{self.describe()} refused an object written with server-side encryption {self._sse_text()} "
+                f"({e}): check that the store supports it and knows that key") from None
         self._call(final, self.client.copy_object, Bucket=self.bucket, Key=final,
-                   CopySource={"Bucket": self.bucket, "Key": tmp})
+                   CopySource={"Bucket": self.bucket, "Key": tmp}, **self._sse())
         self._call(tmp, self.client.delete_object, Bucket=self.bucket, Key=tmp)
         if self._get(final) != b"offsite probe\n":
             raise PermanentError(f"the probe object in {self.describe()} did not read back as written")
+        asked = self._sse()
+        if asked:  # the store must say it encrypted the object as asked, not ignore the header
+            head = self._call(final, self.client.head_object, Bucket=self.bucket, Key=final)
+            got = {k: head.get(k) for k in asked}
+            if got != asked:
+                self._call(final, self.client.delete_object, Bucket=self.bucket, Key=final)
+                raise PermanentError(
+                    f"{self.describe()} did not encrypt the probe object as asked ({self._sse_text()}; the store "
+                    f"reported {got.get('ServerSideEncryption') or 'no encryption'})")
         self._call(final, self.client.delete_object, Bucket=self.bucket, Key=final)

@@ -1,0 +1,93 @@
+"""Images are checked against their own .md5 sidecar while they are sent: a damaged backup
+at the source is never published, and says so."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+
+import pytest
+from conftest import finished_file, wait_until
+
+from offsite.agent.transfer import CORRUPT, HashingReader
+from offsite.backupfiles import sidecar_md5
+
+MiB = 1024 * 1024
+DATA = os.urandom(5 * MiB + 123)
+MD5 = hashlib.md5(DATA).hexdigest()
+
+
+def test_a_whole_read_is_hashed_once_without_reading_twice():
+    r = HashingReader(io.BytesIO(DATA), len(DATA))
+    while r.read(1 << 20):
+        pass
+    assert r.hexdigest() == MD5 and r.bytes_reread == 0
+
+
+def test_a_resumed_upload_hashes_the_part_it_resumes_from_once():
+    r = HashingReader(io.BytesIO(DATA), len(DATA))
+    r.seek(3 * MiB)  # the target had 3 MiB staged
+    while r.read(1 << 20):
+        pass
+    assert r.hexdigest() == MD5 and r.bytes_reread == 3 * MiB
+
+
+def test_parts_read_out_of_order_and_read_again_still_give_the_files_md5():
+    r = HashingReader(io.BytesIO(DATA), len(DATA))
+    for start in (2 * MiB, 0, 1 * MiB, 2 * MiB, 4 * MiB):  # S3 parts in any order, one resent
+        r.seek(start)
+        r.read(MiB)
+    assert r.hexdigest() == MD5
+
+
+def test_a_file_cut_short_is_not_its_md5():
+    r = HashingReader(io.BytesIO(DATA[:-1]), len(DATA))
+    assert r.hexdigest() != MD5
+
+
+@pytest.mark.parametrize("line, expected", [
+    (f"{MD5} *C_VOL-b001.spf\r\n;{{guid}};2026/11/24\r\n".encode(), MD5),
+    (f"{MD5.upper()} *C_VOL-b001.spf\r\n".encode(), MD5),
+    (f"{MD5} *C_VOL-b002.spf\r\n".encode(), None),  # names another image
+    (b"not a checksum *C_VOL-b001.spf\r\n", None),
+    (b"", None),
+])
+def test_sidecar_md5(line, expected):
+    assert sidecar_md5(line, "C_VOL-b001.spf") == expected
+
+
+def test_an_image_that_no_longer_matches_its_sidecar_is_not_published_and_raises_source_corrupt(site, start_agent):
+    site.config(agent='rescan = "3s"')
+    image = finished_file(site.source / "C_VOL-b001.spf", 3 * MiB)
+    good = image.read_bytes()
+    finished_file(site.source / "C_VOL-b001.md5", data=hashlib.md5(good).hexdigest().encode() + b" *C_VOL-b001.spf\r\n")
+    st = image.stat()
+    with open(image, "r+b") as f:  # bit rot after ShadowProtect wrote the sidecar: one byte flipped
+        f.seek(1_000_000)
+        byte = f.read(1)
+        f.seek(1_000_000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and time: only the bytes differ
+    finished_file(site.source / "D_VOL-b001.spf", 1000)  # another chain goes on
+    agent = start_agent()
+    wait_until(lambda: "D_VOL-b001.spf" in site.target_files(), what="the other chain")
+    items = wait_until(lambda: [i for i in json.loads(site.offsite("queue", "list", "--json").stdout)
+                                if i["state"] == "failed"], what="the failed image")
+    assert [(i["path"], i["last_error"]) for i in items] == [("C_VOL-b001.spf", CORRUPT)]
+    assert set(site.target_files()) == {"D_VOL-b001.spf"}  # neither the image nor its sidecar
+    staging = site.target / ".offsite" / "staging"
+    # Nothing of the image is kept to resume from (its sidecar, staged meanwhile, waits behind it).
+    assert sum(p.stat().st_size for p in staging.glob("*.part")) < 1000
+    alerts = wait_until(lambda: site.job_status()["alerts"], what="the alert")
+    assert [a["name"] for a in alerts] == ["source-corrupt"] and "C_VOL-b001.spf" in alerts[0]["message"]
+    assert f"C_VOL-b001.spf: {CORRUPT}" in agent.output()
+    image.write_bytes(good)  # restored from elsewhere, same bytes, size and time as the sidecar says
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = site.offsite("queue", "retry", str(items[0]["id"]))
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: set(site.target_files()) == {"C_VOL-b001.spf", "C_VOL-b001.md5", "D_VOL-b001.spf"},
+               what="the image sent after the retry")
+    assert (site.target / "C_VOL-b001.spf").read_bytes() == good
+    wait_until(lambda: site.job_status()["alerts"] == [], what="the alert to clear")
+    assert agent.stop() == 0
