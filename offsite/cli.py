@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
+import math
 import os
+import random
 import signal
 import socket
 import sys
@@ -18,20 +21,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, logs, notify
 from . import config as config_mod
-from . import logs, notify
 from .agent import control, schedule
 from .agent.job import JobRunner, Request
 from .agent.service import Agent
+from .agent.throttle import Throttle
 from .alerts import Book
+from .backupfiles import classify, md5_sidecar, sidecar_md5
 from .config import Config, Job
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LockedError, OffsiteError, UsageError
 from .queue import WorkQueue, read_items, summary
 from .selection import Rules, plan
-from .state import StateDir
+from .state import Hashes, StateDir
 from .targets import make_target
-from .units import format_bytes
+from .units import format_bytes, parse_duration
 from .watchers import SourceView
 
 log = logging.getLogger("offsite")
@@ -95,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp = cmd("reinit", cmd_reinit, "take over a target folder whose owner ID belongs to someone else")
     sp.add_argument("job", metavar="JOB")
+
+    sp = cmd("verify", cmd_verify, "read the offsite copy back and compare it with the hashes recorded when it was "
+             "sent, and images with their .md5; changes nothing")
+    sp.add_argument("job", metavar="JOB")
+    sp.add_argument("--sample", type=float, default=100.0, metavar="PERCENT", help="check this share of the files")
+    sp.add_argument("--since", metavar="AGE", help="only files published within this long (30m, 12h, 7d)")
+    sp.add_argument("--json", action="store_true")
 
     sv = sub.add_parser("service", help="install offsite as a system service (systemd, Windows)",
                         description="install offsite as a system service (systemd, Windows)")
@@ -278,6 +289,7 @@ def _status_data(cfg: Config) -> dict:
         items, queue_error = [], str(e)
     results = state.read_json("results.json", {})
     book = Book.of(state.read_json("alerts.json", {}))
+    verified = state.read_json("verify.json", {})
     now = dt.datetime.now().astimezone()
     jobs = []
     for job in cfg.jobs:
@@ -296,6 +308,7 @@ def _status_data(cfg: Config) -> dict:
             "lag_seconds": round(max(0.0, now.timestamp() - oldest / 1e9), 1) if oldest else 0.0,
             "transfer": None,
             "alerts": book.of_job(job.name),
+            "last_verify": verified.get(job.name) if isinstance(verified, dict) else None,
         })
         if queue_error:
             jobs[-1]["state"] = "error"
@@ -410,6 +423,85 @@ def cmd_service_status(args: argparse.Namespace) -> int:
     from .install import linux
 
     return linux.status()
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    cfg = _config(args, check_sources=False)
+    job = _job(cfg, args.job)
+    state = _state(cfg)
+    if not 0 < args.sample <= 100:
+        raise UsageError(f"--sample must be a percentage above 0 and at most 100 (got {args.sample:g})")
+    try:
+        since = parse_duration(args.since) if args.since else None
+    except ValueError as e:
+        raise UsageError(f"--since {e}") from None
+    started = dt.datetime.now().astimezone()
+    hashes = Hashes(state.root, readonly=True)
+    recorded = hashes.of_job(job.name)
+    hashes.close()
+    target = make_target(job)
+    target.open(create=False)
+    try:
+        listed = target.list()
+        paths = sorted(p for p in listed if since is None or (p in recorded and recorded[p][2] >= time.time() - since))
+        if args.sample < 100:
+            paths = sorted(random.sample(paths, max(1, math.ceil(len(paths) * args.sample / 100)))) if paths else []
+        throttle = Throttle(job.bandwidth or cfg.agent.bandwidth)
+        bad: list[dict] = []
+        unrecorded, read = 0, 0
+        bar = _ProgressBar() if sys.stderr.isatty() and not args.json else None
+        total = sum(listed[p].size for p in paths)
+        for path in paths:
+            md5 = hashlib.md5()
+
+            def sink(chunk: bytes, md5=md5) -> None:
+                nonlocal read
+                md5.update(chunk)
+                read += len(chunk)
+                throttle.consume(len(chunk))
+
+            if not target.read_back(path, sink):
+                bad.append({"path": path, "problem": "missing on the target"})
+                continue
+            digest = md5.hexdigest()
+            if bar:
+                bar.update(path, read, total)
+            problem = None
+            if path in recorded:
+                if recorded[path][1] != digest:
+                    problem = "does not match the MD5 recorded when it was sent"
+            else:
+                unrecorded += 1
+            f = classify(path, job.family)
+            sidecar = md5_sidecar(f) if f is not None else None
+            if problem is None and sidecar is not None and sidecar in listed:
+                buf = bytearray()
+                if target.read_back(sidecar, buf.extend):
+                    expected = sidecar_md5(bytes(buf[:4096]), path.rsplit("/", 1)[-1])
+                    if expected is not None and expected != digest:
+                        problem = "does not match its .md5 sidecar on the target"
+            if problem:
+                bad.append({"path": path, "problem": problem})
+        if bar:
+            sys.stderr.write("\n")
+    finally:
+        target.close()
+    result = {"job": job.name, "started": started.isoformat(timespec="seconds"),
+              "finished": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "files_checked": len(paths),
+              "bytes_read": read, "unrecorded": unrecorded, "mismatches": bad}
+    try:
+        state.update_json("verify.json", lambda d: d.__setitem__(job.name, result))
+    except OffsiteError:
+        pass  # a read-only state directory: the result is still printed
+    if args.json:
+        _print_json(result)
+    else:
+        for b in bad:
+            print(f"{job.name}: BAD {b['path']}: {b['problem']}")
+        print(f"{job.name}: {len(paths)} file(s) checked, {format_bytes(read)} read, {len(bad)} bad"
+              + (f", {unrecorded} sent before hashes were recorded (checked against sidecars only)" if unrecorded
+                 else ""))
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def cmd_notify_test(args: argparse.Namespace) -> int:

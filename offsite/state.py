@@ -10,6 +10,8 @@ Layout (created owner-only):
     control/          requests from commands to the running agent, and its replies
     logs/offsite.log  the agent's log
     alerts.json       the alerts in force and recent alert events
+    hashes.db         the MD5 of every file as it was published (SQLite), for `offsite verify`
+    verify.json       each job's last verify result
     format.json       the state format: a newer agent migrates an older state in place, an
                       older agent refuses a newer one (SPEC section 7)
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -183,3 +186,51 @@ class StateDir:
             if deadline is not None and time.monotonic() > deadline:
                 raise OffsiteError("the agent did not answer in time")
             time.sleep(0.2)
+
+
+class Hashes:
+    """The MD5 of every published file, as computed from the bytes sent (state/hashes.db).
+    One row per job and path, replaced when a new version is published, removed when the
+    file is deleted on the target; written by the job coordinators, read by `verify`."""
+
+    def __init__(self, root: Path, readonly: bool = False) -> None:
+        db = Path(root) / "hashes.db"
+        try:
+            if readonly:
+                self._db = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10,
+                                           check_same_thread=False) if db.exists() else None
+            else:
+                self._db = sqlite3.connect(str(db), timeout=30, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS published (job TEXT, path TEXT, size INTEGER, "
+                                 "md5 TEXT, at REAL, PRIMARY KEY (job, path))")
+                self._db.commit()
+        except sqlite3.Error as e:
+            raise StateError(f"{db}: cannot open the hash records ({e})") from None
+        self._lock = threading.Lock()
+
+    def record(self, job: str, path: str, size: int, md5: str) -> None:
+        assert self._db is not None
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO published VALUES (?, ?, ?, ?, ?)",
+                             (job, path, size, md5, time.time()))
+            self._db.commit()
+
+    def forget(self, job: str, path: str) -> None:
+        assert self._db is not None
+        with self._lock:
+            self._db.execute("DELETE FROM published WHERE job = ? AND path = ?", (job, path))
+            self._db.commit()
+
+    def of_job(self, job: str) -> dict[str, tuple[int, str, float]]:
+        """path -> (size, md5, when published)."""
+        if self._db is None:
+            return {}
+        with self._lock:
+            rows = self._db.execute("SELECT path, size, md5, at FROM published WHERE job = ?", (job,)).fetchall()
+        return {p: (size, md5, at) for p, size, md5, at in rows}
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()

@@ -27,7 +27,7 @@ from ..errors import (
 from ..backupfiles import Role, classify
 from ..queue import QueueItem, WorkQueue
 from ..selection import MONTHLY_LEVELS, Plan, RemoteFile, Rules, hold, plan_chain
-from ..state import StateDir
+from ..state import Hashes, StateDir
 from ..targets import Target, make_target, reachable
 from ..watchers import SourceView
 from . import control, schedule
@@ -165,6 +165,7 @@ class JobRunner:
         self.last_success = state.read_json("success.json", {}).get(job.name, self.last_success)
         self.trouble_since: float | None = None  # epoch seconds transient trouble began
         self.source_corrupt: set[str] = set()  # images that did not match their .md5 sidecar
+        self.hashes = Hashes(state.root)  # the MD5 of each file published, for verify
         self.newest_source: float | None = None  # epoch seconds of the newest backup file at the source
         self.free_bytes: int | None = None  # on the target, where the protocol tells
         self._free_at = 0.0  # next look at the target's free space (monotonic)
@@ -628,6 +629,8 @@ class JobRunner:
             self.queue.ack(it.id)
             self.target_files[path] = RemoteFile(task.size, task.mtime_ns if self.keeps_mtime else None)
             stats.published(path, task.size)
+            if task.md5:
+                self.hashes.record(self.job.name, path, task.size, task.md5)
             self.source_corrupt.discard(path)
             self.counters["files_sent"] += 1
             self.counters["bytes_sent"] += task.size
@@ -642,6 +645,7 @@ class JobRunner:
             self.queue.ack(it.id)
             self.target_files.pop(path, None)
             stats.removed(path)
+            self.hashes.forget(self.job.name, path)
             self.counters["files_deleted"] += 1
             log.info("job %s: deleted %s", self.job.name, path)
             self._healthy()

@@ -232,8 +232,10 @@ class Agent:
                 log.error("%s", e)
             except Exception:  # a bug in alerting must never stop replication
                 log.exception("unexpected error while evaluating alerts")
+        verified = self.state.read_json("verify.json", {})
         for st in jobs:
             st["alerts"] = self.watch.of_job(st["name"]) if self.watch is not None else []
+            st["last_verify"] = verified.get(st["name"]) if isinstance(verified, dict) else None
         mono = time.monotonic()
         if not self._sizes[0] or mono - self._sizes[0] >= SIZES_EVERY:
             self._sizes = (mono, self.state.size_bytes(), count_rows(self.state.queue_dir))

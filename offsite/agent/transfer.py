@@ -89,6 +89,7 @@ class Task:
     wire: int = 0  # bytes that went over the wire for it
     done: int = 0  # of `size`, in this attempt
     alone: bool = False  # started with no other transfer of the job running, nor to start
+    md5: str | None = None  # of the bytes staged, once staged
     room: list[str] = field(default_factory=list)  # staged files to discard before it starts
 
 
@@ -287,10 +288,10 @@ class Transfers:
 
             progress.chunk = self.throttle.chunk()  # type: ignore[attr-defined]
             expected = self._expected_md5(path)
-            reader = HashingReader(f, task.size) if expected else f
+            reader = HashingReader(f, task.size)  # every file: its hash is recorded for verify
             try:
                 target.upload(path, cast(BinaryIO, reader), task.size, task.mtime_ns, progress)
-                digest = reader.hexdigest() if isinstance(reader, HashingReader) else None
+                digest = task.md5 = reader.hexdigest()
             except OSError as e:
                 raise SourceError(f"cannot read {src} ({e.strerror})") from None
         try:

@@ -89,6 +89,11 @@ class Target(abc.ABC):
     def close(self) -> None:
         """Release connections; never raises."""
 
+    def read_back(self, relpath: str, sink: Callable[[bytes], None]) -> bool:
+        """Stream a published file's bytes to `sink`, in order (for `offsite verify`); False
+        when there is no such file. Never changes the target."""
+        raise NotImplementedError
+
     def free_space(self) -> int | None:
         """Free bytes where the target's protocol reports them (local, SMB, SFTP with the
         statvfs extension); None where it cannot tell."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import io
 import posixpath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
@@ -136,6 +136,13 @@ class RemoteFileTarget(Target):
             return {}
         return {r: RemoteFile(e.size, e.mtime_ns if self.keeps_mtime else None)
                 for r, e in self._walk(self.root, "")}
+
+    def read_back(self, relpath: str, sink: Callable[[bytes], None]) -> bool:
+        return self._read_into(self._final(relpath), sink)
+
+    @abc.abstractmethod
+    def _read_into(self, path: str, sink: Callable[[bytes], None]) -> bool:
+        """Stream a file's bytes to `sink`; False when there is no such file."""
 
     def read_owner(self) -> str | None:
         data = self._get_small(posixpath.join(self.agent, OWNER_FILE))

@@ -212,6 +212,9 @@ class FtpTarget(RemoteFileTarget):
         if self._size(path) is not None:
             self._call(path, self.conn.delete, path, missing_ok=True)
 
+    def _read_into(self, path: str, sink: Callable[[bytes], None]) -> bool:
+        return self._call(path, self.conn.retrbinary, f"RETR {path}", sink, BLOCK, missing_ok=True) is not None
+
     def _get_small(self, path: str) -> bytes | None:
         buf = io.BytesIO()
         done = self._call(path, self.conn.retrbinary, f"RETR {path}", buf.write, missing_ok=True)

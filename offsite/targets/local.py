@@ -17,11 +17,20 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from ..errors import PermanentError, TargetFull, TransientError
 from ..selection import RemoteFile
-from .base import AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, chunk_size, staging_stem
+from .base import (
+    AGENT_DIR,
+    OWNER_FILE,
+    PROBE_NAME,
+    Progress,
+    Target,
+    check_relpath,
+    chunk_size,
+    staging_stem,
+)
 
 CHUNK = 1024 * 1024  # small enough for a smooth throttle; copy_file_range keeps it cheap
 CHECKPOINT = 16 * 1024 * 1024
@@ -80,6 +89,18 @@ class LocalTarget(Target):
 
     def close(self) -> None:
         pass
+
+    def read_back(self, relpath: str, sink: Callable[[bytes], None]) -> bool:
+        path = self.root.joinpath(*check_relpath(relpath).split("/"))
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    sink(chunk)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise self._error(e, relpath) from None
+        return True
 
     def free_space(self) -> int | None:
         try:

@@ -195,6 +195,20 @@ class S3Target(Target):
         return {o["Key"][len(self.root):]: RemoteFile(o["Size"]) for o in self._keys(self.root)
                 if not o["Key"].startswith(self.agent) and not o["Key"].endswith("/")}
 
+    def read_back(self, relpath: str, sink: Callable[[bytes], None]) -> bool:
+        key = self.root + check_relpath(relpath)
+        r = self._call(key, self.client.get_object, missing_ok=True, Bucket=self.bucket, Key=key)
+        if r is None:
+            return False
+        try:
+            for chunk in r["Body"].iter_chunks(1 << 20):
+                sink(chunk)
+        except (BotoCoreError, OSError) as e:
+            raise TransientError(f"reading {relpath} back from {self.describe()} broke: {e}") from None
+        finally:
+            r["Body"].close()
+        return True
+
     def _get(self, key: str) -> bytes | None:
         r = self._call(key, self.client.get_object, missing_ok=True, Bucket=self.bucket, Key=key)
         return None if r is None else r["Body"].read()

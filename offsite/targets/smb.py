@@ -15,7 +15,12 @@ from collections import deque
 from typing import Any, BinaryIO, Callable, Mapping
 
 import smbclient
-from smbprotocol.exceptions import SMBAuthenticationError, SMBException, SMBOSError, SMBResponseException
+from smbprotocol.exceptions import (
+    SMBAuthenticationError,
+    SMBException,
+    SMBOSError,
+    SMBResponseException,
+)
 
 from ..errors import PermanentError, TargetFull, TransientError
 from .base import Progress, chunk_size
@@ -215,6 +220,15 @@ class SmbTarget(RemoteFileTarget):
 
     def _remove(self, path: str) -> None:
         self._call(path, smbclient.remove, self._unc(path), missing_ok=True)
+
+    def _read_into(self, path: str, sink: Callable[[bytes], None]) -> bool:
+        def read(port: int) -> bool:
+            with smbclient.open_file(self._unc(path), mode="rb", buffering=0, port=port) as f:
+                while chunk := f.read(CHUNK):
+                    sink(chunk)
+            return True
+
+        return bool(self._call(path, read, missing_ok=True))
 
     def _get_small(self, path: str) -> bytes | None:
         def read(port: int) -> bytes:
