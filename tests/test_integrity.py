@@ -91,3 +91,15 @@ def test_an_image_that_no_longer_matches_its_sidecar_is_not_published_and_raises
     assert (site.target / "C_VOL-b001.spf").read_bytes() == good
     wait_until(lambda: site.job_status()["alerts"] == [], what="the alert to clear")
     assert agent.stop() == 0
+
+
+def test_a_big_file_is_hashed_on_its_own_thread_with_the_same_result():
+    big = os.urandom(HashingReader.PIPELINE_FROM + 5 * MiB + 7)
+    for start in (0, 3 * MiB):  # whole, and resumed
+        r = HashingReader(io.BytesIO(big), len(big))
+        assert r._hasher is not None
+        r.seek(start)
+        while r.read(1 << 20):
+            pass
+        assert r.hexdigest() == hashlib.md5(big).hexdigest()
+        assert not r._hasher.is_alive()
