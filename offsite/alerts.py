@@ -46,6 +46,7 @@ class Facts:
     free_bytes: int | None = None  # on the target, None where unknown
     target: str = ""
     corrupt: tuple[str, ...] = ()  # images at the source that do not match their .md5 sidecar
+    verify_bad: tuple[str, ...] = ()  # copies the last verify found not as sent
 
 
 def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str, str]:
@@ -83,6 +84,11 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
         out["source-corrupt"] = (f"{len(f.corrupt)} image(s) at the source do not match their .md5 sidecar: {names}. "
                                  f"The backup itself is damaged (the backup server's disk?) and is not sent. Check "
                                  f"it with ImageManager; once it is restored, 'offsite queue retry' sends it.")
+    if f.verify_bad:
+        names = ", ".join(f.verify_bad[:5]) + (f" and {len(f.verify_bad) - 5} more" if len(f.verify_bad) > 5 else "")
+        out["verify-failed"] = (f"the last verify found {len(f.verify_bad)} copy(ies) on the target not as sent: "
+                                f"{names}. Check the target's storage; 'offsite verify {job}' lists them, and a "
+                                f"copy deleted on the target is sent again at the next rescan.")
     if limits.min_free is not None and f.free_bytes is not None and f.free_bytes < limits.min_free:
         out["target-space"] = (f"the target {f.target} has {_size(f.free_bytes)} free (limit "
                                f"{_size(limits.min_free)}). Free space there or raise the quota.")

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import logging
-import math
 import os
-import random
 import signal
 import socket
 import sys
@@ -28,7 +25,6 @@ from .agent.job import JobRunner, Request
 from .agent.service import Agent
 from .agent.throttle import Throttle
 from .alerts import Book
-from .backupfiles import classify, md5_sidecar, sidecar_md5
 from .config import Config, Job
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LockedError, OffsiteError, UsageError
 from .queue import WorkQueue, read_items, summary
@@ -36,6 +32,7 @@ from .selection import Rules, plan
 from .state import Hashes, StateDir
 from .targets import make_target
 from .units import format_bytes, parse_duration
+from .verify import verify
 from .watchers import SourceView
 
 log = logging.getLogger("offsite")
@@ -435,60 +432,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         since = parse_duration(args.since) if args.since else None
     except ValueError as e:
         raise UsageError(f"--since {e}") from None
-    started = dt.datetime.now().astimezone()
     hashes = Hashes(state.root, readonly=True)
     recorded = hashes.of_job(job.name)
     hashes.close()
     target = make_target(job)
     target.open(create=False)
+    throttle = Throttle(job.bandwidth or cfg.agent.bandwidth)
+    bar = _ProgressBar() if sys.stderr.isatty() and not args.json else None
     try:
-        listed = target.list()
-        paths = sorted(p for p in listed if since is None or (p in recorded and recorded[p][2] >= time.time() - since))
-        if args.sample < 100:
-            paths = sorted(random.sample(paths, max(1, math.ceil(len(paths) * args.sample / 100)))) if paths else []
-        throttle = Throttle(job.bandwidth or cfg.agent.bandwidth)
-        bad: list[dict] = []
-        unrecorded, read = 0, 0
-        bar = _ProgressBar() if sys.stderr.isatty() and not args.json else None
-        total = sum(listed[p].size for p in paths)
-        for path in paths:
-            md5 = hashlib.md5()
-
-            def sink(chunk: bytes, md5=md5) -> None:
-                nonlocal read
-                md5.update(chunk)
-                read += len(chunk)
-                throttle.consume(len(chunk))
-
-            if not target.read_back(path, sink):
-                bad.append({"path": path, "problem": "missing on the target"})
-                continue
-            digest = md5.hexdigest()
-            if bar:
-                bar.update(path, read, total)
-            problem = None
-            if path in recorded:
-                if recorded[path][1] != digest:
-                    problem = "does not match the MD5 recorded when it was sent"
-            else:
-                unrecorded += 1
-            f = classify(path, job.family)
-            sidecar = md5_sidecar(f) if f is not None else None
-            if problem is None and sidecar is not None and sidecar in listed:
-                buf = bytearray()
-                if target.read_back(sidecar, buf.extend):
-                    expected = sidecar_md5(bytes(buf[:4096]), path.rsplit("/", 1)[-1])
-                    if expected is not None and expected != digest:
-                        problem = "does not match its .md5 sidecar on the target"
-            if problem:
-                bad.append({"path": path, "problem": problem})
-        if bar:
-            sys.stderr.write("\n")
+        result = verify(target, job.family, recorded, args.sample, since, dt.datetime.now().astimezone(),
+                        consume=throttle.consume, progress=bar.update if bar else None)
     finally:
         target.close()
-    result = {"job": job.name, "started": started.isoformat(timespec="seconds"),
-              "finished": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "files_checked": len(paths),
-              "bytes_read": read, "unrecorded": unrecorded, "mismatches": bad}
+        if bar:
+            sys.stderr.write("\n")
+    result = {"job": job.name, **result}
+    bad, read, unrecorded = result["mismatches"], result["bytes_read"], result["unrecorded"]
     try:
         state.update_json("verify.json", lambda d: d.__setitem__(job.name, result))
     except OffsiteError:
@@ -498,7 +457,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         for b in bad:
             print(f"{job.name}: BAD {b['path']}: {b['problem']}")
-        print(f"{job.name}: {len(paths)} file(s) checked, {format_bytes(read)} read, {len(bad)} bad"
+        print(f"{job.name}: {result['files_checked']} file(s) checked, {format_bytes(read)} read, {len(bad)} bad"
               + (f", {unrecorded} sent before hashes were recorded (checked against sidecars only)" if unrecorded
                  else ""))
     return EXIT_FAILED if bad else EXIT_OK

@@ -274,6 +274,7 @@ JOB_OPTIONS: dict[str, Opt] = {
     "max_pending_bytes": Opt(_off_or(parse_size), None, help="alert 'queue' past this many bytes"),
     "inactive_after": Opt(_off_or(_duration(1)), None, help="alert 'source-inactive': no new backup file"),
     "min_free": Opt(_off_or(parse_size), None, help="alert 'target-space' below this much free space"),
+    "verify_every": Opt(_off_or(_duration(60)), None, help="verify a 10% sample of the copy this often"),
 }
 
 NOTIFY_OPTIONS: dict[str, Opt] = {
@@ -349,6 +350,7 @@ class Job:
     max_pending_bytes: int | None = None
     inactive_after: float | None = None
     min_free: int | None = None
+    verify_every: float | None = None
 
 
 @dataclass(frozen=True)
@@ -605,6 +607,7 @@ class _Parser:
             bandwidth=o["bandwidth"], windows=self.windows(raw.get("windows"), f"{key}.windows"),
             transfers=o["transfers"], max_lag=o["max_lag"], max_pending_files=o["max_pending_files"],
             max_pending_bytes=o["max_pending_bytes"], inactive_after=o["inactive_after"], min_free=o["min_free"],
+            verify_every=o["verify_every"],
         )
 
     def windows(self, raw: Any, key: str) -> tuple[Window, ...]:

@@ -20,6 +20,7 @@ SPEC_NAMES = {  # SPEC section 6, as exposed (counters with _total)
     "offsite_pending_files", "offsite_pending_bytes", "offsite_failed_files", "offsite_lag_seconds",
     "offsite_last_success_timestamp_seconds", "offsite_alert_active", "offsite_transfer_rate_bytes",
     "offsite_queue_rows", "offsite_state_bytes",
+    "offsite_verified_files_total", "offsite_verify_mismatches_total",  # issue 11's verify
 }
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import pytest
-from conftest import finished_file
+from conftest import finished_file, wait_until
 
 MiB = 1024 * 1024
 KINDS = ["local", "sftp", "smb", "ftp", "s3-seaweedfs"]
@@ -84,3 +84,20 @@ def test_verify_samples_and_filters_by_age(site):
     assert site.status()["jobs"][0]["last_verify"]["files_checked"] == 11
     r = site.offsite("verify", "job1", "--sample", "0")
     assert r.returncode == 2 and "--sample must be a percentage" in r.stderr
+
+
+def test_verify_every_runs_in_the_agent_and_raises_verify_failed(site, start_agent):
+    site.config(job='verify_every = "1h"')
+    finished_file(site.source / "C_VOL-b001.spf", 300_000)
+    assert site.offsite("sync", "job1").returncode == 0
+    copy = site.target / "C_VOL-b001.spf"
+    data = bytearray(copy.read_bytes())
+    data[1234] ^= 0xFF
+    copy.write_bytes(bytes(data))  # damaged on the target, same size: nothing else notices
+    agent = start_agent()
+    alerts = wait_until(lambda: site.job_status()["alerts"], what="the verify-failed alert")
+    assert [a["name"] for a in alerts] == ["verify-failed"] and "C_VOL-b001.spf" in alerts[0]["message"]
+    last = site.job_status()["last_verify"]
+    assert last["files_checked"] == 1 and last["mismatches"][0]["path"] == "C_VOL-b001.spf"
+    assert "verified 1 file(s) on the target" in agent.output()
+    assert agent.stop() == 0

@@ -20,15 +20,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..backupfiles import Role, classify
 from ..config import AgentSettings, Job
 from ..errors import (
-    Interrupted, OffsiteError, OwnerMismatch, PermanentError, TargetFull, TransientError,
+    Interrupted,
+    OffsiteError,
+    OwnerMismatch,
+    PermanentError,
+    TargetFull,
+    TransientError,
 )
-from ..backupfiles import Role, classify
 from ..queue import QueueItem, WorkQueue
 from ..selection import MONTHLY_LEVELS, Plan, RemoteFile, Rules, hold, plan_chain
 from ..state import Hashes, StateDir
 from ..targets import Target, make_target, reachable
+from ..verify import verify
 from ..watchers import SourceView
 from . import control, schedule
 from .dispatcher import Dispatch, backoff
@@ -53,6 +59,7 @@ def _iso(t: dt.datetime | None) -> str | None:
 LISTED = 100  # paths kept in a result's "sent" and "deleted" lists (SPEC section 6)
 PROBE_EVERY = 5.0  # seconds between reachability probes while a target is unreachable
 SPACE_EVERY = 300.0  # seconds between looks at the target's free space, besides reconciliations
+VERIFY_SAMPLE = 10.0  # percent of the copy a scheduled verify (verify_every) reads back
 
 
 @dataclass
@@ -159,7 +166,8 @@ class JobRunner:
         self._running: Transfers | None = None
         # What the operator is told (status, metrics, alerts), beside the state above.
         self.looked = False  # source and target looked at since the agent started
-        self.counters = {"files_sent": 0, "bytes_sent": 0, "files_deleted": 0, "transfer_failures": 0}
+        self.counters = {"files_sent": 0, "bytes_sent": 0, "files_deleted": 0, "transfer_failures": 0,
+                         "verified_files": 0, "verify_mismatches": 0}
         self.last_success: float | None = _epoch(self.last_sync["finished"]) \
             if self.last_sync and self.last_sync.get("ok") else None
         self.last_success = state.read_json("success.json", {}).get(job.name, self.last_success)
@@ -326,6 +334,9 @@ class JobRunner:
                 self._fold_hints(hints)
             if forced or schedule.is_open(self.job.windows, _now()):
                 self._drain(forced)
+            if self.job.verify_every is not None and not forced and time.time() >= self._verify_at() \
+                    and schedule.is_open(self.job.windows, _now()) and not self.stopping.is_set():
+                self._verify()
             if self.job.min_free is not None and time.monotonic() >= self._free_at and self.target_files is not None:
                 target = self.sessions.checkout()
                 self._look_at_space(target, time.monotonic())
@@ -393,6 +404,31 @@ class JobRunner:
         self.dispatch.clear()  # built afresh from the queue
         for it in self.queue.items(self.job.name):
             self.dispatch.add(it)
+
+    def _verify_at(self) -> float:
+        """When the next scheduled verify is due (epoch seconds): verify_every after the last."""
+        assert self.job.verify_every is not None
+        last = self.state.read_json("verify.json", {}).get(self.job.name) or {}
+        finished = _epoch(last.get("finished")) if isinstance(last, dict) else None
+        return (finished or 0.0) + self.job.verify_every
+
+    def _verify(self) -> None:
+        """A sampled verify of the offsite copy, in the job's window (verify_every)."""
+        target = self.sessions.checkout()
+        try:
+            result = verify(target, self.job.family, self.hashes.of_job(self.job.name), VERIFY_SAMPLE, None,
+                            _now(), consume=lambda n: self.throttle.consume(n, self.stopping))
+        except BaseException:
+            self.sessions.broken(target)
+            raise
+        self.sessions.checkin(target)
+        result = {"job": self.job.name, **result}
+        self.state.update_json("verify.json", lambda d: d.__setitem__(self.job.name, result))
+        self.counters["verified_files"] += result["files_checked"]
+        self.counters["verify_mismatches"] += len(result["mismatches"])
+        (log.error if result["mismatches"] else log.info)(
+            "job %s: verified %d file(s) on the target (%d bytes read): %s", self.job.name, result["files_checked"],
+            result["bytes_read"], "; ".join(f"{m['path']} {m['problem']}" for m in result["mismatches"]) or "all good")
 
     def _look_at_space(self, target: Target, mono: float) -> None:
         """The target's free space, for the target-space alert: at each reconciliation and

@@ -49,6 +49,8 @@ class Collector:
             ("offsite_bytes_sent", "bytes_sent", "bytes of the files published since the agent started"),
             ("offsite_files_deleted", "files_deleted", "files deleted on the target since the agent started"),
             ("offsite_transfer_failures", "transfer_failures", "failed transfers since the agent started"),
+            ("offsite_verified_files", "verified_files", "files read back and checked by scheduled verifies"),
+            ("offsite_verify_mismatches", "verify_mismatches", "copies scheduled verifies found not as sent"),
         ):
             c = CounterMetricFamily(name, doc, labels=["job"])
             for j in jobs:

@@ -225,6 +225,9 @@ class Agent:
         except psutil.Error:
             rss = None
         jobs = [r.status(now) for r in self.runners.values()]
+        verified = self.state.read_json("verify.json", {})  # the agent's verifies and `offsite verify`'s
+        for st in jobs:
+            st["last_verify"] = verified.get(st["name"]) if isinstance(verified, dict) else None
         if running and self.watch is not None:
             try:
                 self.watch.tick(jobs, {name: r.facts() for name, r in self.runners.items()}, now)
@@ -232,10 +235,8 @@ class Agent:
                 log.error("%s", e)
             except Exception:  # a bug in alerting must never stop replication
                 log.exception("unexpected error while evaluating alerts")
-        verified = self.state.read_json("verify.json", {})
         for st in jobs:
             st["alerts"] = self.watch.of_job(st["name"]) if self.watch is not None else []
-            st["last_verify"] = verified.get(st["name"]) if isinstance(verified, dict) else None
         mono = time.monotonic()
         if not self._sizes[0] or mono - self._sizes[0] >= SIZES_EVERY:
             self._sizes = (mono, self.state.size_bytes(), count_rows(self.state.queue_dir))

@@ -11,7 +11,6 @@ import time
 
 from ..errors import Interrupted
 
-
 MAX_CHUNK = 1024 * 1024
 MIN_CHUNK = 16 * 1024
 

@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backupfiles import (
-    EXCLUDED_FOLDERS, MACRIUM_TRAILER, BackupFile, Role, classify, is_excluded,
+    EXCLUDED_FOLDERS,
+    MACRIUM_TRAILER,
+    BackupFile,
+    Role,
+    classify,
+    is_excluded,
     needs_macrium_trailer,
 )
 from ..selection import SourceFile
