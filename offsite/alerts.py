@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from .units import format_duration
+
 NAMES = ("job-error", "lag", "queue", "source-inactive", "target-space", "deletes-held",
          "owner-mismatch", "agent-restarted", "source-corrupt", "verify-failed")
 HISTORY = 200  # events kept in the book, newest last
@@ -59,13 +61,13 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
     elif f.error:
         out["job-error"] = f"{f.error}. Nothing is sent until this is fixed; 'offsite status' shows the details."
     elif f.trouble and f.trouble_since is not None and t - f.trouble_since >= limits.retry_for:
-        out["job-error"] = (f"{f.trouble}, for {ago(t - f.trouble_since)}. offsite keeps retrying; check the "
+        out["job-error"] = (f"{f.trouble}, for {format_duration(t - f.trouble_since)}. offsite keeps retrying; check the "
                             f"server and the network.")
     if f.held_deletes:
         out["deletes-held"] = (f"{f.held_deletes} deletion(s) on the target are held back: {f.held_reason}. "
                                f"Check the source; if they are intended, run 'offsite sync {job} --allow-deletes'.")
     if limits.max_lag is not None and f.lag_seconds > limits.max_lag:
-        out["lag"] = (f"the offsite copy is {ago(f.lag_seconds)} behind (limit {ago(limits.max_lag)}), with "
+        out["lag"] = (f"the offsite copy is {format_duration(f.lag_seconds)} behind (limit {format_duration(limits.max_lag)}), with "
                       f"{f.pending_files} file(s) waiting. Check the job's windows, bandwidth and errors.")
     over = []
     if limits.max_pending_files is not None and f.pending_files > limits.max_pending_files:
@@ -77,8 +79,8 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
                         f"backups, or the windows too short.")
     if limits.inactive_after is not None and f.newest_source is not None \
             and t - f.newest_source > limits.inactive_after:
-        out["source-inactive"] = (f"no new backup file at the source for {ago(t - f.newest_source)} (limit "
-                                  f"{ago(limits.inactive_after)}). Check that the backups still run.")
+        out["source-inactive"] = (f"no new backup file at the source for {format_duration(t - f.newest_source)} (limit "
+                                  f"{format_duration(limits.inactive_after)}). Check that the backups still run.")
     if f.corrupt:
         names = ", ".join(f.corrupt[:5]) + (f" and {len(f.corrupt) - 5} more" if len(f.corrupt) > 5 else "")
         out["source-corrupt"] = (f"{len(f.corrupt)} image(s) at the source do not match their .md5 sidecar: {names}. "
@@ -171,17 +173,6 @@ def body(e: Event, host: str) -> str:
         return f"{e.name} has cleared for {where} (it had started {e.since}). Was: {e.message}"
     lead = "still holds" if e.kind == "repeat" else "started"
     return f"{e.name} {lead} for {where} (since {e.since}): {e.message}"
-
-
-def ago(seconds: float) -> str:
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    if s < 172800:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
 def _size(n: float) -> str:

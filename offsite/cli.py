@@ -31,7 +31,7 @@ from .queue import WorkQueue, read_items, summary
 from .selection import Rules, plan
 from .state import Hashes, StateDir
 from .targets import make_target
-from .units import format_bytes, parse_duration
+from .units import format_bytes, format_duration, parse_duration
 from .verify import verify
 from .watchers import SourceView
 
@@ -333,14 +333,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     for j in data["jobs"]:
         extra = f", {j['failed_files']} failed" if j["failed_files"] else ""
         window = f", next window {j['next_window']}" if j.get("next_window") else ""
-        lag = f", lag {_duration_text(j['lag_seconds'])}" if j.get("lag_seconds") else ""
+        lag = f", lag {format_duration(j['lag_seconds'])}" if j.get("lag_seconds") else ""
         print(f"{j['name']}: {j['state']}{lag}, {j['pending_files']} pending "
               f"({format_bytes(j['pending_bytes'])}){extra}{window}, owner {j['owner']}")
         t = j.get("transfer")
         if t:
             pct = 100 * t["done"] / t["total"] if t["total"] else 100
             rate = f", {format_bytes(t['rate'])}/s" if t.get("rate") else ""
-            eta = f", {_duration_text(t['eta'])} left" if t.get("eta") is not None else ""
+            eta = f", {format_duration(t['eta'])} left" if t.get("eta") is not None else ""
             print(f"  sending {t['path']}: {format_bytes(t['done'])} of {format_bytes(t['total'])} "
                   f"({pct:.0f}%){rate}{eta}")
         for x in j.get("alerts") or []:
@@ -357,17 +357,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             for err in ls.get("errors") or []:
                 print(f"    {'retried after: ' if ls['ok'] else ''}{err}")
     return EXIT_FAILED if bad else EXIT_OK
-
-
-def _duration_text(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
 def _service_config(args: argparse.Namespace) -> tuple[Path, Config | None, Path]:

@@ -56,6 +56,18 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _SIZE_BYTES[m.group(2)])
 
 
+def format_duration(seconds: float) -> str:
+    """A duration for people: 45s, 12m 05s, 3h 07m, 2d 4h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
 def format_bytes(n: float) -> str:
     """A byte count for people: 1.5 GiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

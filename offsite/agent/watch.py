@@ -16,6 +16,7 @@ from ..alerts import Book, Event, Facts, Limits
 from ..config import Config, Job
 from ..notify import Notifier
 from ..state import StateDir
+from ..units import format_duration
 
 log = logging.getLogger(__name__)
 UNHEALTHY = ("job-error", "owner-mismatch")  # a job with one of these is not healthy
@@ -142,7 +143,7 @@ class Watch:
         lines = [f"offsite on {self.host}, {now.strftime('%Y-%m-%d %H:%M')}:"]
         for st in jobs:
             last = st.get("last_sync") or {}
-            lines.append(f"- job {st['name']}: {st['state']}, lag {alerts.ago(st['lag_seconds'])}, "
+            lines.append(f"- job {st['name']}: {st['state']}, lag {format_duration(st['lag_seconds'])}, "
                          f"{st['pending_files']} file(s) pending, last sync "
                          f"{'ok' if last.get('ok') else 'failed' if last else 'none yet'}"
                          f"{' at ' + last['finished'] if last.get('finished') else ''}")

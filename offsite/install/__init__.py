@@ -6,10 +6,21 @@ pywin32. Both install this installation's `offsite` (a venv, pipx or system inst
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example.toml"  # a new agent.toml
+
+
+def remove_state(purge: bool, state_dir: Path, config_path: Path, say) -> None:
+    """After the service is gone: the state (the queue) and the config stay unless --purge."""
+    if purge:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        config_path.unlink(missing_ok=True)
+        say(f"removed {state_dir} and {config_path}")
+    else:
+        say(f"kept {state_dir} (the queue) and {config_path}; --purge removes them")
 
 
 def offsite_command() -> Path:

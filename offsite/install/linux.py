@@ -13,14 +13,13 @@ ProtectSystem=strict keeps what a compromised agent could do small.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
 from ..errors import UsageError
-from . import EXAMPLE
+from . import EXAMPLE, remove_state
 
 UNIT_PATH = Path("/etc/systemd/system/offsite.service")
 CONFIG_PATH = Path("/etc/offsite/agent.toml")
@@ -174,12 +173,7 @@ def uninstall(purge: bool, state_dir: Path, config_path: Path, say=print) -> int
     UNIT_PATH.unlink(missing_ok=True)
     subprocess.run(["systemctl", "daemon-reload"], check=False)
     say(f"removed the service and {UNIT_PATH}")
-    if purge:
-        shutil.rmtree(state_dir, ignore_errors=True)
-        config_path.unlink(missing_ok=True)
-        say(f"removed {state_dir} and {config_path}")
-    else:
-        say(f"kept {state_dir} (the queue) and {config_path}; --purge removes them")
+    remove_state(purge, state_dir, config_path, say)
     return 0
 
 

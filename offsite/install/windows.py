@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from . import EXAMPLE, offsite_command
+from . import EXAMPLE, offsite_command, remove_state
 
 log = logging.getLogger(__name__)
 NAME = "offsite"
@@ -149,8 +149,6 @@ def install(config_path: Path, state_dir: Path, account: str | None, password: s
 
 
 def uninstall(purge: bool, state_dir: Path, config_path: Path, say=print) -> int:
-    import shutil
-
     import win32serviceutil
 
     try:
@@ -159,12 +157,7 @@ def uninstall(purge: bool, state_dir: Path, config_path: Path, say=print) -> int
         pass
     win32serviceutil.RemoveService(NAME)
     say(f"removed the service {NAME}")
-    if purge:
-        shutil.rmtree(state_dir, ignore_errors=True)
-        config_path.unlink(missing_ok=True)
-        say(f"removed {state_dir} and {config_path}")
-    else:
-        say(f"kept {state_dir} (the queue) and {config_path}; --purge removes them")
+    remove_state(purge, state_dir, config_path, say)
     return 0
 
 
