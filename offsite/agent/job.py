@@ -177,6 +177,7 @@ class JobRunner:
         self.newest_source: float | None = None  # epoch seconds of the newest backup file at the source
         self.free_bytes: int | None = None  # on the target, where the protocol tells
         self._free_at = 0.0  # next look at the target's free space (monotonic)
+        self._verify_at: float | None = None  # next scheduled verify (epoch seconds), once known
         self._rate: list[tuple[float, int]] = []  # (monotonic, bytes on the wire so far), recent
         self._wire = 0  # bytes on the wire since the agent started
 
@@ -334,7 +335,7 @@ class JobRunner:
                 self._fold_hints(hints)
             if forced or schedule.is_open(self.job.windows, _now()):
                 self._drain(forced)
-            if self.job.verify_every is not None and not forced and time.time() >= self._verify_at() \
+            if self.job.verify_every is not None and not forced and time.time() >= self._verify_due() \
                     and schedule.is_open(self.job.windows, _now()) and not self.stopping.is_set():
                 self._verify()
             if self.job.min_free is not None and time.monotonic() >= self._free_at and self.target_files is not None:
@@ -405,12 +406,15 @@ class JobRunner:
         for it in self.queue.items(self.job.name):
             self.dispatch.add(it)
 
-    def _verify_at(self) -> float:
-        """When the next scheduled verify is due (epoch seconds): verify_every after the last."""
+    def _verify_due(self) -> float:
+        """When the next scheduled verify is due (epoch seconds): verify_every after the last
+        one recorded (read once; then kept as verifies run)."""
         assert self.job.verify_every is not None
-        last = self.state.read_json("verify.json", {}).get(self.job.name) or {}
-        finished = _epoch(last.get("finished")) if isinstance(last, dict) else None
-        return (finished or 0.0) + self.job.verify_every
+        if self._verify_at is None:
+            last = self.state.read_json("verify.json", {}).get(self.job.name) or {}
+            finished = _epoch(last.get("finished")) if isinstance(last, dict) else None
+            self._verify_at = (finished or 0.0) + self.job.verify_every
+        return self._verify_at
 
     def _verify(self) -> None:
         """A sampled verify of the offsite copy, in the job's window (verify_every)."""
@@ -424,6 +428,7 @@ class JobRunner:
         self.sessions.checkin(target)
         result = {"job": self.job.name, **result}
         self.state.update_json("verify.json", lambda d: d.__setitem__(self.job.name, result))
+        self._verify_at = time.time() + self.job.verify_every  # type: ignore[operator]
         self.counters["verified_files"] += result["files_checked"]
         self.counters["verify_mismatches"] += len(result["mismatches"])
         (log.error if result["mismatches"] else log.info)(
