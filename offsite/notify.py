@@ -90,8 +90,6 @@ class _Destination:
     def __init__(self, url: str, stopping: threading.Event) -> None:
         self.url, self.name, self.stopping = url, redact(url), stopping
         self.q: stdqueue.Queue[_Message] = stdqueue.Queue()
-        self.sent = 0
-        self.failed = 0
         self.delivering = False
         self.thread = threading.Thread(target=self._loop, name=f"notify {self.name}", daemon=True)
         self.thread.start()
@@ -109,11 +107,9 @@ class _Destination:
                 finally:
                     self.delivering = False
                 if why is None:
-                    self.sent += 1
                     log.info("notified %s: %s", self.name, m.title)
                     break
                 if m.attempt >= len(RETRY_WAITS):
-                    self.failed += 1
                     log.error("could not notify %s (%s); gave up on: %s", self.name, why, m.title)
                     break
                 wait = RETRY_WAITS[m.attempt]

@@ -34,14 +34,12 @@ class Watch:
         self.host = socket.gethostname()
         self.restarted = restarted  # the previous run ended without a clean stop
         self._restart_told = False
-        self.book = Book.of(state.read_json("alerts.json", {}))
+        saved = state.read_json("alerts.json", {})
+        self.book = Book.of(saved)
         n = config.notify
         self.notifier = Notifier(n) if (n.urls or n.heartbeat_url is not None) else None
         self._synced: dict[str, str | None] = {}  # job -> finished time of the last sync seen
-        self._summary_day = self.book_day()
-
-    def book_day(self) -> str | None:
-        return self.state.read_json("alerts.json", {}).get("summary_sent")
+        self._summary_day: str | None = saved.get("summary_sent") if isinstance(saved, dict) else None
 
     def reconfigure(self, config: Config) -> None:
         if config.notify != self.config.notify:

@@ -105,7 +105,6 @@ WantedBy=multi-user.target
 class Step:
     what: str  # said to the user
     file: tuple[Path, str, int] | None = None  # (path, text, mode): written when missing/always
-    only_if_missing: bool = False
     command: list[str] | None = None
     mkdir: tuple[Path, int] | None = None
 
@@ -115,7 +114,7 @@ def install_steps(command: Path, config_path: Path, cfg: Config | None, state_di
              Step(f"create the state directory {state_dir} (0700)", mkdir=(state_dir, 0o700))]
     if not config_path.exists():
         steps.append(Step(f"write {config_path} from the example (0600): edit its jobs",
-                          file=(config_path, EXAMPLE.read_text(encoding="utf-8"), 0o600), only_if_missing=True))
+                          file=(config_path, EXAMPLE.read_text(encoding="utf-8"), 0o600)))
     steps += [Step("check the configuration", command=[str(command), "-c", str(config_path), "check"]),
               Step("reload systemd", command=["systemctl", "daemon-reload"]),
               Step("enable the service at boot", command=["systemctl", "enable", "offsite.service"]),
