@@ -446,7 +446,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         for b in bad:
             print(f"{job.name}: BAD {b['path']}: {b['problem']}")
-        print(f"{job.name}: {result['files_checked']} file(s) checked, {format_bytes(read)} read, {len(bad)} bad"
+        by_server = result["hashed_by_server"]
+        print(f"{job.name}: {result['files_checked']} file(s) checked, {format_bytes(read)} read"
+              + (f", {by_server} hashed by the server" if by_server else "") + f", {len(bad)} bad"
               + (f", {unrecorded} sent before hashes were recorded (checked against sidecars only)" if unrecorded
                  else ""))
     return EXIT_FAILED if bad else EXIT_OK

@@ -1,7 +1,8 @@
-"""Verifying the offsite copy: read files back from the target and compare them with the
-MD5 recorded when they were sent and, for ShadowProtect images, with their .md5 sidecar on
-the target. Used by `offsite verify` and by the agent's `verify_every`; never changes the
-target."""
+"""Verifying the offsite copy: the MD5 of each file as the target stores it, compared with
+the MD5 recorded when it was sent and, for ShadowProtect images, with their .md5 sidecar on
+the target. Where the server computes an MD5 itself (FTP HASH/XMD5, SFTP check-file) it is
+asked, and nothing crosses the wire; otherwise the file is read back. Used by `offsite
+verify` and by the agent's `verify_every`; never changes the target."""
 from __future__ import annotations
 
 import datetime as dt
@@ -32,22 +33,27 @@ def verify(target: Target, family: str, recorded: dict[str, tuple[int, str, floa
         paths = sorted((rng or random).sample(paths, max(1, math.ceil(len(paths) * sample / 100))))
     total = sum(listed[p].size for p in paths)
     bad: list[dict] = []
-    unrecorded = read = 0
+    unrecorded = read = by_server = done = 0
     for path in paths:
-        md5 = hashlib.md5()
+        digest = target.remote_md5(path)
+        if digest is not None:
+            by_server += 1
+        else:
+            md5 = hashlib.md5()
 
-        def sink(chunk: bytes, md5=md5) -> None:
-            nonlocal read
-            md5.update(chunk)
-            read += len(chunk)
-            consume(len(chunk))
+            def sink(chunk: bytes, md5=md5) -> None:
+                nonlocal read
+                md5.update(chunk)
+                read += len(chunk)
+                consume(len(chunk))
 
-        if not target.read_back(path, sink):
-            bad.append({"path": path, "problem": MISSING})
-            continue
-        digest = md5.hexdigest()
+            if not target.read_back(path, sink):
+                bad.append({"path": path, "problem": MISSING})
+                continue
+            digest = md5.hexdigest()
+        done += listed[path].size
         if progress:
-            progress(path, read, total)
+            progress(path, done, total)
         problem = None
         if path in recorded:
             if recorded[path][1] != digest:
@@ -66,4 +72,5 @@ def verify(target: Target, family: str, recorded: dict[str, tuple[int, str, floa
             bad.append({"path": path, "problem": problem})
     return {"started": started.isoformat(timespec="seconds"),
             "finished": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "files_checked": len(paths), "bytes_read": read, "unrecorded": unrecorded, "mismatches": bad}
+            "files_checked": len(paths), "bytes_read": read, "hashed_by_server": by_server, "unrecorded": unrecorded,
+            "mismatches": bad}

@@ -299,6 +299,77 @@ class Samba(Server):
         return {"type": "smb", "path": unc, "port": self.port, "username": SMB_USER, "password": PASSWORD}
 
 
+class ProFTPD(Server):
+    """ProFTPD, the server here that proves a copy's MD5: FTP with mod_digest (HASH, XMD5)
+    or SFTP with mod_sftp (the check-file extension). Password login as a virtual user
+    mapped to root, no chroot: a location's path is its path on this machine."""
+
+    name = "ftp-proftpd"
+    sftp = False
+    USER = "offsite"
+
+    def start(self) -> None:
+        b = self.base
+        self.root = b / "root"
+        self.root.mkdir(exist_ok=True)
+        self.port = getattr(self, "port", None) or free_port()
+        if not (b / "passwd").exists():
+            crypted = _run("openssl", "passwd", "-6", PASSWORD).strip()
+            (b / "passwd").write_text(f"{self.USER}:{crypted}:0:0::{self.root}:/bin/sh\n")
+            os.chmod(b / "passwd", 0o600)
+        if self.sftp:
+            if not (b / "host_rsa").exists():
+                _run("ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", str(b / "host_rsa"))
+            protocol = f"LoadModule mod_sftp.c\nSFTPEngine on\nSFTPHostKey {b}/host_rsa\nSFTPAuthMethods password\n"
+        else:
+            passive = free_port()
+            protocol = (f"LoadModule mod_digest.c\nDigestEngine on\nPassivePorts {passive} {passive + 40}\n"
+                        "AllowStoreRestart on\n")
+        (b / "proftpd.conf").write_text(f"""ServerName "offsite test"
+ServerType standalone
+UseIPv6 off
+Port {self.port}
+DefaultAddress 127.0.0.1
+SocketBindTight on
+User root
+Group root
+Umask 022
+PidFile {b}/proftpd.pid
+ScoreboardFile {b}/proftpd.scoreboard
+DelayTable none
+WtmpLog off
+UseReverseDNS off
+ModulePath /usr/lib/proftpd
+ModuleControlsACLs insmod,rmmod allow user root
+AuthUserFile {b}/passwd
+AuthOrder mod_auth_file.c
+RequireValidShell off
+RootLogin on
+AllowOverwrite on
+{protocol}""")
+        _run("/usr/sbin/proftpd", "-t", "-c", str(b / "proftpd.conf"))
+        p = self.spawn(["/usr/sbin/proftpd", "-n", "-c", str(b / "proftpd.conf")])
+        wait_port(self.port, p, self.log)
+        if self.sftp:
+            keys = _run("ssh-keyscan", "-t", "rsa", "-p", str(self.port), "127.0.0.1")
+            if not keys.strip():
+                raise RuntimeError("ssh-keyscan found no host key on ProFTPD")
+            (b / "known_hosts").write_text(keys)
+        VERSIONS[self.name] = _run("/usr/sbin/proftpd", "-v").strip()
+
+    def options(self, path: Path | None = None) -> dict:
+        opts = {"type": "sftp" if self.sftp else "ftp", "host": "127.0.0.1", "port": self.port,
+                "path": str(path or self.root), "username": self.USER, "password": PASSWORD}
+        if self.sftp:
+            opts["known_hosts"] = str(self.base / "known_hosts")
+        return opts
+
+
+class SftpProFTPD(ProFTPD):
+    name = "sftp-proftpd"
+    sftp = True
+
+
 class Local(Server):
     """No server: a folder standing for a local or mounted drive."""
 
@@ -420,7 +491,7 @@ class Seaweed(_S3):
 
 
 SERVERS = {"local": Local, "sftp": SSHD, "ftp": FTPD, "ftps": FTPSD, "smb": Samba, "s3": Moto,
-           "s3-seaweedfs": Seaweed}
+           "s3-seaweedfs": Seaweed, "ftp-proftpd": ProFTPD, "sftp-proftpd": SftpProFTPD}
 
 
 class Servers:

@@ -103,3 +103,32 @@ def test_a_big_file_is_hashed_on_its_own_thread_with_the_same_result():
             pass
         assert r.hexdigest() == hashlib.md5(big).hexdigest()
         assert not r._hasher.is_alive()
+
+
+@pytest.mark.parametrize("kind", ["sftp-proftpd", "s3"])
+def test_a_staged_part_that_no_longer_matches_the_source_is_sent_again_not_published(kind, servers, site,
+                                                                                     start_agent):
+    """The server's own MD5 (SFTP check-file, S3 part ETags) against the bytes read from the
+    source: an incremental (no sidecar) changed where it was already staged, keeping its size
+    and time, is resumed by the agent, refused at publish and sent again whole."""
+    server = servers.get(kind)
+    loc = server.new_location()
+    site.config(target=loc, agent='bandwidth = "4MB/s"', job='mode = "all"')
+    name = "C_VOL-b001-i001-cd.spi"
+    src = finished_file(site.source / name, 40 * MiB)
+    agent = start_agent()
+    wait_until(lambda: server.staged_bytes(loc) >= 16 * MiB, timeout=60, what="a part of the upload staged")
+    assert agent.stop() == 0
+    st = src.stat()
+    data = bytearray(src.read_bytes())
+    data[100] ^= 0xFF
+    src.write_bytes(bytes(data))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    agent = start_agent()
+    wait_until(lambda: name in server.listing(loc), timeout=120, what="the file published")
+    assert agent.stop() == 0
+    assert server.files(loc, "job1")[name] == bytes(data)
+    log = (site.state / "logs" / "offsite.log").read_text()
+    assert "does not match the bytes read from the source" in log and "Traceback" not in log
+    last = site.job_status()["last_sync"]
+    assert last["ok"] and last["files_sent"] == 1 and last["bytes_on_wire"] >= 40 * MiB  # sent whole again

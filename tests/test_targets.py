@@ -6,6 +6,7 @@ branches on the type.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ from offsite.errors import Interrupted, PermanentError, TransientError
 from offsite.targets import make_target
 from offsite.targets.base import Target
 
-KINDS = ["local", "sftp", "ftp", "ftps", "smb", "s3", "s3-seaweedfs"]
+KINDS = ["local", "sftp", "ftp", "ftps", "smb", "s3", "s3-seaweedfs", "ftp-proftpd", "sftp-proftpd"]
 MiB = 1024 * 1024
 
 
@@ -68,7 +69,7 @@ def send(t: Target, relpath: str, path: Path, progress=lambda n: None) -> int:
     st = path.stat()
     with open(path, "rb") as f:
         sent = t.upload(relpath, f, st.st_size, st.st_mtime_ns, progress)
-    t.publish(relpath, st.st_size, st.st_mtime_ns)
+    t.publish(relpath, st.st_size, st.st_mtime_ns, hashlib.md5(path.read_bytes()).hexdigest())
     return sent
 
 
@@ -219,7 +220,72 @@ def test_free_space_is_reported_where_the_protocol_tells(remote):
         free = t.free_space()
     finally:
         t.close()
-    if remote.kind in ("local", "sftp", "smb"):  # statvfs; OpenSSH's statvfs extension; SMB's volume query
+    if remote.kind in ("local", "sftp", "sftp-proftpd", "smb"):  # statvfs; statvfs@openssh.com; SMB volume query
         assert isinstance(free, int) and free > 0
     else:  # FTP and S3 have no such query: unknown, and the target-space alert stays quiet
         assert free is None
+
+
+# Servers that report the MD5 of what they store: FTP HASH (ProFTPD mod_digest), SFTP
+# check-file (ProFTPD mod_sftp), S3 part ETags. OpenSSH, pyftpdlib and Samba have no such
+# command: on them publish proves the size only (README, "What is proven when").
+PROVING = ["ftp-proftpd", "sftp-proftpd", "s3", "s3-seaweedfs"]
+
+
+@pytest.mark.parametrize("kind", PROVING)
+def test_a_staged_part_that_no_longer_matches_the_source_is_never_published(kind, servers, tmp_path):
+    remote = Remote(kind, servers, tmp_path)
+    t = remote.target()
+    p, size, mtime = source(tmp_path, max(12 * MiB, 2 * t.resume_min_size + 8 * MiB))
+    done = []
+
+    def stop_half_way(n):
+        done.append(n)
+        if sum(done) >= size // 2:
+            raise Interrupted("window closed")
+
+    with open(p, "rb") as f, pytest.raises(Interrupted):
+        t.upload("a/b.spf", f, size, mtime, stop_half_way)
+    t.close()
+    # The source changes where it was already staged, keeping its size and time (a damaged
+    # disk, or a writer that restored the time): a resume sends only the rest.
+    data = bytearray(p.read_bytes())
+    data[100] ^= 0xFF
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(mtime, mtime))
+    t = remote.target()
+    with open(p, "rb") as f:
+        sent = t.upload("a/b.spf", f, size, mtime, lambda n: None)
+    assert sent < size  # it did resume from the stale staged bytes
+    with pytest.raises(TransientError, match="does not match the bytes read from the source"):
+        t.publish("a/b.spf", size, mtime, hashlib.md5(bytes(data)).hexdigest())
+    assert t.list() == {}
+    assert remote.server.staged_bytes(remote.location, "job") == 0  # the stale part is gone
+    t.close()
+    t = remote.target()  # the agent drops a session after a failed file
+    assert send(t, "a/b.spf", p) == size  # the next attempt sends all of it
+    assert remote.server_files()["a/b.spf"] == bytes(data)
+    t.close()
+
+
+@pytest.mark.parametrize("kind", ["ftp-proftpd", "sftp-proftpd"])
+def test_the_server_reports_the_md5_of_a_published_file(kind, servers, tmp_path):
+    remote = Remote(kind, servers, tmp_path)
+    t = remote.target()
+    p, _, _ = source(tmp_path, 5 * MiB + 3, "with space.spi")
+    send(t, "d/with space.spi", p)
+    assert t.remote_md5("d/with space.spi") == hashlib.md5(p.read_bytes()).hexdigest()
+    assert t.remote_md5("d/none.spi") is None
+    t.close()
+
+
+@pytest.mark.parametrize("kind", ["ftp", "sftp"])
+def test_a_server_without_a_hash_command_proves_the_size_only(kind, servers, tmp_path):
+    remote = Remote(kind, servers, tmp_path)
+    t = remote.target()
+    p, size, mtime = source(tmp_path, 1000)
+    with open(p, "rb") as f:
+        t.upload("x.spf", f, size, mtime, lambda n: None)
+    t.publish("x.spf", size, mtime, "0" * 32)  # nothing can tell: published on its size
+    assert t.remote_md5("x.spf") is None and t.list()["x.spf"].size == size
+    t.close()

@@ -380,7 +380,7 @@ class JobRunner:
         try:
             self.target_files = target.list()
         except BaseException:
-            self.sessions.broken(target)
+            self.sessions.drop(target)
             raise
         self._look_at_space(target, mono)
         self.sessions.checkin(target)
@@ -422,10 +422,10 @@ class JobRunner:
         try:
             result = verify(target, self.job.family, self.hashes.of_job(self.job.name), VERIFY_SAMPLE, None,
                             _now(), consume=lambda n: self.throttle.consume(n, self.stopping))
-        except BaseException:
-            self.sessions.broken(target)
-            raise
-        self.sessions.checkin(target)
+        finally:
+            # Not reused: ProFTPD's mod_digest caches a file's hash in the session by path,
+            # size and second, so a file replaced since could be answered from the cache.
+            self.sessions.drop(target)
         result = {"job": self.job.name, **result}
         self.state.update_json("verify.json", lambda d: d.__setitem__(self.job.name, result))
         self._verify_at = time.time() + self.job.verify_every  # type: ignore[operator]

@@ -170,8 +170,8 @@ class Sessions:
         with self._lock:
             self._free.append(target)
 
-    def broken(self, target: Target) -> None:
-        """A session that failed: closed, its slot given back at once."""
+    def drop(self, target: Target) -> None:
+        """A session that failed, or one not to be reused: closed, its slot given back at once."""
         try:
             target.close()
         finally:
@@ -183,7 +183,7 @@ class Sessions:
             free, self._free = self._free, []
             self._owner_checked = False
         for t in free:
-            self.broken(t)
+            self.drop(t)
 
 
 class Transfers:
@@ -226,7 +226,7 @@ class Transfers:
                 if self._work(target, task):
                     self.sessions.checkin(target)
                 else:
-                    self.sessions.broken(target)
+                    self.sessions.drop(target)
             except Interrupted:
                 self.dispatch.hold(task.item.id)
                 self.results.put(Outcome("interrupted", task))
@@ -270,7 +270,7 @@ class Transfers:
                 later: list[Task] = []
                 for t in run:
                     current = t
-                    target.publish(t.item.path, t.size, t.mtime_ns)
+                    target.publish(t.item.path, t.size, t.mtime_ns, t.md5)
                     self.results.put(Outcome("published", t))
                     later = self.dispatch.finished(t.item.id)
                 run = later

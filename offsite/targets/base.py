@@ -14,7 +14,7 @@ import socket
 from pathlib import PurePosixPath
 from typing import BinaryIO, Callable, ClassVar
 
-from ..errors import PermanentError
+from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
 
 AGENT_DIR = ".offsite"
@@ -45,6 +45,20 @@ def reachable(endpoint: tuple[str, int], timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def md5_hex(value: str) -> str | None:
+    """A server's MD5 answer as lower-case hex; None for anything that is not one (an answer
+    we cannot read proves nothing, and must never make a good copy look bad)."""
+    value = value.strip().strip('"').lower()
+    return value if len(value) == 32 and all(c in "0123456789abcdef" for c in value) else None
+
+
+def not_as_sent(relpath: str, got: str, sent: str) -> TransientError:
+    """A staged copy whose checksum, as the server reports it, is not that of the bytes read
+    from the source: never published; the next attempt sends the file again."""
+    return TransientError(f"the copy of {relpath} on the target does not match the bytes read from the "
+                          f"source (the server reports MD5 {got}, {sent} was sent): sending it again")
 
 
 def check_relpath(relpath: str) -> str:
@@ -94,6 +108,12 @@ class Target(abc.ABC):
         when there is no such file. Never changes the target."""
         raise NotImplementedError
 
+    def remote_md5(self, relpath: str) -> str | None:
+        """The MD5 of a published file as the server computes it now from what it stores (FTP
+        HASH or XMD5, SFTP check-file); None where the server offers no such thing. For
+        `offsite verify`: an answer the server computed, without reading the file back."""
+        return None
+
     def free_space(self) -> int | None:
         """Free bytes where the target's protocol reports them (local, SMB, SFTP with the
         statvfs extension); None where it cannot tell."""
@@ -124,9 +144,11 @@ class Target(abc.ABC):
         under the final name until publish()."""
 
     @abc.abstractmethod
-    def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
-        """Check the staged upload is complete (size, and checksum where the protocol has one)
-        and move it to its final name in one step, replacing an older version."""
+    def publish(self, relpath: str, size: int, mtime_ns: int, md5: str | None = None) -> None:
+        """Check the staged upload is complete (size, and the MD5 of the bytes read from the
+        source, `md5`, where the protocol can prove it) and move it to its final name in one
+        step, replacing an older version. A staged copy that does not match is removed and
+        a TransientError raised: the next attempt sends it again from the start."""
 
     @abc.abstractmethod
     def discard(self, relpath: str) -> None:

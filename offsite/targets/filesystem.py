@@ -20,7 +20,8 @@ from typing import BinaryIO, Callable, Iterator
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
-from .base import AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, staging_stem
+from .base import (AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, not_as_sent,
+                   staging_stem)
 
 
 class Entry:
@@ -84,6 +85,11 @@ class RemoteFileTarget(Target):
     def _put_small(self, path: str, data: bytes) -> None:
         self._write(path, 0, io.BytesIO(data), len(data), lambda n: None)
 
+    def _md5(self, path: str) -> str | None:
+        """The server's MD5 of a file it stores (lower-case hex), computed from what it stores
+        now; None where the protocol or this server has no such command."""
+        return None
+
     @abc.abstractmethod
     def _get_small(self, path: str) -> bytes | None:
         """A small file's content, or None if there is none."""
@@ -144,6 +150,9 @@ class RemoteFileTarget(Target):
     def _read_into(self, path: str, sink: Callable[[bytes], None]) -> bool:
         """Stream a file's bytes to `sink`; False when there is no such file."""
 
+    def remote_md5(self, relpath: str) -> str | None:
+        return self._md5(self._final(relpath))
+
     def read_owner(self) -> str | None:
         data = self._get_small(posixpath.join(self.agent, OWNER_FILE))
         return data.decode("utf-8").strip() or None if data is not None else None
@@ -183,19 +192,30 @@ class RemoteFileTarget(Target):
             self._staged_sizes[name] = size
         return sent
 
-    def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
+    def publish(self, relpath: str, size: int, mtime_ns: int, md5: str | None = None) -> None:
         final = self._final(relpath)
         staged = self._staged(relpath, size, mtime_ns)
         got = self._size(staged)
         if got is None:
             raise TransientError(f"nothing is staged for {relpath}: sending it again")
         if got != size:
-            self._remove(staged)
+            self._unstage(staged)
             raise TransientError(f"the staged copy of {relpath} has {got} bytes, not {size}: sending it again")
+        if md5 is not None:
+            there = self._md5(staged)
+            if there is not None and there != md5:
+                self._unstage(staged)
+                raise not_as_sent(relpath, there, md5)
         if self.keeps_mtime:
             self._set_mtime(staged, mtime_ns)
         self._makedirs(posixpath.dirname(final))
         self._rename(staged, final)
+        if self._staged_sizes is not None:
+            self._staged_sizes.pop(posixpath.basename(staged), None)
+
+    def _unstage(self, staged: str) -> None:
+        """Remove a staged copy that cannot be published: the next upload starts from zero."""
+        self._remove(staged)
         if self._staged_sizes is not None:
             self._staged_sizes.pop(posixpath.basename(staged), None)
 

@@ -2,8 +2,10 @@
 
 FTPS is explicit TLS (AUTH TLS) with the server certificate verified (`ca_file` for a
 private CA) and the TLS session reused on the data channel, which strict servers require
-(CPython #63699). FTP has no checksums, so publish() checks the size with SIZE: a peer can
-drop the tail of a TLS stream without an error. Uploads resume with REST + STOR.
+(CPython #63699). publish() checks the size with SIZE (a peer can drop the tail of a TLS
+stream without an error) and, where the server offers a hash command (HASH with MD5, or
+XMD5: ProFTPD's mod_digest, FileZilla Server, Serv-U), the MD5 of the staged copy against
+the bytes read from the source. Uploads resume with REST + STOR.
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable, Mapping
 
 from ..errors import PermanentError, TargetFull, TransientError
-from .base import Progress, chunk_size
+from .base import Progress, chunk_size, md5_hex
 from .filesystem import Entry, RemoteFileTarget
 
 TIMEOUT = 30.0
+HASH_TIMEOUT = 3600.0  # the server reads the whole file before it answers
 BLOCK = 1024 * 1024
 
 
@@ -56,6 +59,7 @@ class FtpTarget(RemoteFileTarget):
         self.o = options
         self.tls = tls
         self.ftp: ftplib.FTP | None = None
+        self._hash_cmd: str | None = None  # "HASH" (MD5 chosen) or "XMD5", where the server has one
         self._binary = False  # the session is in TYPE I (listings switch it to ASCII)
 
     def endpoint(self) -> tuple[str, int] | None:
@@ -95,6 +99,7 @@ class FtpTarget(RemoteFileTarget):
             ftp.set_pasv(bool(self.o.get("passive", True)))
             ftp.voidcmd("TYPE I")
             self._binary = True
+            self._hash_cmd = _hash_command(ftp)
         except ssl.SSLCertVerificationError as e:
             ftp.close()
             raise PermanentError(f"the TLS certificate of {where} could not be verified ({e.verify_message}); "
@@ -215,10 +220,48 @@ class FtpTarget(RemoteFileTarget):
     def _read_into(self, path: str, sink: Callable[[bytes], None]) -> bool:
         return self._call(path, self.conn.retrbinary, f"RETR {path}", sink, BLOCK, missing_ok=True) is not None
 
+    def _md5(self, path: str) -> str | None:
+        if self._hash_cmd is None:
+            return None
+
+        def ask() -> str:
+            self._binary_mode()  # a digest of the bytes as stored, never of an ASCII view
+            sock = self.conn.sock
+            assert sock is not None
+            sock.settimeout(HASH_TIMEOUT)
+            try:
+                return self.conn.sendcmd(f"{self._hash_cmd} {path}")
+            finally:
+                sock.settimeout(TIMEOUT)
+
+        answer = self._call(path, ask, missing_ok=True)
+        if answer is None:
+            return None  # no such file
+        reply = answer.splitlines()[-1].split()
+        # HASH: "213 MD5 0-11000 <hex> <path>"; XMD5: "250 <HEX>"
+        value = reply[3] if self._hash_cmd == "HASH" and len(reply) > 3 else reply[1] if len(reply) > 1 else ""
+        return md5_hex(value)
+
     def _get_small(self, path: str) -> bytes | None:
         buf = io.BytesIO()
         done = self._call(path, self.conn.retrbinary, f"RETR {path}", buf.write, missing_ok=True)
         return None if done is None else buf.getvalue()
+
+
+def _hash_command(ftp: ftplib.FTP) -> str | None:
+    """The server's MD5 command from its FEAT reply: HASH (after OPTS HASH MD5) or XMD5."""
+    try:
+        feat = [line.strip().upper() for line in ftp.sendcmd("FEAT").splitlines()[1:-1]]
+    except ftplib.Error:
+        return None  # no FEAT: no extensions we can rely on
+    for line in feat:
+        if line.startswith("HASH ") and "MD5" in line[5:].replace("*", "").split(";"):
+            try:
+                ftp.sendcmd("OPTS HASH MD5")
+                return "HASH"
+            except ftplib.Error:
+                break
+    return "XMD5" if "XMD5" in feat else None
 
 
 def _reply(e: Exception) -> str:

@@ -225,7 +225,7 @@ class LocalTarget(Target):
             progress(got)
         return pos - offset
 
-    def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
+    def publish(self, relpath: str, size: int, mtime_ns: int, md5: str | None = None) -> None:
         check_relpath(relpath)
         part, ckpt = self._staged(relpath, size, mtime_ns)
         final = self.root.joinpath(*relpath.split("/"))

@@ -7,6 +7,13 @@ so an interrupted upload resumes after a restart from the parts the server lists
 object appears under its key only when the upload is completed. Small files are sent with
 one PUT at publish time. Multipart uploads that no record names are aborted as strays.
 
+Proof at publish: before an upload is completed, the ETag the server lists for each part
+(the MD5 of what it stored) is compared with the MD5 of that part as read from the source
+now, so parts staged by an earlier run that no longer match the source are never
+published; after completion, the object's ETag (the MD5 of the parts' MD5s, "-N") is
+compared with the one the parts give. Both only where the store's ETags are MD5s: not with
+aws:kms encryption, and not on a store whose part ETags did not match their Content-MD5.
+
 Round trips: a session lists the staging records once when it opens, so an upload asks
 for no listing; a small file is one PUT with its Content-MD5,
 which the server checks, so nothing more is asked after it.
@@ -35,7 +42,8 @@ from botocore.exceptions import (
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
-from .base import AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, staging_stem
+from .base import (AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, md5_hex, not_as_sent,
+                   staging_stem)
 
 
 class _Paced(io.RawIOBase):
@@ -93,6 +101,19 @@ def part_size(size: int) -> int:
     return max(MIN_PART, -(-need // MiB) * MiB)
 
 
+def _md5_of(src: BinaryIO, start: int, length: int) -> str:
+    """The MD5 of src[start:start+length], read in pieces."""
+    h = hashlib.md5()
+    src.seek(start)
+    while length > 0:
+        data = src.read(min(length, 8 * MiB))
+        if not data:
+            raise TransientError(f"the source ended before {start + length} bytes")
+        h.update(data)
+        length -= len(data)
+    return h.hexdigest()
+
+
 class S3Target(Target):
     resumable = True
     resume_min_size = MIN_PART + 1  # up to one part: a single PUT at publish
@@ -107,6 +128,10 @@ class S3Target(Target):
         self.staging = self.agent + "staging/"
         self.client: Any = None  # a boto3 client (untyped)
         self._known_records: set[str] | None = None  # staging records, listed at open
+        self._part_md5s: dict[str, dict[int, str]] = {}  # upload ID -> part number -> MD5 of its source bytes
+        # Does this store's ETag of a part equal its MD5? Not with aws:kms (AWS documents it);
+        # found out from the first part sent otherwise.
+        self._etags_are_md5: bool | None = False if options.get("sse") == "aws:kms" else None
 
     def endpoint(self) -> tuple[str, int] | None:
         url = urlsplit(self.o.get("endpoint") or f"https://s3.{self.o.get('region') or 'us-east-1'}.amazonaws.com")
@@ -294,6 +319,11 @@ class S3Target(Target):
         count = -(-size // psize)
         todo = [n for n in range(1, count + 1) if done.get(n) != min(psize, size - (n - 1) * psize)]
 
+        md5s = self._part_md5s.setdefault(upload_id, {})
+        if self._etags_are_md5 is not False:  # parts staged before: hash what the source holds now
+            for n in sorted(set(range(1, count + 1)) - set(todo)):
+                md5s[n] = _md5_of(src, (n - 1) * psize, min(psize, size - (n - 1) * psize))
+
         def part(n: int) -> int:
             start = (n - 1) * psize
             length = min(psize, size - start)
@@ -302,9 +332,13 @@ class S3Target(Target):
                 data = src.read(length)
             if len(data) != length:
                 raise TransientError(f"the source ended at {start + len(data)} of {size} bytes")
-            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-            self._call(f"{relpath} part {n}", self.client.upload_part, Bucket=self.bucket, Key=key,
-                       UploadId=upload_id, PartNumber=n, Body=_Paced(data, progress), ContentMD5=md5)
+            digest = hashlib.md5(data).digest()
+            r = self._call(f"{relpath} part {n}", self.client.upload_part, Bucket=self.bucket, Key=key,
+                           UploadId=upload_id, PartNumber=n, Body=_Paced(data, progress),
+                           ContentMD5=base64.b64encode(digest).decode())
+            md5s[n] = digest.hex()
+            if self._etags_are_md5 is None:  # the store checked the Content-MD5: is its ETag that MD5?
+                self._etags_are_md5 = md5_hex(r.get("ETag", "")) == digest.hex()
             return length
 
         # One S3 connection cannot fill a fast or distant link: a large file's parts go up
@@ -329,7 +363,7 @@ class S3Target(Target):
                 raise
         return sent
 
-    def publish(self, relpath: str, size: int, mtime_ns: int) -> None:
+    def publish(self, relpath: str, size: int, mtime_ns: int, md5: str | None = None) -> None:
         key = self.root + check_relpath(relpath)
         if size <= MIN_PART:
             with _SMALL_LOCK:
@@ -348,12 +382,26 @@ class S3Target(Target):
             if etags is None or sum(s for _, s in etags.values()) != size:
                 self._drop_record(record_key)
                 raise TransientError(f"the staged upload of {relpath} is incomplete: sending it again")
-            self._call(relpath, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
-                       UploadId=rec["upload_id"],
-                       MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n} for n, (e, _) in sorted(etags.items())]})
+            sent = self._part_md5s.pop(rec["upload_id"], {})
+            if self._etags_are_md5 is not False:
+                for n, (etag, _) in sorted(etags.items()):
+                    there = md5_hex(etag)
+                    if there is not None and n in sent and there != sent[n]:
+                        self._drop_record(record_key)
+                        raise not_as_sent(f"{relpath} (part {n})", there, sent[n])
+            done = self._call(relpath, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                              UploadId=rec["upload_id"],
+                              MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n}
+                                                         for n, (e, _) in sorted(etags.items())]})
             self._call(record_key, self.client.delete_object, Bucket=self.bucket, Key=record_key)
             if self._known_records is not None:
                 self._known_records.discard(record_key)
+            if self._etags_are_md5 is not False and sent and len(sent) == len(etags):
+                # The object's ETag, as S3 defines it for a multipart upload, from our parts.
+                want = hashlib.md5(b"".join(bytes.fromhex(sent[n]) for n in sorted(sent))).hexdigest()
+                there = str(done.get("ETag", "")).strip('"').lower()
+                if there.endswith(f"-{len(sent)}") and md5_hex(there.split("-")[0]) and there != f"{want}-{len(sent)}":
+                    raise not_as_sent(relpath, there, f"{want}-{len(sent)}")
         head = self._call(relpath, self.client.head_object, Bucket=self.bucket, Key=key)
         if head["ContentLength"] != size:
             raise TransientError(f"{relpath} has {head['ContentLength']} bytes on the server, not {size}")
@@ -379,6 +427,7 @@ class S3Target(Target):
         data = self._get(record_key)
         if data is not None:
             rec = json.loads(data)
+            self._part_md5s.pop(rec["upload_id"], None)
             self._call(record_key, self.client.abort_multipart_upload, missing_ok=True, Bucket=self.bucket,
                        Key=rec["key"], UploadId=rec["upload_id"])
         self._call(record_key, self.client.delete_object, Bucket=self.bucket, Key=record_key)

@@ -3,7 +3,9 @@
 Tuning from reference/servers.md: AES-GCM preferred (the CTR and CBC ciphers are disabled),
 pipelined 1 MiB writes, 255 KiB requests for OpenSSH servers (32 KiB, the protocol's
 guarantee, for others), and the default channel window (a large one makes paramiko slow).
-Publishing uses posix-rename@openssh.com where the server offers it.
+Publishing uses posix-rename@openssh.com where the server offers it, and, where the server
+offers the check-file extension (ProFTPD's mod_sftp; not OpenSSH), compares the staged copy's
+MD5 with the bytes read from the source first.
 """
 from __future__ import annotations
 
@@ -14,15 +16,16 @@ import stat
 from typing import Any, BinaryIO, Callable, Mapping
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, int64
 
 from ..errors import PermanentError, TargetFull, TransientError
-from .base import Progress, chunk_size
+from .base import Progress, chunk_size, md5_hex
 from .filesystem import Entry, RemoteFileTarget
 
 _SLOW_CIPHERS = ["aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]
 OPENSSH_REQUEST = 261120  # what OpenSSH's sftp-server advertises (limits@openssh.com)
 TIMEOUT = 30.0
+HASH_TIMEOUT = 3600.0  # check-file: the server reads the whole file before it answers
 
 
 class SftpTarget(RemoteFileTarget):
@@ -34,6 +37,7 @@ class SftpTarget(RemoteFileTarget):
         self.client: paramiko.SSHClient | None = None
         self.sftp: paramiko.SFTPClient | None = None
         self.request_size = 32768
+        self.check_file = True  # until the server says it has no check-file extension
 
     def endpoint(self) -> tuple[str, int] | None:
         return self.o["host"], self.o["port"]
@@ -219,6 +223,39 @@ class SftpTarget(RemoteFileTarget):
         except FileNotFoundError:
             raise PermanentError(f"the staging folder is missing on {self.describe_server()}") from None
         return size - offset
+
+    def _md5(self, path: str) -> str | None:
+        if not self.check_file:
+            return None
+        channel = self.conn.get_channel()
+        assert channel is not None
+
+        def ask():
+            # check-file-name (draft-ietf-secsh-filexfer-extensions-00); paramiko's own
+            # SFTPFile.check() sends the older name "check-file", which servers do not know.
+            channel.settimeout(HASH_TIMEOUT)
+            try:
+                return self.conn._request(CMD_EXTENDED, "check-file-name",  # type: ignore[attr-defined]
+                                          path, "md5", int64(0), int64(0), 0)
+            except OSError as e:
+                transport = self.client.get_transport() if self.client else None
+                if e.errno is None and transport is not None and transport.is_active():
+                    return None  # "unsupported": OpenSSH and most servers
+                raise
+            finally:
+                channel.settimeout(TIMEOUT)
+
+        try:
+            reply = self._call(path, ask)
+        except FileNotFoundError:
+            return None
+        if reply is None:
+            self.check_file = False
+            return None
+        t, msg = reply
+        if t != CMD_EXTENDED_REPLY or msg.get_text() != "md5":
+            return None
+        return md5_hex(msg.get_remainder().hex())
 
     def _set_mtime(self, path: str, mtime_ns: int) -> None:
         t = mtime_ns / 1e9
