@@ -58,3 +58,41 @@ def test_a_job_is_starting_until_it_has_looked_at_its_source_and_target(site):
     st = runner.status(now)
     queue.close()
     assert st["state"] == "idle" and st["lag_seconds"] == 0 and st["transfer"] is None
+
+
+def test_a_server_back_after_the_job_gave_up_is_noticed_by_the_next_probe(site, servers):
+    """Regression: every failure came before a probe could see the server down, the job gave
+    up (parked for `rescan`), and the probe that then found the server answering did not go
+    on, because no probe had ever found it down."""
+    server = servers.get("sftp")
+    loc = server.new_location()
+    site.config(target=loc, agent='retry_for = "1s"\nrescan = "1h"')
+    (site.source / "C_VOL-b001.spf").write_bytes(b"full")
+    os.utime(site.source / "C_VOL-b001.spf", (time.time() - 60, time.time() - 60))
+    cfg = config.load(site.cfg)
+    state = StateDir(cfg.agent.state_dir)
+    state.ensure()
+    queue = WorkQueue(state.queue_dir)
+    runner = JobRunner(cfg.jobs[0], cfg.agent, queue, state, threading.BoundedSemaphore(1))
+    try:
+        runner.step()
+        assert "C_VOL-b001.spf" in server.files(loc, "job1")
+        server.stop()
+        try:
+            (site.source / "C_VOL-b001-i001-cd.spi").write_bytes(b"incremental")
+            os.utime(site.source / "C_VOL-b001-i001-cd.spi", (time.time() - 60, time.time() - 60))
+            runner.request(Request("sync"))
+            runner.step()  # fails: the first failure, backing off
+            time.sleep(1.2)  # past retry_for
+            runner.request(Request("sync"))
+            runner.step()  # fails again: gives up, parked for an hour
+            assert "C_VOL-b001-i001-cd.spi" not in server.files(loc, "job1")
+        finally:
+            server.restart()
+        time.sleep(5.5)  # the next probe is due
+        runner.step()  # the probe finds the server answering: the parked file goes at once
+        runner.step()
+        assert "C_VOL-b001-i001-cd.spi" in server.files(loc, "job1")
+    finally:
+        runner.sessions.close()
+        queue.close()

@@ -73,6 +73,24 @@ def send(t: Target, relpath: str, path: Path, progress=lambda n: None) -> int:
     return sent
 
 
+def stage_half(remote: Remote, tmp_path: Path) -> tuple[Path, int, int]:
+    """A source big enough to resume, uploaded as "a/b.spf" until half of it was sent, then
+    interrupted (a window closing) and the connection closed."""
+    t = remote.target()
+    p, size, mtime = source(tmp_path, max(12 * MiB, 2 * t.resume_min_size + 8 * MiB))
+    done = []
+
+    def stop_half_way(n):
+        done.append(n)
+        if sum(done) >= size // 2:
+            raise Interrupted("window closed")
+
+    with open(p, "rb") as f, pytest.raises(Interrupted):
+        t.upload("a/b.spf", f, size, mtime, stop_half_way)
+    t.close()
+    return p, size, mtime
+
+
 def test_upload_is_invisible_until_published_then_complete(remote, tmp_path):
     t = remote.target()
     p, size, mtime = source(tmp_path, 3 * MiB + 17)
@@ -92,18 +110,7 @@ def test_upload_is_invisible_until_published_then_complete(remote, tmp_path):
 
 
 def test_an_interrupted_upload_resumes_or_starts_over(remote, tmp_path):
-    t = remote.target()
-    p, size, mtime = source(tmp_path, max(12 * MiB, 2 * t.resume_min_size + 8 * MiB))
-    done = []
-
-    def stop_half_way(n):
-        done.append(n)
-        if sum(done) >= size // 2:
-            raise Interrupted("window closed")
-
-    with open(p, "rb") as f, pytest.raises(Interrupted):
-        t.upload("a/b.spf", f, size, mtime, stop_half_way)
-    t.close()
+    p, size, mtime = stage_half(remote, tmp_path)
     t = remote.target()  # a new connection, as after a restart
     assert t.list() == {}
     sent = send(t, "a/b.spf", p)
@@ -228,25 +235,14 @@ def test_free_space_is_reported_where_the_protocol_tells(remote):
 
 # Servers that report the MD5 of what they store: FTP HASH (ProFTPD mod_digest), SFTP
 # check-file (ProFTPD mod_sftp), S3 part ETags. OpenSSH, pyftpdlib and Samba have no such
-# command: on them publish proves the size only (README, "What is proven when").
+# command: on them publish proves the size only (README, the table of what is proven).
 PROVING = ["ftp-proftpd", "sftp-proftpd", "s3", "s3-seaweedfs"]
 
 
 @pytest.mark.parametrize("kind", PROVING)
 def test_a_staged_part_that_no_longer_matches_the_source_is_never_published(kind, servers, tmp_path):
     remote = Remote(kind, servers, tmp_path)
-    t = remote.target()
-    p, size, mtime = source(tmp_path, max(12 * MiB, 2 * t.resume_min_size + 8 * MiB))
-    done = []
-
-    def stop_half_way(n):
-        done.append(n)
-        if sum(done) >= size // 2:
-            raise Interrupted("window closed")
-
-    with open(p, "rb") as f, pytest.raises(Interrupted):
-        t.upload("a/b.spf", f, size, mtime, stop_half_way)
-    t.close()
+    p, size, mtime = stage_half(remote, tmp_path)
     # The source changes where it was already staged, keeping its size and time (a damaged
     # disk, or a writer that restored the time): a resume sends only the rest.
     data = bytearray(p.read_bytes())

@@ -795,7 +795,12 @@ class JobRunner:
                 self._gave_up = True
                 log.warning("job %s: %s; retrying for %ds did not help, next try in %ds",
                             self.job.name, e, self.settings.retry_for, wait)
-            # Full attempts back off, but a cheap probe notices a server that is back.
+            # Full attempts back off, but a cheap probe notices a server that is back: one
+            # that does not answer now is marked so (a failure can come before any probe,
+            # and a server back by the next probe must still count as back).
+            endpoint = make_target(self.job).endpoint()
+            if endpoint is not None and not reachable(endpoint):
+                self._unreachable = True
             self._probe_at = mono + min(PROBE_EVERY, wait)
             if it is not None:
                 self.queue.release(it.id, str(e), _now() + dt.timedelta(seconds=wait))
