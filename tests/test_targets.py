@@ -272,6 +272,13 @@ def test_the_server_reports_the_md5_of_a_published_file(kind, servers, tmp_path)
     send(t, "d/with space.spi", p)
     assert t.remote_md5("d/with space.spi") == hashlib.md5(p.read_bytes()).hexdigest()
     assert t.remote_md5("d/none.spi") is None
+    if kind == "ftp-proftpd":  # ProFTPD offers both: the older XMD5 (chosen where HASH is missing) too
+        assert t._hash_cmd == "HASH"
+        t._hash_cmd = "XMD5"
+        send(t, "d/plain.spi", p)
+        assert t.remote_md5("d/plain.spi") == hashlib.md5(p.read_bytes()).hexdigest()
+        assert t.remote_md5("d/with space.spi") is None  # XMD5 cannot name it: not asked
+        assert t.remote_md5("d/none.spi") is None
     t.close()
 
 

@@ -221,8 +221,8 @@ class FtpTarget(RemoteFileTarget):
         return self._call(path, self.conn.retrbinary, f"RETR {path}", sink, BLOCK, missing_ok=True) is not None
 
     def _md5(self, path: str) -> str | None:
-        if self._hash_cmd is None:
-            return None
+        if self._hash_cmd is None or (self._hash_cmd == "XMD5" and " " in path):
+            return None  # XMD5 takes "path [start end]": ProFTPD refuses a name with a space
 
         def ask() -> str:
             self._binary_mode()  # a digest of the bytes as stored, never of an ASCII view
@@ -234,7 +234,10 @@ class FtpTarget(RemoteFileTarget):
             finally:
                 sock.settimeout(TIMEOUT)
 
-        answer = self._call(path, ask, missing_ok=True)
+        try:
+            answer = self._call(path, ask, missing_ok=True)
+        except PermanentError:
+            return None  # the server will not hash this file: the size is what is proven
         if answer is None:
             return None  # no such file
         reply = answer.splitlines()[-1].split()
