@@ -82,8 +82,15 @@ def test_an_image_that_no_longer_matches_its_sidecar_is_not_published_and_raises
     alerts = wait_until(lambda: site.job_status()["alerts"], what="the alert")
     assert [a["name"] for a in alerts] == ["source-corrupt"] and "C_VOL-b001.spf" in alerts[0]["message"]
     assert f"C_VOL-b001.spf: {CORRUPT}" in agent.output()
-    image.write_bytes(good)  # restored from elsewhere, same bytes, size and time as the sidecar says
+    # Restored from elsewhere (same bytes, size and time as the sidecar says) while the agent
+    # is stopped: with it running, the write is itself a new version that it picks up alone.
+    assert agent.stop() == 0
+    image.write_bytes(good)
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    agent = start_agent()
+    wait_until(lambda: site.job_status()["state"] != "starting", what="the agent's first look")
+    failed = [i["path"] for i in json.loads(site.offsite("queue", "list", "--json").stdout) if i["state"] == "failed"]
+    assert failed == ["C_VOL-b001.spf"] and "C_VOL-b001.spf" not in site.target_files()  # waits for the retry
     r = site.offsite("queue", "retry", str(items[0]["id"]))
     assert r.returncode == 0, r.stderr
     wait_until(lambda: set(site.target_files()) == {"C_VOL-b001.spf", "C_VOL-b001.md5", "D_VOL-b001.spf"},
