@@ -35,6 +35,7 @@ from .system import FileLock, make_private_dir, open_private
 # to n + 1 is MIGRATIONS[n]; each leaves the state readable by the version after it.
 FORMAT = 1
 MIGRATIONS: dict[int, Callable[["StateDir"], None]] = {0: lambda state: None}
+LOCK_WAIT = 2.0  # seconds an agent or sync tries for the state lock (a status probe holds it an instant)
 
 
 class StateDir:
@@ -92,7 +93,7 @@ class StateDir:
 
     def take_lock(self, kind: str) -> bool:
         """Become the one writer; `kind` ("agent" or "sync") tells others who holds it."""
-        if not self.lock.acquire():
+        if not self.lock.acquire(wait=LOCK_WAIT):
             return False
         self.write_json("holder.json", {"kind": kind, "pid": os.getpid()})
         return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import IO
 
@@ -24,7 +25,17 @@ class FileLock:
         self.path = path
         self._f: IO[bytes] | None = None
 
-    def acquire(self) -> bool:
+    def acquire(self, wait: float = 0.0) -> bool:
+        """Take the lock, trying for up to `wait` seconds: `held_by_other` in another process
+        (`offsite status`) holds it for an instant, which must not turn an agent away."""
+        deadline = time.monotonic() + wait
+        while not self._try():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _try(self) -> bool:
         f = open(self.path, "a+b")
         try:
             if sys.platform == "win32":  # pragma: no cover

@@ -12,12 +12,15 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from conftest import Site, TargetWatcher, wait_until
 from imagemanager import ImageManager, write_events
 from offsite.selection import Rules, SourceFile, plan
+from offsite.state import StateDir
 
 MiB = 1024 * 1024
 
@@ -334,3 +337,26 @@ def test_a_file_changed_while_it_is_sent_is_not_published_and_is_sent_again(site
     assert sha(site.target / "C_VOL-b001-i001.spi") == sha(f)
     assert "changed while it was sent" in agent.output()
     assert agent.stop() == 0
+
+
+def test_status_probing_the_lock_never_turns_a_starting_agent_away(site, tmp_path):
+    """`offsite status` tells whether an agent runs by taking the state lock for an instant;
+    an agent starting at that instant waits for it (seen in the suite: exit 3 on a restart)."""
+    site.config()
+    state = site.state
+    state.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+from pathlib import Path
+from offsite.system import FileLock
+lock = FileLock(Path({str(state / 'agent.lock')!r}))
+assert lock.acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[1]))
+""", "0.8"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    mine = StateDir(state)
+    assert mine.take_lock("sync")  # held by the other process for 0.8 s more: waited for
+    assert holder.wait(10) == 0
+    assert mine.holder() == {"kind": "sync", "pid": os.getpid()}
+    mine.lock.release()
