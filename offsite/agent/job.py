@@ -125,6 +125,7 @@ class JobRunner:
         self.target_files: dict[str, RemoteFile] | None = None
         probe = make_target(job)
         self.keeps_mtime, self.where = probe.keeps_mtime, probe.describe()
+        self.endpoint = probe.endpoint()  # for the reachability probe; None: no server of its own
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.rewatch = threading.Event()  # the source folder was gone: its watch is dead
@@ -798,8 +799,7 @@ class JobRunner:
             # Full attempts back off, but a cheap probe notices a server that is back: one
             # that does not answer now is marked so (a failure can come before any probe,
             # and a server back by the next probe must still count as back).
-            endpoint = make_target(self.job).endpoint()
-            if endpoint is not None and not reachable(endpoint):
+            if self.endpoint is not None and not reachable(self.endpoint):
                 self._unreachable = True
             self._probe_at = mono + min(PROBE_EVERY, wait)
             if it is not None:
@@ -839,12 +839,11 @@ class JobRunner:
     def _probe(self, mono: float) -> None:
         """While transient failures back off: is the server answering again? A server that
         was not answering and now is gets its parked items retried at once."""
-        endpoint = make_target(self.job).endpoint()
-        if endpoint is None:
+        if self.endpoint is None:
             self._probe_at = None
             return
         self._probe_at = mono + PROBE_EVERY
-        up = reachable(endpoint)
+        up = reachable(self.endpoint)
         if not up:
             self._unreachable = True
         elif self._unreachable:
@@ -852,7 +851,7 @@ class JobRunner:
             parked = [i.id for i in self.queue.items(self.job.name) if i.state == "ready" and i.next_attempt]
             self.queue.retry(parked)
             self._retry_at = 0.0
-            log.info("job %s: %s:%d answers again; going on", self.job.name, *endpoint)
+            log.info("job %s: %s:%d answers again; going on", self.job.name, *self.endpoint)
 
     def _finish(self, stats: SyncStats, forced: bool = False) -> None:
         """Record the pass that just ended as the job's last sync. It is ok when it did its
