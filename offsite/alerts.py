@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from .units import format_duration
 
 NAMES = ("job-error", "lag", "queue", "source-inactive", "target-space", "deletes-held",
-         "owner-mismatch", "agent-restarted", "source-corrupt", "verify-failed")
+         "owner-mismatch", "agent-restarted", "source-corrupt", "verify-failed", "source-changed",
+         "source-unreadable")
 HISTORY = 200  # events kept in the book, newest last
 
 
@@ -49,6 +50,8 @@ class Facts:
     target: str = ""
     corrupt: tuple[str, ...] = ()  # images at the source that do not match their .md5 sidecar
     verify_bad: tuple[str, ...] = ()  # copies the last verify found not as sent
+    changed: tuple[str, ...] = ()  # ShadowProtect files changed at the source after they were sent
+    unreadable: tuple[tuple[str, str], ...] = ()  # source folders that fail to read: (folder, error)
 
 
 def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str, str]:
@@ -86,6 +89,20 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
         out["source-corrupt"] = (f"{len(f.corrupt)} image(s) at the source do not match their .md5 sidecar: {names}. "
                                  f"The backup itself is damaged (the backup server's disk?) and is not sent. Check "
                                  f"it with ImageManager; once it is restored, 'offsite queue retry' sends it.")
+    if f.changed:
+        names = ", ".join(f.changed[:5]) + (f" and {len(f.changed) - 5} more" if len(f.changed) > 5 else "")
+        out["source-changed"] = (
+            f"{len(f.changed)} backup file(s) changed at the source after they were sent: {names}. ShadowProtect "
+            f"writes a file once and never changes it, so this is damage or tampering (ransomware?). The copies "
+            f"offsite are kept as they were, nothing is sent over them, and no deletion is mirrored until this is "
+            f"resolved: restore the files at the source, or, if the change is intended, run 'offsite sync {job} "
+            f"--accept-changes' (the offsite copies then go to the bin).")
+    if f.unreadable:
+        where = "; ".join(f"{folder or 'the source folder itself'}: {error}" for folder, error in f.unreadable[:5])
+        more = f"; and {len(f.unreadable) - 5} more" if len(f.unreadable) > 5 else ""
+        out["source-unreadable"] = (
+            f"part of the source cannot be read ({where}{more}). Nothing under it is sent or deleted offsite until "
+            f"it reads again. Check the disk or the share the backups are on.")
     if f.verify_bad:
         names = ", ".join(f.verify_bad[:5]) + (f" and {len(f.verify_bad) - 5} more" if len(f.verify_bad) > 5 else "")
         out["verify-failed"] = (f"the last verify found {len(f.verify_bad)} copy(ies) on the target not as sent: "

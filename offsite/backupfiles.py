@@ -44,6 +44,11 @@ class BackupFile:
     level: Level | None = None  # ShadowProtect only
     point: tuple[int, int] = (0, 0)  # (diff, inc); Macrium: (increment, file number)
     stem: str = ""  # casefolded name without extension: ties a sidecar to its image
+    group: tuple = ()  # the volume (ShadowProtect) or backup definition folder (Macrium): its chains
+
+    @property
+    def name(self) -> str:
+        return self.path[self.path.rfind("/") + 1:]
 
 
 _SP = re.compile(
@@ -102,7 +107,7 @@ def classify(relpath: str, family: str = "auto") -> BackupFile | None:
             # Site Manager's map of definition GUIDs to names: a restore needs it, and it
             # changes in place like a Macrium file (reference/backup-files.md section 3).
             return BackupFile(path=relpath, family="macrium", chain=("macrium", folder, ""), key=(0, 0),
-                              role=Role.MACRIUM, stem=stem.casefold())
+                              role=Role.MACRIUM, stem=stem.casefold(), group=("macrium", folder))
         m = _MACRIUM.match(name)
         if m:
             inc, num = int(m.group("inc")), int(m.group("num"))
@@ -110,7 +115,7 @@ def classify(relpath: str, family: str = "auto") -> BackupFile | None:
                 path=relpath, family="macrium",
                 chain=("macrium", folder, m.group("prefix").casefold()),
                 key=(inc, num), role=Role.MACRIUM, point=(inc, num),
-                stem=stem.casefold(),
+                stem=stem.casefold(), group=("macrium", folder),
             )
     return None
 
@@ -144,7 +149,7 @@ def _shadowprotect(relpath: str, folder: str, m: re.Match) -> BackupFile:
     name = relpath[relpath.rfind("/") + 1:]
     return BackupFile(
         path=relpath, family="shadowprotect", chain=chain, key=key, role=role, level=level,
-        point=(diff, inc), stem=name[: name.rfind(".")].casefold(),
+        point=(diff, inc), stem=name[: name.rfind(".")].casefold(), group=chain[:3],
     )
 
 

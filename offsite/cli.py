@@ -28,7 +28,8 @@ from .alerts import Book
 from .config import Config, Job
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LockedError, OffsiteError, UsageError
 from .queue import WorkQueue, read_items, summary
-from .selection import Rules, plan
+from .deletions import recent
+from .selection import Rules, Sent, plan
 from .state import Hashes, StateDir
 from .targets import make_target
 from .units import format_bytes, format_duration, parse_duration
@@ -90,12 +91,24 @@ def _parser() -> argparse.ArgumentParser:
     sp = cmd("sync", cmd_sync, "run a job now, ignoring its window; returns when it is idle")
     sp.add_argument("job", metavar="JOB")
     sp.add_argument("--allow-deletes", action="store_true", help="apply deletions held back for confirmation")
+    sp.add_argument("--accept-changes", action="store_true",
+                    help="send files changed at the source after they were sent (source-changed); their offsite "
+                         "copies go to the bin")
     sp.add_argument("--json", action="store_true")
     sp = cmd("plan", cmd_plan, "show what would be sent and deleted, without doing it")
     sp.add_argument("job", metavar="JOB")
     sp.add_argument("--json", action="store_true")
     sp = cmd("reinit", cmd_reinit, "take over a target folder whose owner ID belongs to someone else")
     sp.add_argument("job", metavar="JOB")
+    sp = cmd("deleted", cmd_deleted, "list the bin: files deleted or replaced on the target, kept for keep_deleted")
+    sp.add_argument("job", metavar="JOB")
+    sp.add_argument("--json", action="store_true")
+    sp = cmd("undelete", cmd_undelete, "put files of the bin back under their names on the target (never over a "
+             "file that is there)")
+    sp.add_argument("job", metavar="JOB")
+    sp.add_argument("paths", nargs="+", metavar="PATH", help="relative paths, as 'offsite deleted' lists them")
+    sp.add_argument("--date", metavar="YYYY-MM-DD", help="the day the file went to the bin (default: the newest)")
+    sp.add_argument("--json", action="store_true")
 
     sp = cmd("verify", cmd_verify, "read the offsite copy back and compare it with the hashes recorded when it was "
              "sent, and images with their .md5; changes nothing")
@@ -507,7 +520,7 @@ def _queue_change(cfg: Config, request: dict) -> dict:
     with _Writer(cfg) as w:
         assert w.queue is not None
         if request["op"] == "retry":
-            return {"ok": True, "items": [i.id for i in control.retry(w.queue, request["ids"])]}
+            return {"ok": True, "items": [i.id for i in control.retry(w.queue, w.state, request["ids"])]}
         return {"ok": True, "item": control.drop(w.queue, w.state, request["id"]).to_json()}
 
 
@@ -542,6 +555,12 @@ def _print_sync(job: str, reply: dict, as_json: bool) -> int:
         if reply.get("held"):
             print(f"{job}: held: {reply['held']}; run 'offsite sync {job} --allow-deletes' to apply them",
                   file=sys.stderr)
+        if reply.get("changed"):
+            n = len(reply["changed"])
+            print(f"{job}: {n} file(s) changed at the source after they were sent are not sent again "
+                  f"(source-changed): {', '.join(reply['changed'][:5])}{' ...' if n > 5 else ''}; restore them "
+                  f"at the source, or run 'offsite sync {job} --accept-changes' if the change is intended",
+                  file=sys.stderr)
         if reply.get("waiting_files"):
             print(f"{job}: {reply['waiting_files']} file(s) still being written at the source wait for a later sync",
                   file=sys.stderr)
@@ -553,7 +572,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     job = _job(cfg, args.job)
     state = _state(cfg)
     if _agent_answers(state):
-        reply = _ask_agent(state, {"op": "sync", "job": job.name, "allow_deletes": args.allow_deletes})
+        reply = _ask_agent(state, {"op": "sync", "job": job.name, "allow_deletes": args.allow_deletes,
+                                   "accept_changes": args.accept_changes})
         return _print_sync(job.name, reply, args.json)
     logs.to_stderr("warning" if cfg.agent.log_level == "info" else cfg.agent.log_level)
     with _Writer(cfg) as w:
@@ -563,11 +583,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             runner.on_progress = _ProgressBar().update
         result: dict = {}
-        runner.request(Request("sync", args.allow_deletes, result.update))
+        runner.request(Request("sync", args.allow_deletes, result.update, accept_changes=args.accept_changes))
         previous = {s: signal.signal(s, lambda *_: runner.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             runner.step()
         finally:
+            runner.close()
             for s, h in previous.items():
                 signal.signal(s, h)
             if sys.stderr.isatty():
@@ -607,14 +628,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
         target.close()
     state = _state(cfg)
     dropped = state.read_json("dropped.json", {}).get(job.name, {})
-    p = control.without_dropped(plan(view.snapshot(), listing, Rules.of(job), target.keeps_mtime),
+    # What the agent knows besides the source and the target: what it sent (the versions a
+    # changed file is told apart by), what a person accepted, and its recent deletions.
+    hashes = Hashes(state.root, readonly=True)
+    sent = {p: Sent(*v) for p, v in hashes.versions(job.name).items()}
+    hashes.close()
+    accepted = {p: tuple(v) for p, v in state.read_json("accepted.json", {}).get(job.name, {}).items()}
+    recent_images = recent(state.read_json("mirrored.json", {}).get(job.name, []), time.time())
+    p = control.without_dropped(plan(view.snapshot(), listing, Rules.of(job), target.keeps_mtime, sent=sent,
+                                     recent_images=recent_images, accepted=accepted),
                                 dropped, view.entries)
     uploads, deletes = p.uploads, p.deletes
     sizes = {u: view.entries[u].size for u in uploads}
     if args.json:
         _print_json({"job": job.name, "uploads": [{"path": u, "size": sizes[u]} for u in uploads],
                      "deletes": [{"path": d, "size": listing[d].size} for d in deletes],
-                     "waiting": p.waiting, "held": p.held, "held_deletes": p.held_count})
+                     "waiting": p.waiting, "held": p.held, "held_deletes": p.held_count,
+                     "changed": p.changed})
         return EXIT_OK
     print(f"plan for job {job.name} ({target.describe()}):")
     for u in uploads:
@@ -623,10 +653,71 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"  delete {d}")
     for w in p.waiting:
         print(f"  waiting {w} (still being written at the source)")
+    for c in p.changed:
+        print(f"  changed {c} (at the source since it was sent: not sent again; see source-changed)")
     if p.held:
         print(f"  held: {p.held}; 'offsite sync {job.name} --allow-deletes' applies them")
     print(f"{len(uploads)} upload(s), {format_bytes(sum(sizes.values()))}; {len(deletes)} deletion(s)")
     return EXIT_OK
+
+
+def _bin_target(cfg: Config, job: Job):
+    target = make_target(job)
+    target.open(create=False)
+    return target
+
+
+def cmd_deleted(args: argparse.Namespace) -> int:
+    cfg = _config(args, check_sources=False)
+    job = _job(cfg, args.job)
+    target = _bin_target(cfg, job)
+    try:
+        binned = sorted(target.bin_list(), key=lambda b: (b.day, b.path))
+    finally:
+        target.close()
+    if args.json:
+        _print_json([{"path": b.path, "date": b.day, "size": b.size} for b in binned])
+        return EXIT_OK
+    for b in binned:
+        print(f"{b.day}  {format_bytes(b.size):>10}  {b.path}")
+    print(f"{job.name}: {len(binned)} file(s) in the bin, {format_bytes(sum(b.size for b in binned))}; kept "
+          f"{format_duration(job.keep_deleted) if job.keep_deleted is not None else 'not at all (keep_deleted off)'}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_undelete(args: argparse.Namespace) -> int:
+    cfg = _config(args, check_sources=False)
+    job = _job(cfg, args.job)
+    if args.date is not None:
+        try:
+            dt.date.fromisoformat(args.date)
+        except ValueError:
+            raise UsageError(f"--date must be a day written YYYY-MM-DD (got {args.date!r})") from None
+    state = _state(cfg)
+    if _agent_answers(state):
+        reply = _ask_agent(state, {"op": "undelete", "job": job.name, "paths": args.paths, "day": args.date})
+        if reply.get("error"):
+            raise OffsiteError(reply["error"])
+        done = reply["files"]
+    else:
+        with _Writer(cfg) as w:
+            target = make_target(job)
+            target.open()
+            try:
+                done = control.undelete(target, w.state, job, args.paths, args.date)
+            finally:
+                target.close()
+    if args.json:
+        _print_json(done)
+    else:
+        for d in done:
+            if d["ok"]:
+                print(f"{job.name}: {d['path']} is back on the target (from the bin's {d['day']}); it is not "
+                      f"deleted again", file=sys.stderr)
+            else:
+                print(f"{job.name}: {d['path']}: {d['error']}", file=sys.stderr)
+    return EXIT_OK if all(d["ok"] for d in done) else EXIT_FAILED
 
 
 def cmd_reinit(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import posixpath
 import re
 import stat
 import sys
@@ -19,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 from .agent.schedule import DAYS, Window
 from .errors import ConfigError
+from .system import folder_state
 from .units import parse_bandwidth, parse_duration, parse_size
 
 if sys.version_info >= (3, 11):
@@ -275,6 +277,8 @@ JOB_OPTIONS: dict[str, Opt] = {
     "inactive_after": Opt(_off_or(_duration(1)), None, help="alert 'source-inactive': no new backup file"),
     "min_free": Opt(_off_or(parse_size), None, help="alert 'target-space' below this much free space"),
     "verify_every": Opt(_off_or(_duration(60)), None, help="verify a 10% sample of the copy this often"),
+    "keep_deleted": Opt(_off_or(_duration(0)), 30 * 86400.0,
+                        help="how long files deleted or replaced offsite stay in the bin; \"off\": deleted at once"),
 }
 
 NOTIFY_OPTIONS: dict[str, Opt] = {
@@ -351,6 +355,7 @@ class Job:
     inactive_after: float | None = None
     min_free: int | None = None
     verify_every: float | None = None
+    keep_deleted: float | None = 30 * 86400.0  # None: "off", deleted at once
 
 
 @dataclass(frozen=True)
@@ -517,17 +522,15 @@ class _Parser:
             if any(j.name == job.name for j in jobs):
                 raise self.fail(f"jobs[{i}].name", f"duplicate job name {job.name!r}")
             jobs.append(job)
-        seen: dict[tuple, str] = {}
-        for job in jobs:
-            where = (job.location.type, tuple(sorted((k, str(v)) for k, v in job.location.options.items()
-                                                     if k in ("path", "host", "port", "bucket", "prefix"))),
-                     job.folder.casefold())
-            if where in seen:
-                raise self.fail(
-                    f"jobs.{job.name}.folder",
-                    f"job {seen[where]!r} already replicates into the same target folder",
-                )
-            seen[where] = job.name
+        for i, job in enumerate(jobs):
+            for other in jobs[:i]:
+                clash = nested(target_folder(job), target_folder(other))
+                if clash:
+                    raise self.fail(
+                        f"jobs.{job.name}.folder",
+                        f"its target folder {job.location.describe()} folder {job.folder} {clash} the target folder "
+                        f"of job {other.name!r}; jobs never share or nest target folders (give each its own folder)",
+                    )
         notify = self.notify(self.table(raw.get("notify", {}), "notify"))
         return Config(self.path, agent, MappingProxyType(locations), tuple(jobs), notify)
 
@@ -584,7 +587,7 @@ class _Parser:
     def job(self, raw: dict, key: str, locations: dict[str, Location]) -> Job:
         o = self.options(raw, JOB_OPTIONS, key, extra=("location", "target", "windows"))
         source: Path = o["source"]
-        if self.check_sources and not source.is_dir():
+        if self.check_sources and folder_state(source) == "missing":  # unreadable: the job says so
             raise self.fail(f"{key}.source", f"{source} is not an existing folder")
         if ("location" in raw) == ("target" in raw):
             raise self.fail(key, "give either location (a name under [locations]) or target (an inline table)")
@@ -607,7 +610,7 @@ class _Parser:
             bandwidth=o["bandwidth"], windows=self.windows(raw.get("windows"), f"{key}.windows"),
             transfers=o["transfers"], max_lag=o["max_lag"], max_pending_files=o["max_pending_files"],
             max_pending_bytes=o["max_pending_bytes"], inactive_after=o["inactive_after"], min_free=o["min_free"],
-            verify_every=o["verify_every"],
+            verify_every=o["verify_every"], keep_deleted=o["keep_deleted"],
         )
 
     def windows(self, raw: Any, key: str) -> tuple[Window, ...]:
@@ -639,6 +642,44 @@ class _Parser:
         if not m:
             raise self.fail(key, f'must be a local time "HH:MM" from 00:00 to 23:59 (got {v!r})')
         return dt.time(int(m.group(1)), int(m.group(2)))
+
+
+def target_folder(job: Job) -> tuple[tuple, tuple[str, ...]]:
+    """Where a job's target folder is: (the namespace it lives in, its path as parts),
+    normalised so that two jobs writing to the same place compare equal: the same drive or
+    server, and the path with `.`, `..` and doubled separators resolved, casefolded where
+    the target compares names without case (SMB; a local drive on Windows)."""
+    o, kind = job.location.options, job.location.type
+
+    def parts(path: str, fold: bool) -> tuple[str, ...]:
+        norm = posixpath.normpath("/" + path.replace("\\", "/")).strip("/")
+        return tuple(p.casefold() if fold else p for p in norm.split("/") if p)
+
+    folder = job.folder
+    if kind == "local":
+        path = os.path.realpath(os.path.join(str(o["path"]), *folder.split("/")))
+        return ("local",), parts(Path(path).as_posix(), os.name == "nt")
+    if kind == "smb":
+        unc = [p for p in re.split(r"[\\/]", o["path"]) if p]
+        return ("smb", unc[0].casefold(), o["port"]), parts("/".join(unc[1:] + [folder]), True)
+    if kind in ("sftp", "ftp", "ftps"):
+        family = "sftp" if kind == "sftp" else "ftp"  # FTP and FTPS on one port are one server
+        return (family, str(o["host"]).casefold(), o["port"]), parts(f"{o['path']}/{folder}", False)
+    endpoint = (o.get("endpoint") or f"aws:{o.get('region') or ''}").rstrip("/").casefold()
+    return ("s3", endpoint, o["bucket"]), parts(f"{o.get('prefix') or ''}/{folder}", False)
+
+
+def nested(a: tuple[tuple, tuple[str, ...]], b: tuple[tuple, tuple[str, ...]]) -> str | None:
+    """How target folder `a` meets `b`: "is the same as", "lies inside", "holds", or None."""
+    if a[0] != b[0]:
+        return None
+    if a[1] == b[1]:
+        return "is the same as"
+    if a[1][: len(b[1])] == b[1]:
+        return "lies inside"
+    if b[1][: len(a[1])] == a[1]:
+        return "holds"
+    return None
 
 
 def _smb_identity(opts: dict) -> dict:

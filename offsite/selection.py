@@ -1,20 +1,24 @@
 """What a job sends and deletes: the replication modes and retention, as pure functions.
 
-`plan(source, target, rules)` compares what the source holds (with readiness) with what
-the target holds and returns the uploads, the deletions, and the files the chain order
-still waits for. The agent's reconciliation, its event handling and `offsite plan` all call
-this one function. Nothing here touches the disk or the clock.
+`plan_group(source, target, rules)` compares what the source holds of one volume or backup
+definition (with readiness) with what the target holds and returns the uploads, the
+deletions, the files the chain order still waits for, and the ShadowProtect files changed
+at the source after they were sent (never sent again: SPEC section 8). Which deletions are
+mirrored is decided in deletions.py. The agent's reconciliation, its event handling and
+`offsite plan` all call this one function. Nothing here touches the disk or the clock.
 """
 from __future__ import annotations
 
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 from .backupfiles import BackupFile, Level, Role, classify
+from .deletions import decide, explain
 
 MONTHLY_LEVELS = (Level.MONTHLY, Level.ROLLING)
+MTIME_SLACK = 2_000_000_000  # FAT and SMB keep modification times to 2 s at worst
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,14 @@ class SourceFile:
 
 
 @dataclass(frozen=True)
+class Sent:
+    """The version of a file the agent published: recorded when it sent it."""
+
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
 class RemoteFile:
     size: int
     mtime_ns: int | None = None  # None where the target does not keep modification times
@@ -50,13 +62,17 @@ class RemoteFile:
 @dataclass
 class Plan:
     uploads: list[str] = field(default_factory=list)  # in send order
-    deletes: list[str] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)  # retention on the target (daily-monthly); combine(): all
     waiting: list[str] = field(default_factory=list)  # selected but not complete at the source
     blockers: dict[tuple, tuple] = field(default_factory=dict)  # chain -> first key still waited for
-    held: str | None = None  # why deletions are held back, when they are
+    held: str | None = None  # combine(): why deletions are held back, when they are
     held_count: int = 0
-    mirrored: list[str] = field(default_factory=list)  # plan_chain only: deletions mirrored from the source
+    mirrored: list[str] = field(default_factory=list)  # deletions the backup software explains (section 8)
     mirrored_images: int = 0  # of which images (the max_deletes guard counts these)
+    unexplained: dict[str, str] = field(default_factory=dict)  # deletions that wait for a person: path -> why
+    changed: list[str] = field(default_factory=list)  # ShadowProtect files changed at the source once sent
+    deletes_wait: bool = False  # a deletion waits for the file that supersedes it to reach the target
+    unknown: list[str] = field(default_factory=list)  # paths whose presence at the source is unknown
 
 
 def pathkey(path: str) -> str:
@@ -119,80 +135,110 @@ def selected(f: BackupFile, rules: Rules, facts: _ChainFacts) -> bool:
 
 
 def group(source: Mapping[str, object], target: Mapping[str, object], family: str) -> dict[tuple, tuple[dict, dict]]:
-    """Source and target paths by chain (backup files only): chain -> (source part, target part)."""
+    """Source and target paths by group, a volume or a backup definition (backup files only):
+    group -> (source part, target part)."""
     out: dict[tuple, tuple[dict, dict]] = {}
     for side, files in ((0, source), (1, target)):
         for path, value in files.items():
             f = classify(path, family)
             if f is not None:
-                out.setdefault(f.chain, ({}, {}))[side][path] = value
+                out.setdefault(f.group, ({}, {}))[side][path] = value
     return out
 
 
-def plan_chain(
+def plan_group(
     source: Mapping[str, SourceFile],
     target: Mapping[str, RemoteFile],
     rules: Rules,
     keeps_mtime: bool = False,
+    unknown: Collection[str] = frozenset(),
+    sent: Mapping[str, Sent] | None = None,
+    accepted: Mapping[str, tuple[int, int]] | None = None,
+    folders: Collection[str] | None = None,
 ) -> Plan:
-    """The plan for ONE chain, given only that chain's source and target files. Deletions
-    mirrored from the source are in `mirrored` (the job-wide max_deletes guard decides on
-    them, see combine()); `deletes` holds the retention deletions, which are never held."""
-    src = {p: classify(p, rules.family) for p in source}
+    """The plan for ONE group (a volume's chains, a backup definition's sets), given only its
+    source and target files.
+    - `unknown`: paths whose presence at the source is not known (under a folder that failed
+      to read, or gone from one listing and not yet confirmed): never sent nor deleted, and
+      while the group has one, nothing of it is deleted at all; one last seen under a folder
+      that fails to read (in `source`) and not on the target holds its chain back.
+    - `sent`: the version (size, mtime) the agent recorded when it published each file.
+      A ShadowProtect file whose published copy differs from the source (size; mtime where
+      the agent sent it) is `changed`: never sent again, unless that version is `accepted`.
+    - `folders`: the source's folders (casefolded), for "its folder vanished".
+    Mirrored deletions are in `mirrored` (explained) and `unexplained`; the job decides on
+    them (deletions.decide); `deletes` holds the daily-monthly retention, never held."""
+    sent = sent or {}
+    accepted = accepted or {}
+    src = {p: classify(p, rules.family) for p in source if p not in unknown}
     tgt = {p: classify(p, rules.family) for p in target}
     facts = _ChainFacts([f for f in src.values() if f] + [f for f in tgt.values() if f])
     on_target = {pathkey(p): p for p in target}
-    in_source = {pathkey(p) for p in source}
-    out = Plan()
+    in_source = {pathkey(p) for p in source} | {pathkey(p) for p in unknown}
+    # Under a folder that fails to read, the files last seen keep their place (and their
+    # queued work); one missed by a listing and not yet confirmed gone is simply not sent.
+    out = Plan(unknown=sorted(p for p in unknown if p in source))
     for f in sorted((f for f in src.values() if f), key=lambda f: f.key):
         if not selected(f, rules, facts):
             continue
         s = source[f.path]
         t_path = on_target.get(pathkey(f.path))
-        if t_path is not None and _same(s, target[t_path], f, keeps_mtime):
-            continue
+        if t_path is not None:
+            t = target[t_path]
+            if _same(s, t, f, keeps_mtime, sent.get(t_path)):
+                continue
+            if f.family == "shadowprotect" and accepted.get(f.path) != (s.size, s.mtime_ns):
+                out.changed.append(f.path)  # written once, never changed: damaged or tampered with
+                continue
         if s.ready:
             out.uploads.append(f.path)
         else:
-            out.waiting.append(f.path)
-            if f.chain not in out.blockers or f.key < out.blockers[f.chain]:
-                out.blockers[f.chain] = f.key
+            _wait(out, f)
+    for p in out.unknown:
+        u = classify(p, rules.family)
+        if u is not None and pathkey(p) not in on_target and selected(u, rules, facts):
+            _wait(out, u, listed=False)  # holds its chain back: it may be there, and earlier
     files = {p: f for p, f in tgt.items() if f}
     retention = _retention(files) if rules.mode == "daily-monthly" else []
     kept = set(retention)
-    mirrored = [p for p in _mirrored(files, in_source, rules) if p not in kept]
-    by_key = lambda p: files[p].key  # noqa: E731
-    out.deletes = sorted(retention, key=by_key)
-    out.mirrored = sorted(mirrored, key=by_key)
-    out.mirrored_images = sum(1 for p in mirrored if files[p].role not in (Role.MD5, Role.BITMAP))
+    out.deletes = sorted(retention, key=lambda p: files[p].key)
+    if unknown:
+        return out  # nothing of a group is deleted while any of its files is unknown
+    gone = [p for p in _mirrored(files, in_source, rules) if p not in kept]
+    verdict = explain(gone, [p for p in source], list(target), folders, rules.family)
+    newest_first = lambda p: tuple(-x for x in files[p].key)  # noqa: E731 - what stays is a prefix
+    out.mirrored = sorted(verdict.mirrored, key=newest_first)
+    out.unexplained = {p: verdict.held[p] for p in sorted(verdict.held, key=newest_first)}
+    out.deletes_wait = verdict.waiting
+    out.mirrored_images = sum(1 for p in out.mirrored if files[p].role in (Role.IMAGE, Role.MACRIUM))
     return out
 
 
-def hold(mirrored: int, images: int, has_source: bool, rules: Rules, allow_deletes: bool) -> str | None:
-    """Why mirrored deletions wait for `offsite sync --allow-deletes`, or None (SPEC section 5):
-    a source that holds no backup files at all, or more image deletions than max_deletes."""
-    if allow_deletes or not mirrored:
-        return None
-    if not has_source:
-        return "the source folder holds no backup files"
-    if images > rules.max_deletes:
-        return f"{images} deletions exceed max_deletes = {rules.max_deletes}"
-    return None
+def _wait(out: Plan, f: BackupFile, listed: bool = True) -> None:
+    if listed:
+        out.waiting.append(f.path)
+    if f.chain not in out.blockers or f.key < out.blockers[f.chain]:
+        out.blockers[f.chain] = f.key
 
 
-def combine(chains: Mapping[tuple, Plan], has_source: bool, rules: Rules, allow_deletes: bool) -> Plan:
-    """The job's plan from its chains' plans, in chain order, with the max_deletes guard."""
+def combine(groups: Mapping[tuple, Plan], has_source: bool, rules: Rules, allow_deletes: bool,
+            recent_images: int = 0) -> Plan:
+    """The job's plan from its groups' plans, with the job-wide decision on deletions; its
+    `deletes` are every deletion to make now."""
     out = Plan()
-    parts = [chains[c] for c in sorted(chains)]
-    mirrored = sum(len(p.mirrored) for p in parts)
-    out.held = hold(mirrored, sum(p.mirrored_images for p in parts), has_source, rules, allow_deletes)
-    out.held_count = mirrored if out.held else 0
+    parts = [groups[g] for g in sorted(groups)]
+    mirrored = [p for part in parts for p in part.mirrored]
+    held = {p: why for part in parts for p, why in part.unexplained.items()}
+    changed = sum(len(part.changed) for part in parts)
+    d = decide(mirrored, sum(part.mirrored_images for part in parts), held, recent_images, changed, has_source,
+               rules.max_deletes, allow_deletes)
+    out.held, out.held_count = d.reason, d.held
     for p in parts:
         out.uploads += p.uploads
         out.waiting += p.waiting
+        out.changed += p.changed
         out.blockers.update(p.blockers)
-        out.deletes += p.deletes if out.held else sorted(
-            p.deletes + p.mirrored, key=lambda x: classify(x, rules.family).key)  # type: ignore[union-attr]
+        out.deletes += p.deletes + [x for x in (*p.mirrored, *p.unexplained) if x in d.go]
     return out
 
 
@@ -202,20 +248,28 @@ def plan(
     rules: Rules,
     keeps_mtime: bool = False,
     allow_deletes: bool = False,
+    sent: Mapping[str, Sent] | None = None,
+    recent_images: int = 0,
+    accepted: Mapping[str, tuple[int, int]] | None = None,
 ) -> Plan:
     """Uploads and deletions that bring `target` up to date with `source` under `rules`."""
-    chains = {c: plan_chain(s, t, rules, keeps_mtime) for c, (s, t) in group(source, target, rules.family).items()}
+    groups = {g: plan_group(s, t, rules, keeps_mtime, sent=sent, accepted=accepted) for g, (s, t) in
+              group(source, target, rules.family).items()}
     has_source = any(classify(p, rules.family) for p in source)
-    return combine(chains, has_source, rules, allow_deletes)
+    return combine(groups, has_source, rules, allow_deletes, recent_images)
 
 
-def _same(s: SourceFile, t: RemoteFile, f: BackupFile, keeps_mtime: bool) -> bool:
+def _same(s: SourceFile, t: RemoteFile, f: BackupFile, keeps_mtime: bool, sent: Sent | None) -> bool:
+    """Is the published copy the source's version? Sizes first; then modification times:
+    the one the agent recorded when it sent the file (where it matches the copy's size),
+    else, for Macrium files, the target's own where it keeps them. A ShadowProtect copy put
+    there by hand (no record) is judged by its size only."""
     if s.size != t.size:
         return False
-    # ShadowProtect files never change once written; Macrium files change in place.
-    if f.family == "macrium" and keeps_mtime and t.mtime_ns is not None:
-        return abs(s.mtime_ns - t.mtime_ns) < 2_000_000_000  # FAT and SMB keep 2 s at worst
-    return True
+    mtime = sent.mtime_ns if sent is not None and sent.size == t.size else None
+    if mtime is None and f.family == "macrium" and keeps_mtime:
+        mtime = t.mtime_ns
+    return mtime is None or abs(s.mtime_ns - mtime) < MTIME_SLACK
 
 
 def _mirrored(tgt: Mapping[str, BackupFile], in_source: set[str], rules: Rules) -> list[str]:

@@ -6,6 +6,10 @@ Layout (created owner-only):
     owners.json       each job's owner ID, as written into its target folder
     results.json      each job's last sync result
     dropped.json      operations the user dropped with `queue drop`, by file version
+    accepted.json     versions of files changed at the source that a person let replace
+                      their offsite copies (`queue retry`, `sync --accept-changes`)
+    mirrored.json     when each job's recent mirrored image deletions were made (max_deletes
+                      counts the last 24 hours)
     status.json       the running agent's view, rewritten every second
     control/          requests from commands to the running agent, and its replies
     logs/offsite.log  the agent's log
@@ -33,8 +37,12 @@ from .system import FileLock, make_private_dir, open_private
 # The state format this offsite writes. Format 0 is a state written before formats were
 # recorded (offsite 0.1): the same layout, without format.json. A migration from format n
 # to n + 1 is MIGRATIONS[n]; each leaves the state readable by the version after it.
-FORMAT = 1
-MIGRATIONS: dict[int, Callable[["StateDir"], None]] = {0: lambda state: None}
+FORMAT = 2
+# 1 -> 2 (offsite 0.3): queue items may carry a `cause`, hashes.db records each published
+# file's modification time, and accepted.json and mirrored.json appear: nothing to rewrite
+# (the new fields have defaults; hashes.db gains its column when it is opened), but an
+# older offsite would not read the new items, so it must refuse this state.
+MIGRATIONS: dict[int, Callable[["StateDir"], None]] = {0: lambda state: None, 1: lambda state: None}
 LOCK_WAIT = 2.0  # seconds an agent or sync tries for the state lock (a status probe holds it an instant)
 
 
@@ -205,18 +213,33 @@ class Hashes:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("CREATE TABLE IF NOT EXISTS published (job TEXT, path TEXT, size INTEGER, "
-                                 "md5 TEXT, at REAL, PRIMARY KEY (job, path))")
+                                 "md5 TEXT, at REAL, mtime_ns INTEGER, PRIMARY KEY (job, path))")
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(published)")}
+                if "mtime_ns" not in columns:  # written by offsite 0.2
+                    self._db.execute("ALTER TABLE published ADD COLUMN mtime_ns INTEGER")
                 self._db.commit()
         except sqlite3.Error as e:
             raise StateError(f"{db}: cannot open the hash records ({e})") from None
         self._lock = threading.Lock()
 
-    def record(self, job: str, path: str, size: int, md5: str) -> None:
+    def record(self, job: str, path: str, size: int, md5: str, mtime_ns: int | None = None) -> None:
         assert self._db is not None
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO published VALUES (?, ?, ?, ?, ?)",
-                             (job, path, size, md5, time.time()))
+            self._db.execute("INSERT OR REPLACE INTO published (job, path, size, md5, at, mtime_ns) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (job, path, size, md5, time.time(), mtime_ns))
             self._db.commit()
+
+    def versions(self, job: str) -> dict[str, tuple[int, int]]:
+        """path -> (size, mtime_ns) of each file as the agent published it (where recorded)."""
+        if self._db is None:
+            return {}
+        with self._lock:
+            try:
+                rows = self._db.execute("SELECT path, size, mtime_ns FROM published WHERE job = ? AND "
+                                        "mtime_ns IS NOT NULL", (job,)).fetchall()
+            except sqlite3.OperationalError:
+                return {}  # a read-only look at a hashes.db of offsite 0.2
+        return {p: (size, mtime) for p, size, mtime in rows}
 
     def forget(self, job: str, path: str) -> None:
         assert self._db is not None

@@ -7,6 +7,7 @@ lives here.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,18 @@ if sys.platform == "win32":  # pragma: no cover - not testable on this Linux mac
     import msvcrt
 else:
     import fcntl
+
+
+def folder_state(path: Path) -> str:
+    """"folder", "missing" (no such folder, or not a folder) or "unreadable" (any other error:
+    a NAS answering EIO or ESTALE). pathlib's is_dir() raises on the last kind."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError:
+        return "unreadable"
+    return "folder" if stat.S_ISDIR(st.st_mode) else "missing"
 
 
 class FileLock:

@@ -34,8 +34,10 @@ class _Volume:
 
 class ImageManager:
     def __init__(self, volumes: tuple[str, ...] = ("C_VOL",), start: dt.datetime = dt.datetime(2026, 10, 1),
-                 base_size: int = 5000, inc_size: int = 300) -> None:
+                 base_size: int = 5000, inc_size: int = 300, step: dt.timedelta = STEP,
+                 retention: dict[str, dt.timedelta] = RETENTION) -> None:
         self.volumes = [_Volume(v) for v in volumes]
+        self.step_by, self.retention = step, retention
         self.now = start
         self.base_size, self.inc_size = base_size, inc_size
         self.files: dict[str, int] = {}  # what the folder holds now: path -> size
@@ -64,10 +66,10 @@ class ImageManager:
         return out
 
     def step(self) -> list[Event]:
-        """Advance 15 minutes: what ShadowProtect and ImageManager do in that time."""
+        """Advance a step (15 minutes unless told): what ShadowProtect and ImageManager do then."""
         out: list[Event] = []
         before = self.now
-        self.now += STEP
+        self.now += self.step_by
         for v in self.volumes:
             v.inc += 1
             v.day_last = v.inc
@@ -84,7 +86,7 @@ class ImageManager:
                     stem = "-cd-cw-cm.spi" if weekly else "-cd-cm.spi"
                     self._create(out, v, daily.replace("-cd.spi", stem), self.inc_size * 16, "monthly")
                 for path, (kind, when) in list(v.created.items()):
-                    if kind in RETENTION and self.now - when > RETENTION[kind]:
+                    if kind in self.retention and self.now - when > self.retention[kind]:
                         self._delete(out, path)
                         del v.created[path]
         return out

@@ -67,21 +67,30 @@ def test_queue_commands_without_an_agent(site):
 
 
 def test_plan_shows_uploads_and_deletions_without_doing_them(site):
-    site.config()
+    site.config(job="include_intra_daily = true")
     finished_file(site.source / "C_VOL-b001.spf", 1000)
     (site.source / "C_VOL-b001-i002-cd.spi").write_bytes(b"growing")  # not settled
     (site.target).mkdir()
-    (site.target / "C_VOL-b001-i001-cd.spi").write_bytes(b"old")  # gone at the source
+    (site.target / "C_VOL-b001-i001.spi").write_bytes(b"old")  # gone at the source...
+    for name in ("C_VOL-b001-i001-cd.spi", "C_VOL-b001-i001-cd.md5"):  # ...consolidated into a daily
+        finished_file(site.source / name, data=b"daily")
+        (site.target / name).write_bytes(b"daily")
     r = site.offsite("plan", "job1", "--json")
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)
     assert p["uploads"] == [{"path": "C_VOL-b001.spf", "size": 1000}]
-    assert p["deletes"] == [{"path": "C_VOL-b001-i001-cd.spi", "size": 3}]
+    assert p["deletes"] == [{"path": "C_VOL-b001-i001.spi", "size": 3}]
     assert p["waiting"] == ["C_VOL-b001-i002-cd.spi"] and p["held"] is None
     r = site.offsite("plan", "job1")
-    assert "upload C_VOL-b001.spf" in r.stdout and "delete C_VOL-b001-i001-cd.spi" in r.stdout
-    assert sorted(x.name for x in site.target.iterdir()) == ["C_VOL-b001-i001-cd.spi"]  # nothing done
+    assert "upload C_VOL-b001.spf" in r.stdout and "delete C_VOL-b001-i001.spi" in r.stdout
+    assert sorted(x.name for x in site.target.iterdir()) == ["C_VOL-b001-i001-cd.md5", "C_VOL-b001-i001-cd.spi",
+                                                             "C_VOL-b001-i001.spi"]  # nothing done
     assert not site.state.exists()
+    # A deletion no consolidation or retention explains is held, with its reason.
+    (site.target / "C_VOL-b001-i009-cd.spi").write_bytes(b"x")
+    p = json.loads(site.offsite("plan", "job1", "--json").stdout)
+    assert p["deletes"] == [{"path": "C_VOL-b001-i001.spi", "size": 3}] and p["held_deletes"] == 1
+    assert "C_VOL-b001-i009-cd is the newest restore point of its chain" in p["held"]
 
 
 def test_check_reports_each_job_in_one_line(site):

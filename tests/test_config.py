@@ -210,7 +210,26 @@ BAD = [
      "locations.x.ca_file: unknown key"),  # ca_file is for ftps only
     ('[locations.x]\nhost = "h"\n' + GOOD_JOB, "locations.x.type: is required"),
     (GOOD_JOB + '[[jobs]]\nname = "fs2"\nsource = "src"\ntarget = { type = "local", path = "drive" }\nfolder = "fs"\n',
-     "jobs.fs2.folder: job 'fs' already replicates into the same target folder"),
+     "folder fs is the same as the target folder of job 'fs'; jobs never share or nest target folders"),
+    # SPEC section 8: jobs never share or nest target folders, however the path is written.
+    (GOOD_JOB + '[[jobs]]\nname = "fs2"\nsource = "src"\ntarget = { type = "local", path = "drive" }\n'
+                'folder = "fs/branch"\n', "folder fs/branch lies inside the target folder of job 'fs'"),
+    (GOOD_JOB + '[[jobs]]\nname = "fs2"\nsource = "src"\ntarget = { type = "local", path = "drive/fs/x/.." }\n'
+                'folder = "y"\n', "lies inside the target folder of job 'fs'"),
+    ('[[jobs]]\nname = "a"\nsource = "src"\ntarget = { type = "local", path = "drive/site/inner" }\nfolder = "x"\n'
+     '[[jobs]]\nname = "b"\nsource = "src"\ntarget = { type = "local", path = "drive" }\nfolder = "site"\n',
+     "folder site holds the target folder of job 'a'"),
+    ('[locations.s]\ntype = "smb"\npath = "\\\\\\\\Srv\\\\Backups"\n[locations.t]\ntype = "smb"\npath = "//srv/BACKUPS/Site"\n'
+     '[[jobs]]\nname = "a"\nsource = "src"\nlocation = "s"\nfolder = "site"\n'
+     '[[jobs]]\nname = "b"\nsource = "src"\nlocation = "t"\nfolder = "x"\n',
+     "lies inside the target folder of job 'a'"),  # SMB compares names without case
+    ('[locations.s]\ntype = "s3"\nbucket = "b"\nprefix = "p"\n[[jobs]]\nname = "a"\nsource = "src"\nlocation = "s"\n'
+     'folder = "site"\n[[jobs]]\nname = "b"\nsource = "src"\ntarget = { type = "s3", bucket = "b", prefix = "p/site" }'
+     '\nfolder = "x"\n', "lies inside the target folder of job 'a'"),
+    ('[locations.s]\ntype = "ftp"\nhost = "h"\npath = "/srv"\n[locations.t]\ntype = "ftps"\nhost = "H"\npath = "/srv/"\n'
+     '[[jobs]]\nname = "a"\nsource = "src"\nlocation = "s"\nfolder = "site"\n'
+     '[[jobs]]\nname = "b"\nsource = "src"\nlocation = "t"\nfolder = "site"\n',
+     "is the same as the target folder of job 'a'"),  # FTP and FTPS on one server: one place
 ]
 
 

@@ -232,23 +232,25 @@ def test_a_target_owned_by_another_job_stops_the_job_until_reinit(site, start_ag
 
 
 def test_a_mass_deletion_at_the_source_is_held_back_until_confirmed(site, start_agent):
-    site.config(job="max_deletes = 3")
-    dailies = [f"C_VOL-b001-i{i:03d}-cd" for i in range(1, 11)]
+    # Ten intra-dailies consolidated into a daily: deletions ImageManager explains, but more
+    # of them than max_deletes (SPEC section 8 counts images, within 24 hours).
+    site.config(job="max_deletes = 3\ninclude_intra_daily = true")
+    intras = [f"C_VOL-b001-i{i:03d}" for i in range(1, 11)]
     (site.source / "C_VOL-b001.spf").write_bytes(b"b" * 100)
-    for d in dailies:
+    for d in intras + ["C_VOL-b001-i010-cd"]:
         (site.source / f"{d}.spi").write_bytes(b"d" * 100)
         (site.source / f"{d}.md5").write_bytes(b"m" * 40)
     agent = start_agent()
-    wait_until(lambda: len(site.target_files()) == 21, what="the first sync")
-    for d in dailies[:6]:
+    wait_until(lambda: len(site.target_files()) == 23, what="the first sync")
+    for d in intras[:6]:
         (site.source / f"{d}.spi").unlink()
         (site.source / f"{d}.md5").unlink()
     st = wait_until(lambda: (s := site.job_status()).get("held_reason") and s, what="the deletions to be held")
-    assert st["held_reason"] == "6 deletions exceed max_deletes = 3" and st["state"] == "error"
+    assert st["held_reason"] == "6 image deletions within 24 hours exceed max_deletes = 3" and st["state"] == "error"
     time.sleep(1.5)
-    assert len(site.target_files()) == 21  # nothing deleted
+    assert len(site.target_files()) == 23  # nothing deleted
     r = site.offsite("plan", "job1")
-    assert "held: 6 deletions exceed max_deletes = 3" in r.stdout
+    assert "held: 6 image deletions within 24 hours exceed max_deletes = 3" in r.stdout
 
     r = site.offsite("sync", "job1", "--allow-deletes")
     assert r.returncode == 0, r.stderr
@@ -261,11 +263,11 @@ def test_a_mass_deletion_at_the_source_is_held_back_until_confirmed(site, start_
     st = wait_until(lambda: (s := site.job_status())["state"] == "error" and s, what="the missing source")
     assert "source folder" in st["error"] and "missing" in st["error"]
     time.sleep(1.5)
-    assert len(site.target_files()) == 9
+    assert len(site.target_files()) == 11
     site.source.mkdir()
     st = wait_until(lambda: (s := site.job_status()).get("held_reason") and s, what="an empty source held")
     assert st["held_reason"] == "the source folder holds no backup files"
-    assert len(site.target_files()) == 9
+    assert len(site.target_files()) == 11
     assert agent.stop() == 0
 
 

@@ -25,16 +25,20 @@ def test_lease_ack_release_fail(tmp_path):
     q = WorkQueue(tmp_path)
     a = q.put("j", "upload", "a.spi", 10, 1)
     assert q.lease(a.id).state == "in-flight"
-    # a new version while the old one is in flight is queued beside it
-    b = q.put("j", "upload", "a.spi", 11, 2)
-    assert b.id != a.id
+    # Nothing more is queued for a path while it is in flight (issue 15: two transfers of one
+    # path shared one staged upload): its owner plans the path again once it is done.
+    assert q.put("j", "upload", "a.spi", 11, 2).id == a.id
+    assert q.put("j", "delete", "a.spi").id == a.id
+    assert [i.id for i in q.items()] == [a.id]
+    b = q.put("j", "upload", "b.spi", 11, 2)
     later = dt.datetime.now().astimezone() + dt.timedelta(minutes=5)
     q.release(a.id, "connection reset", later)
     it = q.get(a.id)
     assert (it.state, it.last_error, it.attempts) == ("ready", "connection reset", 1)
     assert not it.due(dt.datetime.now().astimezone())
-    q.fail(b.id, "cannot read")
-    assert q.get(b.id).state == "failed"
+    q.fail(b.id, "cannot read", "source-corrupt")
+    assert (q.get(b.id).state, q.get(b.id).cause) == ("failed", "source-corrupt")
+    assert q.lease(b.id) is None  # failed: not handed out
     assert {i.id for i in q.items()} == {a.id, b.id}
     q.retry([b.id])
     assert q.get(b.id).state == "ready"

@@ -55,7 +55,7 @@ def seeding_work(site, n: int) -> dict:
     assert reply["result"]["files_sent"] == n, reply
     assert len(list(site.target.iterdir())) == n + 1  # and .offsite
     return {"queue scans": scans["queue"], "source copies": scans["source"],
-            "chains planned": runner.planned, "entries per pick": runner.dispatch.looked / n,
+            "chains planned": runner.plan.planned, "entries per pick": runner.dispatch.looked / n,
             "sessions": runner.sessions.opened}
 
 

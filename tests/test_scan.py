@@ -117,8 +117,9 @@ def test_touch_forgets_vanished_files_and_folders(tmp_path):
     assert list(v.snapshot()) == ["C_VOL-b002.spf"]
 
 
-def test_a_vanished_file_is_planned_as_deleted_only_after_the_quiet_period(tmp_path):
-    # So that a mass deletion arriving as many events is counted as one by max_deletes.
+def test_a_vanished_file_is_gone_only_when_a_listing_settle_later_confirms_it(tmp_path):
+    # Absence is not evidence: one listing that misses a file makes it unknown (neither sent
+    # nor deleted); a second, error-free listing of its folder `settle` later confirms it gone.
     for name in ("C_VOL-b001-i001-cd.spi", "C_VOL-b001-i002-cd.spi"):
         write(tmp_path / name, age=120)
     v = view(tmp_path, settle=30.0)
@@ -127,10 +128,21 @@ def test_a_vanished_file_is_planned_as_deleted_only_after_the_quiet_period(tmp_p
     (tmp_path / "C_VOL-b001-i001-cd.spi").unlink()
     v.touch({"C_VOL-b001-i001-cd.spi"}, 10.0, time.time_ns())
     assert "C_VOL-b001-i001-cd.spi" not in v.entries
-    ghost = v.snapshot(["C_VOL-b001-i001-cd.spi"])["C_VOL-b001-i001-cd.spi"]
-    assert not ghost.ready  # still seen by the planner, so not mirrored yet; never sent
+    assert v.is_unknown("C_VOL-b001-i001-cd.spi") and not v.is_unknown("C_VOL-b001-i002-cd.spi")
     v.take_changed()
     v.refresh(39.0, time.time_ns())
-    assert v.snapshot(["C_VOL-b001-i001-cd.spi"]) != {} and v.take_changed() == set()
+    assert v.is_unknown("C_VOL-b001-i001-cd.spi") and v.take_changed() == set()
     v.refresh(40.5, time.time_ns())
-    assert v.snapshot(["C_VOL-b001-i001-cd.spi"]) == {} and v.take_changed() == {"C_VOL-b001-i001-cd.spi"}
+    assert not v.is_unknown("C_VOL-b001-i001-cd.spi") and v.take_changed() == {"C_VOL-b001-i001-cd.spi"}
+
+
+def test_a_file_back_before_it_was_confirmed_gone_was_never_gone(tmp_path):
+    write(tmp_path / "C_VOL-b001.spf", age=120)
+    v = view(tmp_path, settle=5.0)
+    v.scan(0.0, time.time_ns())
+    (tmp_path / "C_VOL-b001.spf").rename(tmp_path / "C_VOL-b001.spf.moving")
+    v.scan(1.0, time.time_ns())
+    assert v.is_unknown("C_VOL-b001.spf")
+    (tmp_path / "C_VOL-b001.spf.moving").rename(tmp_path / "C_VOL-b001.spf")
+    v.refresh(7.0, time.time_ns())
+    assert "C_VOL-b001.spf" in v.entries and not v.is_unknown("C_VOL-b001.spf")

@@ -14,7 +14,7 @@ import pytest
 
 from imagemanager import ImageManager
 from offsite.backupfiles import Level, Role, classify
-from offsite.selection import RemoteFile, Rules, SourceFile, plan
+from offsite.selection import RemoteFile, Rules, Sent, SourceFile, plan, plan_group
 
 DAYS = 62  # October and November: two monthlies, so daily-monthly retention fires
 
@@ -167,20 +167,45 @@ def test_files_not_ready_wait_and_block_their_chain():
     assert p.blockers == {classify("C_VOL-b001.spf").chain: classify("C_VOL-b001-i001-cd.spi").key}
 
 
-def test_a_file_of_another_size_on_the_target_is_sent_again():
+def test_a_shadowprotect_file_changed_at_the_source_after_it_was_sent_is_never_sent_again():
+    # SPEC section 8: written once, never changed; a different copy at the source is damaged
+    # or tampered with (ransomware), and the good copy offsite stays as it is.
     source = {"C_VOL-b001.spf": SourceFile(10, 1)}
-    assert plan(source, {"C_VOL-b001.spf": RemoteFile(7)}, Rules()).uploads == ["C_VOL-b001.spf"]
+    p = plan(source, {"C_VOL-b001.spf": RemoteFile(7)}, Rules())
+    assert p.uploads == [] and p.changed == ["C_VOL-b001.spf"]
     assert plan(source, {"C_VOL-b001.spf": RemoteFile(10)}, Rules()).uploads == []
+    # The same size, another modification time than the agent recorded when it sent it.
+    sent = {"C_VOL-b001.spf": Sent(10, 5_000_000_000)}
+    assert plan(source, {"C_VOL-b001.spf": RemoteFile(10)}, Rules(), sent=sent).changed == ["C_VOL-b001.spf"]
+    # Without a record (copied there by hand), a copy of the same size is the same file.
+    assert plan(source, {"C_VOL-b001.spf": RemoteFile(10, 9_000_000_000)}, Rules(), keeps_mtime=True).changed == []
+    # A person accepted this version: it goes, replacing the copy.
+    p = plan_group(source, {"C_VOL-b001.spf": RemoteFile(7)}, Rules(), accepted={"C_VOL-b001.spf": (10, 1)})
+    assert p.uploads == ["C_VOL-b001.spf"] and p.changed == []
+    # ... and while a file is changed, no deletion is mirrored, allowed or not.
+    target = {"C_VOL-b001.spf": RemoteFile(7), "C_VOL-b001-i001.spi": RemoteFile(1),
+              "C_VOL-b001-i001.md5": RemoteFile(1), "C_VOL-b001-i001-cd.spi": RemoteFile(1),
+              "C_VOL-b001-i001-cd.md5": RemoteFile(1)}
+    source.update({"C_VOL-b001-i001-cd.spi": SourceFile(1, 0), "C_VOL-b001-i001-cd.md5": SourceFile(1, 0)})
+    for allow in (False, True):
+        p = plan(source, target, Rules(include_intra_daily=True), allow_deletes=allow)
+        assert p.deletes == [] and p.held_count == 2 and "source-changed" in p.held
 
 
-def test_mass_deletion_is_held_back():
-    target = {f"C_VOL-b001-i{i:03d}-cd.{ext}": RemoteFile(1) for i in range(1, 12) for ext in ("spi", "md5")}
+def test_mass_deletion_is_held_back_counting_24_hours():
+    # Eleven intra-dailies consolidated into a daily: explained, but more than max_deletes.
+    target = {f"C_VOL-b001-i{i:03d}.{ext}": RemoteFile(1) for i in range(1, 12) for ext in ("spi", "md5")}
+    target.update({"C_VOL-b001-i011-cd.spi": RemoteFile(1), "C_VOL-b001-i011-cd.md5": RemoteFile(1)})
     source = {"C_VOL-b001-i011-cd.spi": SourceFile(1, 0), "C_VOL-b001-i011-cd.md5": SourceFile(1, 0)}
-    p = plan(source, target, Rules(max_deletes=5))
-    assert p.deletes == [] and p.held_count == 20 and "10 deletions exceed max_deletes = 5" in p.held
-    p = plan(source, target, Rules(max_deletes=5), allow_deletes=True)
-    assert len(p.deletes) == 20
-    assert plan(source, target, Rules(max_deletes=10)).deletes  # images counted, not sidecars
+    rules = Rules(include_intra_daily=True, max_deletes=5)
+    p = plan(source, target, rules)
+    assert p.deletes == [] and p.held_count == 22 and "11 image deletions within 24 hours exceed max_deletes = 5" in p.held
+    p = plan(source, target, rules, allow_deletes=True)
+    assert len(p.deletes) == 22
+    assert len(plan(source, target, Rules(include_intra_daily=True, max_deletes=11)).deletes) == 22  # images, not sidecars
+    # However slowly they came: the deletions of the last 24 hours count too.
+    p = plan(source, target, Rules(include_intra_daily=True, max_deletes=11), recent_images=1)
+    assert p.deletes == [] and "12 image deletions within 24 hours" in p.held
 
 
 def test_retention_is_not_held_back_by_max_deletes():
@@ -203,11 +228,20 @@ def test_unknown_files_on_the_target_are_never_deleted():
 
 
 def test_macrium_sets_are_mirrored_and_changed_files_sent_again():
-    a, b = "PC1/{g}/4F6F6CACA58B077D-00-00.mrimg", "PC1/{g}/4F6F6CACA58B077D-01-01.mrimg"
-    target = {a: RemoteFile(100, 5_000_000_000), "PC1/{g}/4F6F6CACA58B077D-02-02.mrimg": RemoteFile(1, 1)}
-    source = {a: SourceFile(100, 9_000_000_000), b: SourceFile(50, 1)}  # a: a synthetic full merged into it
+    g = "PC1/{g}/4F6F6CACA58B077D"
+    a, b, c = f"{g}-00-00.mrimg", f"{g}-01-01.mrimg", f"{g}-02-02.mrimg"
+    # A synthetic full: the oldest incremental merged into the full, which changed in place.
+    target = {a: RemoteFile(100, 5_000_000_000), b: RemoteFile(20, 1), c: RemoteFile(30, 1)}
+    source = {a: SourceFile(120, 9_000_000_000), c: SourceFile(30, 1)}
     p = plan(source, target, Rules(mode="daily-only"), keeps_mtime=True)  # modes do not apply to Macrium
-    assert p.uploads == [a, b]
-    assert p.deletes == ["PC1/{g}/4F6F6CACA58B077D-02-02.mrimg"]
-    # where the target cannot keep mtimes, size decides
-    assert plan(source, target, Rules(), keeps_mtime=False).uploads == [b]
+    assert p.uploads == [a]
+    assert p.deletes == [b]  # merged into later files of its set, which are offsite
+    # A changed file of the same size: the modification time tells, where the target keeps it...
+    source[a] = SourceFile(100, 9_000_000_000)
+    assert plan(source, target, Rules(), keeps_mtime=True).uploads == [a]
+    # ... or where the agent recorded what it sent; with neither, size decides.
+    assert plan(source, target, Rules(), sent={a: Sent(100, 5_000_000_000)}).uploads == [a]
+    assert plan(source, target, Rules(), keeps_mtime=False).uploads == []
+    # The full of a set gone while its increments remain: not Macrium's doing, held for a person.
+    p = plan({b: SourceFile(20, 1), c: SourceFile(30, 1)}, target, Rules(), keeps_mtime=True)
+    assert p.deletes == [] and "-00-00.mrimg, the full backup of its set, vanished" in p.held

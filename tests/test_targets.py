@@ -17,7 +17,7 @@ from conftest import toml_value
 from offsite import config
 from offsite.errors import Interrupted, PermanentError, TransientError
 from offsite.targets import make_target
-from offsite.targets.base import Target
+from offsite.targets.base import Binned, Target
 
 KINDS = ["local", "sftp", "ftp", "ftps", "smb", "s3", "s3-seaweedfs", "ftp-proftpd", "sftp-proftpd"]
 MiB = 1024 * 1024
@@ -292,3 +292,119 @@ def test_a_server_without_a_hash_command_proves_the_size_only(kind, servers, tmp
     t.publish("x.spf", size, mtime, "0" * 32)  # nothing can tell: published on its size
     assert t.remote_md5("x.spf") is None and t.list()["x.spf"].size == size
     t.close()
+
+
+# ---------------------------------------------------------------- SPEC section 8 on every target
+
+def test_the_bin_keeps_what_leaves_a_final_name_and_gives_it_back_never_over_a_file(remote, tmp_path):
+    t = remote.target()
+    first, _, _ = source(tmp_path, 3000, "first.bin")
+    send(t, "a/x.spi", first)
+    other, _, _ = source(tmp_path, 10, "other.bin")
+    send(t, "y.spi", other)
+    t.to_bin("a/x.spi", "2026-11-30")
+    assert set(t.list()) == {"y.spi"}  # off its final name...
+    assert t.bin_list() == [Binned("2026-11-30", "a/x.spi", 3000)]  # ...into the bin
+    assert remote.server_files()[".offsite/deleted/2026-11-30/a/x.spi"] == first.read_bytes()
+    t.to_bin("a/x.spi", "2026-11-30")  # a retried move that finds nothing succeeded
+    # The same file binned again the same day: the day's first (older) copy is what stays.
+    second, _, _ = source(tmp_path, 4000, "second.bin")
+    send(t, "a/x.spi", second)
+    t.to_bin("a/x.spi", "2026-11-30")
+    assert t.bin_list() == [Binned("2026-11-30", "a/x.spi", 3000)] and "a/x.spi" not in t.list()
+    # Undelete never overwrites a file that is there.
+    send(t, "a/x.spi", second)
+    with pytest.raises(PermanentError, match="not overwritten"):
+        t.from_bin("a/x.spi", "2026-11-30")
+    assert remote.server_files()["a/x.spi"] == second.read_bytes()
+    t.delete("a/x.spi")
+    t.from_bin("a/x.spi", "2026-11-30")
+    assert remote.server_files()["a/x.spi"] == first.read_bytes() and t.bin_list() == []
+    with pytest.raises(PermanentError, match="holds no"):
+        t.from_bin("a/x.spi", "2026-11-30")
+    # Purging a day removes it whole, and nothing else.
+    t.to_bin("y.spi", "2026-11-01")
+    t.to_bin("a/x.spi", "2026-11-02")
+    t.purge_bin("2026-11-01")
+    t.purge_bin("2026-11-01")  # already gone: fine
+    assert t.bin_list() == [Binned("2026-11-02", "a/x.spi", 3000)]
+    assert not [f for f in remote.server_files() if "2026-11-01" in f]
+    with pytest.raises(PermanentError):
+        t.purge_bin("../..")
+    t.close()
+
+
+def test_a_folder_that_holds_another_jobs_owner_is_never_listed(remote, tmp_path):
+    outer = remote.target()
+    p, _, _ = source(tmp_path, 10)
+    send(outer, "mine.spf", p)
+    inner = remote.target(folder="job/site")  # another job's folder inside this one
+    inner.write_owner("other-job:1")
+    send(inner, "theirs.spf", p)
+    inner.close()
+    assert set(outer.list()) == {"mine.spf"}  # so never deleted, never moved to the bin
+    outer.close()
+
+
+def test_tidy_removes_what_is_staged_for_files_no_longer_queued(remote, tmp_path):
+    stage_half(remote, tmp_path)
+    assert remote.server.staged_bytes(remote.location, "job") > 0
+    t = remote.target()
+    t.tidy({"a/b.spf", "other.spf"})  # still queued: kept, to resume
+    assert remote.server.staged_bytes(remote.location, "job") > 0
+    t.tidy({"other.spf"})  # a/b.spf vanished at the source: its staged bytes go
+    assert remote.server.staged_bytes(remote.location, "job") == 0
+    assert not [f for f in remote.server_files() if f.startswith(".offsite/staging/")]
+    if remote.kind.startswith("s3"):  # and no multipart upload is left open (and billed)
+        s3 = remote.server.client()
+        assert s3.list_multipart_uploads(Bucket=remote.location["bucket"]).get("Uploads", []) == []
+    t.close()
+
+
+FILE_SYSTEMS = ["sftp", "ftp", "ftps", "smb", "ftp-proftpd", "sftp-proftpd"]
+
+
+@pytest.mark.parametrize("kind", FILE_SYSTEMS)
+def test_a_publish_that_fails_keeps_the_copy_it_was_to_replace(kind, servers, tmp_path, monkeypatch):
+    """The staged copy vanishes between publish's size check and its rename (a server that
+    answers wrongly): the published copy stays, and the error is a retry, not a traceback."""
+    remote = Remote(kind, servers, tmp_path)
+    t = remote.target()
+    old, _, _ = source(tmp_path, 5000, "old.bin")
+    send(t, "x.mrimg", old)
+    new, size, mtime = source(tmp_path, 7000, "new.bin")
+    with open(new, "rb") as f:
+        t.upload("x.mrimg", f, size, mtime, lambda n: None)
+    staged_dir = remote.server._top(remote.location, "job") / ".offsite" / "staging"
+    makedirs = t._makedirs
+
+    def vanish_then_makedirs(path):
+        for p in staged_dir.glob("*.part"):
+            p.unlink()  # on the server's side, behind the session's back
+        return makedirs(path)
+
+    monkeypatch.setattr(t, "_makedirs", vanish_then_makedirs)
+    with pytest.raises(TransientError, match="nothing is staged"):
+        t.publish("x.mrimg", size, mtime)
+    assert remote.server_files()["x.mrimg"] == old.read_bytes()
+    t.close()
+
+
+@pytest.mark.parametrize("kind", ["s3", "s3-seaweedfs"])
+def test_a_file_published_by_another_session_is_still_proven_part_by_part(kind, servers, tmp_path):
+    """With several transfers, the session that publishes a file (after an earlier file of
+    its chain) is not always the one that uploaded it: the parts' proof goes with the upload."""
+    remote = Remote(kind, servers, tmp_path)
+    p, size, mtime = stage_half(remote, tmp_path)
+    data = bytearray(p.read_bytes())
+    data[100] ^= 0xFF  # the staged first half no longer matches the source
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(mtime, mtime))
+    uploader, publisher = remote.target(), remote.target()
+    with open(p, "rb") as f:
+        assert uploader.upload("a/b.spf", f, size, mtime, lambda n: None) < size
+    with pytest.raises(TransientError, match="does not match the bytes read from the source"):
+        publisher.publish("a/b.spf", size, mtime, hashlib.md5(bytes(data)).hexdigest())
+    assert publisher.list() == {}
+    uploader.close()
+    publisher.close()

@@ -54,12 +54,15 @@ class Dispatch:
         self._publishing: set[int] = set()
         self._blocked: set[int] = set()
         self._again: set[int] = set()  # blocked, but may start again in this round
+        self._paths: dict[str, int] = {}  # path -> the item in flight for it
         self.looked = 0  # entries examined by pick(): the work a pick costs, for tests
 
     # ---------------------------------------------------------------- the index
     def add(self, it: QueueItem) -> None:
         chain, key = order(it.path, self.family)
-        entry = (0 if it.op == "upload" else 1, key, it.id)
+        # Uploads in chain order; deletions newest first, so what a chain keeps on the target
+        # while its deletions run is always a prefix of it.
+        entry = (0, key, it.id) if it.op == "upload" else (1, tuple(-k for k in key), it.id)
         with self._lock:
             if it.id in self._where:
                 return
@@ -113,6 +116,8 @@ class Dispatch:
                 self._discard(item_id)
                 continue
             i += 1
+            if it.path in self._paths and item_id not in self._payload:
+                return None  # its path is in flight (another item): never twice at once
             if rank == 0:
                 uploads_left = True
                 if item_id in self._blocked:
@@ -144,6 +149,7 @@ class Dispatch:
         chain, key = order(it.path, self.family)
         with self._lock:
             self._payload[it.id] = payload
+            self._paths[it.path] = it.id
             self._blocked.discard(it.id)
             if it.id not in self._again:
                 if it.op == "upload":
@@ -203,6 +209,7 @@ class Dispatch:
         with self._lock:
             self._flight.clear()
             self._payload.clear()
+            self._paths.clear()
             self._staged.clear()
             self._publishing.clear()
             self._blocked.clear()
@@ -214,6 +221,8 @@ class Dispatch:
 
     def _drop_flight(self, item_id: int) -> None:
         self._payload.pop(item_id, None)
+        for path in [p for p, i in self._paths.items() if i == item_id]:
+            del self._paths[path]
         self._staged.discard(item_id)
         self._publishing.discard(item_id)
         self._blocked.discard(item_id)

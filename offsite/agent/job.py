@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import queue as stdqueue
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..backupfiles import Role, classify
 from ..config import AgentSettings, Job
 from ..errors import (
     Interrupted,
@@ -31,12 +31,15 @@ from ..errors import (
     TransientError,
 )
 from ..queue import QueueItem, WorkQueue
-from ..selection import MONTHLY_LEVELS, Plan, RemoteFile, Rules, hold, plan_chain
+from ..selection import RemoteFile
 from ..state import Hashes, StateDir
+from ..system import folder_state
 from ..targets import Target, make_target, reachable
 from ..verify import verify
 from ..watchers import SourceView
+from ..watchers.scan import describe_error
 from . import control, schedule
+from .chains import CHANGED, Planner
 from .dispatcher import Dispatch, backoff
 from .throttle import Throttle
 from .transfer import Outcome, Sessions, Task, Transfers
@@ -104,14 +107,18 @@ class SyncStats:
 
 @dataclass
 class Request:
-    kind: str  # "sync" | "retry" | "reinit"
+    kind: str  # "sync" | "retry" | "reinit" | "undelete"
     allow_deletes: bool = False
     reply: Callable[[dict], None] | None = None
+    accept_changes: bool = False  # sync: files changed at the source go, their copies to the bin
+    paths: list[str] = field(default_factory=list)  # undelete
+    day: str | None = None  # undelete
 
 
 class JobRunner:
     def __init__(self, job: Job, settings: AgentSettings, queue: WorkQueue, state: StateDir,
-                 slots: threading.BoundedSemaphore, throttle: Throttle | None = None) -> None:
+                 slots: threading.BoundedSemaphore, throttle: Throttle | None = None,
+                 hashes: Hashes | None = None) -> None:
         self.job = job
         self.settings = settings
         self.queue = queue
@@ -120,9 +127,7 @@ class JobRunner:
         self.transfers = job.transfers or settings.transfers
         # A job's own cap replaces the agent-wide one, which all other jobs share.
         self.throttle = Throttle(job.bandwidth) if job.bandwidth else (throttle or Throttle(settings.bandwidth))
-        self.rules = Rules.of(job)
         self.view = SourceView(job.source, settings.settle, job.family)
-        self.target_files: dict[str, RemoteFile] | None = None
         probe = make_target(job)
         self.keeps_mtime, self.where = probe.keeps_mtime, probe.describe()
         self.endpoint = probe.endpoint()  # for the reachability probe; None: no server of its own
@@ -132,18 +137,13 @@ class JobRunner:
         self.on_progress: Callable[[str, int, int], None] | None = None  # path, done, total
         self.dispatch = Dispatch(job.family, max_waiting=2 * self.transfers)
         self.sessions = Sessions(job, slots, self.stopping, self._check_owner)
+        self._own_hashes = hashes is None
+        self.hashes = hashes if hashes is not None else Hashes(state.root)  # the MD5 of each file published
+        self.plan = Planner(job, queue, self.view, self.dispatch, state, self.hashes, self.keeps_mtime)
         self._lock = threading.Lock()
         self._hints: set[str] = set()
         self._requests: list[Request] = []
         self._thread: threading.Thread | None = None
-        # The plan, per chain, and what the chains add up to.
-        self._members: dict[tuple, set[str]] = {}  # chain -> its paths at the source or on the target
-        self._chains: dict[tuple, Plan] = {}
-        self.blockers: dict[tuple, tuple] = {}
-        self.held: str | None = None
-        self.held_count = 0
-        self.waiting = 0
-        self.planned = 0  # chains planned, for tests: the work an event or a transfer costs
         # What status shows; written by the coordinator, read by anyone under _lock.
         self.phase = "idle"
         self.error: str | None = None
@@ -153,6 +153,7 @@ class JobRunner:
         self._next_rescan = 0.0
         self._retry_at = 0.0  # after a permanent error: not before this (monotonic)
         self._source_missing = False
+        self._source_unreadable: str | None = None  # the source folder itself fails to read
         self._transient_since: float | None = None
         self._transient_count = 0
         self._gave_up = False  # transient failures outlasted retry_for: the pass is over
@@ -160,10 +161,6 @@ class JobRunner:
         self._unreachable = False  # the last probe found the server not answering
         self._pass: SyncStats | None = None  # the pass of work under way
         self.transient_error: str | None = None  # the last failure that retries should heal
-        self._allow_deletes = False
-        self._skipped = 0  # vanished before sent, noticed between syncs
-        self._dropped_stamp: int | None = None
-        self._dropped_ops: dict = {}
         self._running: Transfers | None = None
         # What the operator is told (status, metrics, alerts), beside the state above.
         self.looked = False  # source and target looked at since the agent started
@@ -173,10 +170,9 @@ class JobRunner:
             if self.last_sync and self.last_sync.get("ok") else None
         self.last_success = state.read_json("success.json", {}).get(job.name, self.last_success)
         self.trouble_since: float | None = None  # epoch seconds transient trouble began
-        self.source_corrupt: set[str] = set()  # images that did not match their .md5 sidecar
-        self.hashes = Hashes(state.root)  # the MD5 of each file published, for verify
-        self.newest_source: float | None = None  # epoch seconds of the newest backup file at the source
         self.free_bytes: int | None = None  # on the target, where the protocol tells
+        self.bin_bytes: int | None = None  # the bin's size on the target, as of the last look
+        self.bin_files = 0
         self._free_at = 0.0  # next look at the target's free space (monotonic)
         self._verify_at: float | None = None  # next scheduled verify (epoch seconds), once known
         self._rate: list[tuple[float, int]] = []  # (monotonic, bytes on the wire so far), recent
@@ -201,6 +197,15 @@ class JobRunner:
         self.stopping.set()
         self.wake.set()
 
+    def close(self) -> None:
+        """Close the job's sessions, and the hash records when the runner opened them."""
+        self.sessions.close()
+        if self._own_hashes:
+            self.hashes.close()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def join(self, timeout: float) -> bool:
         if self._thread is not None:
             self._thread.join(timeout)
@@ -213,7 +218,7 @@ class JobRunner:
         with self._lock:
             phase, error, owner, last = self.phase, self.error, self.owner_state, self.last_sync
             trouble = self.transient_error
-        held = self.held
+        held = self.plan.decision.reason
         if phase != "syncing":
             if error or held:
                 phase = "error"
@@ -231,12 +236,16 @@ class JobRunner:
             "name": self.job.name,
             "state": phase,
             **counts,
-            "waiting_files": self.waiting,
+            "waiting_files": self.plan.waiting,
             "next_window": _iso(schedule.next_opening(self.job.windows, now)),
             "owner": owner,
             "error": error,
-            "held_deletes": self.held_count if held else 0,
+            "held_deletes": self.plan.decision.held,
             "held_reason": held,
+            "changed_files": len(self.plan.changed),
+            "unreadable": self._unreadable(),
+            "bin_bytes": self.bin_bytes,
+            "bin_files": self.bin_files,
             "last_sync": last,
             "lag_seconds": round(lag, 1),
             "transfer": self._transfer(),
@@ -247,11 +256,20 @@ class JobRunner:
 
     def facts(self) -> dict:
         """What the alert rules need beside the status."""
-        corrupt = sorted(p for p in list(self.source_corrupt)
-                         if any(i.state == "failed" for i in self.queue.at(self.job.name, p)))
+        failed = self.queue.failed(self.job.name)
         with self._lock:
             return {"error": self.error, "trouble": self.transient_error, "trouble_since": self.trouble_since,
-                    "newest_source": self.newest_source, "target": self.where, "corrupt": tuple(corrupt)}
+                    "newest_source": self.plan.newest_source, "target": self.where,
+                    "corrupt": tuple(sorted(i.path for i in failed if i.cause == "source-corrupt")),
+                    "changed": tuple(sorted(i.path for i in failed if i.cause == CHANGED)),
+                    "unreadable": self._unreadable()}
+
+    def _unreadable(self) -> dict[str, str]:
+        """Source folders (and files) that fail to read: relative path ("" the source itself)
+        -> the error."""
+        if self._source_unreadable:
+            return {"": self._source_unreadable}
+        return dict(list(self.view.unreadable.items()))
 
     def _transfer(self) -> dict | None:
         """The file being sent (the biggest, when several are), and the job's rate."""
@@ -279,7 +297,7 @@ class JobRunner:
                 self._fail(f"unexpected error: {e}")
             self.wake.wait(0.5)
             self.wake.clear()
-        self.sessions.close()
+        self.close()
         with self._lock:
             left, self._requests = self._requests, []
         for r in left:
@@ -295,11 +313,15 @@ class JobRunner:
         for r in requests:
             if r.kind == "retry":
                 self._clear_error()
+                self.plan.replan(None)  # accepted changes, retried items
             elif r.kind == "reinit":
                 self._reinit(r)
+            elif r.kind == "undelete":
+                self._undelete(r)
         mono, wall = time.monotonic(), time.time_ns()
 
-        if not self.job.source.is_dir():
+        where = folder_state(self.job.source)
+        if where == "missing":
             self._source_missing = True
             self.rewatch.set()
             self._fail(
@@ -308,6 +330,21 @@ class JobRunner:
             )
             self._answer(syncs)
             return
+        if where == "unreadable":
+            # Absence is not evidence: a source that fails to read deletes nothing, sends nothing.
+            try:
+                os.listdir(self.job.source)
+                error = "it cannot be looked at"
+            except OSError as e:
+                error = describe_error(e)
+            if self._source_unreadable is None:
+                log.warning("job %s: the source folder %s cannot be read (%s); nothing is deleted on the target "
+                            "until it reads again", self.job.name, self.job.source, error)
+            self._source_unreadable = error
+            self.rewatch.set()
+            self._answer(syncs)
+            return
+        self._source_unreadable = None
         if self._source_missing:
             self._source_missing = False
             self._clear_error()
@@ -319,7 +356,7 @@ class JobRunner:
         if forced:
             self._clear_error()
             self._need_reconcile = True
-            self._allow_deletes = any(r.allow_deletes for r in syncs)
+            self.plan.allow_deletes = any(r.allow_deletes for r in syncs)
             if self._pass is None:
                 self._pass = SyncStats(_now())
         elif mono < self._retry_at:
@@ -334,12 +371,17 @@ class JobRunner:
                 self._reconcile(mono, wall)
             else:
                 self._fold_hints(hints)
+            if forced and any(r.accept_changes for r in syncs) and self.plan.changed:
+                n = self.plan.accept_changes()
+                log.info("job %s: %d file(s) changed at the source accepted by a person: they are sent, their "
+                         "offsite copies going to the bin", self.job.name, n)
             if forced or schedule.is_open(self.job.windows, _now()):
                 self._drain(forced)
             if self.job.verify_every is not None and not forced and time.time() >= self._verify_due() \
                     and schedule.is_open(self.job.windows, _now()) and not self.stopping.is_set():
                 self._verify()
-            if self.job.min_free is not None and time.monotonic() >= self._free_at and self.target_files is not None:
+            if self.job.min_free is not None and time.monotonic() >= self._free_at \
+                    and self.plan.target_files is not None:
                 target = self.sessions.checkout()
                 self._look_at_space(target, time.monotonic())
                 self.sessions.checkin(target)
@@ -351,9 +393,9 @@ class JobRunner:
             self.sessions.close()
             if self._pass is not None and (forced or self._pass_over()):
                 self._finish(self._pass, forced)
-            if forced and self._allow_deletes:
-                self._allow_deletes = False
-                self._replan(None)  # deletions were allowed for this sync only
+            if forced and self.plan.allow_deletes:
+                self.plan.allow_deletes = False
+                self.plan.replan(None)  # deletions were allowed for this sync only
             self._answer(syncs)
 
     def _answer(self, syncs: list[Request]) -> None:
@@ -361,8 +403,8 @@ class JobRunner:
         for r in syncs:
             if r.reply:
                 r.reply({"ok": self.error is None and bool(last and last["ok"]),
-                         "error": self.error, "held": self.held, "result": last,
-                         "waiting_files": self.waiting})
+                         "error": self.error, "held": self.plan.decision.reason, "result": last,
+                         "waiting_files": self.plan.waiting, "changed": list(self.plan.changed)})
 
     def _pass_over(self) -> bool:
         """Is the pass of work under way over: the job idle again, or giving up?"""
@@ -374,38 +416,74 @@ class JobRunner:
 
     # ------------------------------------------------------------ reconciliation and plans
     def _reconcile(self, mono: float, wall: int) -> None:
-        """The full look: walk the source, list the target, plan every chain."""
+        """The full look: walk the source, list the target, plan every group; then tidy the
+        staging folder and the bin."""
         self.view.scan(mono, wall)
         self.view.take_changed()
         target = self.sessions.checkout()
         try:
-            self.target_files = target.list()
+            listing = target.list()
+            self._look_at_space(target, mono)
+            with self._lock:
+                self.transient_error = None
+                self.trouble_since = None
+            self.looked = True
+            self._need_reconcile = False
+            self._next_rescan = mono + self.settings.rescan
+            self.plan.rebuild(listing)
+            log.info("job %s: reconciled: %d backup file(s) at the source, %d on the target", self.job.name,
+                     len(self.view.entries), len(listing))
+            # No transfer runs now: what is staged for files no longer queued (vanished) goes.
+            target.tidy({it.path for it in self.queue.items(self.job.name) if it.op == "upload"})
+            self._tend_bin(target)
         except BaseException:
             self.sessions.drop(target)
             raise
-        self._look_at_space(target, mono)
         self.sessions.checkin(target)
-        with self._lock:
-            self.transient_error = None
-            self.trouble_since = None
-        self.looked = True
-        self._need_reconcile = False
-        self._next_rescan = mono + self.settings.rescan
-        self._members = {}
-        newest = 0
-        for path in (*self.view.entries, *self.target_files):
-            f = classify(path, self.rules.family)
-            if f is not None:
-                self._members.setdefault(f.chain, set()).add(path)
-                e = self.view.entries.get(path)
-                if e is not None and e.mtime_ns > newest:
-                    newest = e.mtime_ns
-        self.newest_source = newest / 1e9 if newest else None
-        self._chains = {}
-        self._replan(None)
-        self.dispatch.clear()  # built afresh from the queue
-        for it in self.queue.items(self.job.name):
-            self.dispatch.add(it)
+
+    def _tend_bin(self, target: Target) -> None:
+        """The bin's size, for status, and days older than keep_deleted purged."""
+        binned = target.bin_list()
+        keep = self.job.keep_deleted
+        today = dt.datetime.now(dt.timezone.utc)
+        expired = set()
+        for b in binned:
+            try:
+                ended = dt.datetime.fromisoformat(b.day).replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
+            except ValueError:
+                continue  # not a day the agent wrote: left alone
+            if (today - ended).total_seconds() >= (keep or 0):
+                expired.add(b.day)
+        for day in sorted(expired):
+            target.purge_bin(day)
+            log.info("job %s: purged the bin's files of %s (keep_deleted)", self.job.name, day)
+        kept = [b for b in binned if b.day not in expired]
+        self.bin_bytes, self.bin_files = sum(b.size for b in kept), len(kept)
+
+    def _undelete(self, req: Request) -> None:
+        """`offsite undelete` while the agent runs: done here, where the job's target and plan are."""
+        target = None
+        try:
+            target = self.sessions.checkout()
+            done = control.undelete(target, self.state, self.job, req.paths, req.day)
+            self.sessions.checkin(target)
+        except OffsiteError as e:
+            if target is not None:
+                self.sessions.drop(target)
+            if req.reply:
+                req.reply({"ok": False, "error": str(e)})
+            return
+        finally:
+            self.sessions.close()
+        if self.plan.target_files is not None:
+            for d in done:
+                if d["ok"]:
+                    self.plan.target_files[d["path"]] = self.plan.target_files.get(d["path"]) or \
+                        RemoteFile(d["size"])
+            self.plan.touched({d["path"] for d in done})
+        self.bin_bytes = None if self.bin_bytes is None else self.bin_bytes - sum(d["size"] for d in done if d["ok"])
+        if req.reply:
+            req.reply({"ok": all(d["ok"] for d in done), "error": None, "files": done})
 
     def _verify_due(self) -> float:
         """When the next scheduled verify is due (epoch seconds): verify_every after the last
@@ -448,116 +526,6 @@ class JobRunner:
             log.debug("job %s: free space unknown (%s)", self.job.name, e)
             self.free_bytes = None
 
-    def _changed(self, paths: set[str]) -> None:
-        """Paths that changed at the source or on the target: their chains are planned again."""
-        chains = set()
-        for path in paths:
-            f = classify(path, self.rules.family)
-            if f is None:
-                continue
-            members = self._members.setdefault(f.chain, set())
-            e = self.view.entries.get(path)
-            if e is not None and (self.newest_source is None or e.mtime_ns / 1e9 > self.newest_source):
-                self.newest_source = e.mtime_ns / 1e9
-            if e is not None or (self.target_files is not None and path in self.target_files):
-                members.add(path)
-            else:
-                members.discard(path)
-            chains.add(f.chain)
-        if chains:
-            self._replan(chains, extra=paths)
-
-    def _replan(self, chains: set[tuple] | None, extra: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        """Plan the given chains again (None: all) and bring the queue in line with them."""
-        if self.target_files is None:
-            return
-        dropped = self._dropped()
-        for chain in list(self._members) if chains is None else chains:
-            members = self._members.get(chain, set())
-            if not members:
-                self._members.pop(chain, None)
-                self._chains.pop(chain, None)
-                continue
-            src = self.view.snapshot(members)
-            tgt = {p: self.target_files[p] for p in members if p in self.target_files}
-            p = plan_chain(src, tgt, self.rules, self.keeps_mtime)
-            self._chains[chain] = control.without_dropped(p, dropped, self.view.entries)
-            self.planned += 1
-        held = hold(sum(len(p.mirrored) for p in self._chains.values()),
-                    sum(p.mirrored_images for p in self._chains.values()),
-                    bool(self.view.entries), self.rules, self._allow_deletes)
-        if held != self.held:
-            if held:
-                log.warning("job %s: %s; held back until 'offsite sync %s --allow-deletes'",
-                            self.job.name, held, self.job.name)
-            self.held = held
-            chains = None  # mirrored deletions come or go in every chain
-        self.held_count = sum(len(p.mirrored) for p in self._chains.values()) if held else 0
-        self.blockers = {c: k for p in self._chains.values() for c, k in p.blockers.items()}
-        self.waiting = sum(len(p.waiting) for p in self._chains.values())
-        self._enqueue(chains, extra)
-
-    def _wanted(self, chains: set[tuple] | None) -> set[tuple[str, str]]:
-        parts = self._chains.values() if chains is None else [self._chains[c] for c in chains if c in self._chains]
-        out: set[tuple[str, str]] = set()
-        for p in parts:
-            out.update(("upload", u) for u in p.uploads)
-            out.update(("upload", w) for w in p.waiting)  # queued before it changed: kept, and waits
-            out.update(("delete", d) for d in p.deletes)
-            if not self.held:
-                out.update(("delete", d) for d in p.mirrored)
-        return out
-
-    def _enqueue(self, chains: set[tuple] | None, extra: set[str]) -> None:
-        assert self.target_files is not None
-        parts = list(self._chains.values()) if chains is None else [self._chains[c] for c in chains if c in self._chains]
-        rows: list[tuple[str, str, int | None, int | None]] = []
-        for p in parts:
-            for path in p.uploads:
-                e = self.view.entries[path]
-                rows.append(("upload", path, e.size, e.mtime_ns))
-            for path in p.deletes + ([] if self.held else p.mirrored):
-                t = self.target_files.get(path)
-                rows.append(("delete", path, t.size if t else None, None))
-        for it in self.queue.put_many(self.job.name, rows):
-            self.dispatch.add(it)
-        # Whatever is queued that the plan no longer wants goes (done elsewhere, vanished,
-        # superseded): for a full plan, anything the job has queued; else the chains' paths.
-        wanted = self._wanted(chains)
-        if chains is None:
-            stale = [it for it in self.queue.items(self.job.name) if (it.op, it.path) not in wanted]
-        else:
-            paths = set(extra)
-            for c in chains:
-                paths |= self._members.get(c, set())
-            stale = [it for path in paths for it in self.queue.at(self.job.name, path)
-                     if (it.op, it.path) not in wanted]
-        for it in stale:
-            self._unqueue(it)
-
-    def _unqueue(self, it: QueueItem) -> None:
-        """Queued work the plan no longer wants: done elsewhere, vanished, superseded."""
-        if it.state == "in-flight":
-            return
-        if it.state == "failed" and (it.path in self.view.entries or it.op == "delete"):
-            return  # failed items wait for the user, unless their file is gone
-        if it.op == "upload" and it.path not in self.view.entries:
-            log.info("job %s: %s vanished at the source before it was sent; skipped", self.job.name, it.path)
-            self._skipped += 1
-        self.queue.ack(it.id)
-        self.dispatch.discard(it.id)
-
-    def _dropped(self) -> dict:
-        """This job's dropped operations; the file is read again only when it changed."""
-        try:
-            stamp = (self.state.root / "dropped.json").stat().st_mtime_ns
-        except OSError:
-            return {}
-        if stamp != self._dropped_stamp:
-            self._dropped_stamp = stamp
-            self._dropped_ops = self.state.read_json("dropped.json", {}).get(self.job.name, {})
-        return self._dropped_ops
-
     def _fold_hints(self, hints: set[str] | None = None) -> None:
         """Fold watcher hints (taken here unless given) and settling files into the plan."""
         if hints is None:
@@ -568,7 +536,7 @@ class JobRunner:
         self.view.refresh(mono, wall)
         changed = self.view.take_changed()
         if changed:
-            self._changed(changed)
+            self.plan.touched(changed)
 
     # ------------------------------------------------------------ transfers
     def _drain(self, forced: bool) -> None:
@@ -626,14 +594,16 @@ class JobRunner:
 
     def _next_task(self) -> Task | None:
         while True:
-            it = self.dispatch.pick(self.queue.get, self.blockers, _now())
+            it = self.dispatch.pick(self.queue.get, self.plan.blockers, _now())
             if it is None:
                 return None
             if self._pass is None:
                 self._pass = SyncStats(_now())
             with self._lock:
                 self.phase = "syncing"
-            task = Task(it)
+            task = Task(it, day=dt.datetime.now(dt.timezone.utc).date().isoformat(),
+                        keep_deleted=self.job.keep_deleted is not None)
+            assert self.plan.target_files is not None
             if it.op == "upload":
                 e = self.view.entries.get(it.path)
                 if e is None:  # gone at the source: nothing to send
@@ -641,13 +611,21 @@ class JobRunner:
                     self.dispatch.discard(it.id)
                     self._pass.files_skipped += 1
                     log.info("job %s: %s vanished at the source before it was sent; skipped", self.job.name, it.path)
-                    self._changed({it.path})
+                    self.plan.touched({it.path})
                     continue
                 if not e.ready:  # written again since it was planned
-                    self._changed({it.path})
+                    self.plan.touched({it.path})
                     continue
                 task.size, task.mtime_ns = e.size, e.mtime_ns
-            task.item = self.queue.lease(it.id)
+                task.replaces = it.path in self.plan.target_files  # its copy goes to the bin first
+            else:
+                task.mirrored = self.plan.is_mirrored(it.path)
+                task.size = (self.plan.target_files.get(it.path) or RemoteFile(0)).size
+            leased = self.queue.lease(it.id)
+            if leased is None:  # dropped by a person meanwhile
+                self.dispatch.discard(it.id)
+                continue
+            task.item = leased
             for later in self.dispatch.started(task.item, task):  # started again, alone: room
                 self._pass.bytes_on_wire += later.wire
                 self.queue.release(later.item.id, count_attempt=False)
@@ -667,42 +645,45 @@ class JobRunner:
         self._wire += task.wire
         task.wire = 0
         if o.kind == "published":
-            assert self.target_files is not None
             self.queue.ack(it.id)
-            self.target_files[path] = RemoteFile(task.size, task.mtime_ns if self.keeps_mtime else None)
             stats.published(path, task.size)
-            if task.md5:
-                self.hashes.record(self.job.name, path, task.size, task.md5)
-            self.source_corrupt.discard(path)
             self.counters["files_sent"] += 1
             self.counters["bytes_sent"] += task.size
-            log.info("job %s: sent %s (%d bytes)", self.job.name, path, task.size)
+            log.info("job %s: sent %s (%d bytes)%s", self.job.name, path, task.size,
+                     "; its previous copy went to the bin" if task.replaces and task.keep_deleted else "")
             self._healthy()
-            f = classify(path, self.rules.family)
-            if f is not None and f.level in MONTHLY_LEVELS and self.rules.mode == "daily-monthly" \
-                    and f.role in (Role.IMAGE, Role.MD5):
-                self._changed({path})  # a new monthly on the target: retention may run
+            self.plan.published(path, task.size, task.mtime_ns, task.md5)
         elif o.kind == "deleted":
-            assert self.target_files is not None
             self.queue.ack(it.id)
-            self.target_files.pop(path, None)
             stats.removed(path)
-            self.hashes.forget(self.job.name, path)
             self.counters["files_deleted"] += 1
-            log.info("job %s: deleted %s", self.job.name, path)
+            if self.bin_bytes is not None and task.keep_deleted:
+                self.bin_bytes, self.bin_files = self.bin_bytes + task.size, self.bin_files + 1
+            log.info("job %s: deleted %s%s", self.job.name, path, " (to the bin)" if task.keep_deleted else "")
             self._healthy()
-            self._changed({path})
+            self.plan.removed(path, self.plan.is_mirrored_image(path))
+        elif o.kind == "present":
+            # Looked up right before its deletion: the file is at the source after all.
+            self.queue.release(it.id, count_attempt=False)
+            log.info("job %s: %s is at the source again: not deleted on the target", self.job.name, path)
+            self.view.touch({path}, time.monotonic(), time.time_ns())
+            self.plan.touched(self.view.take_changed() | {path})
+        elif o.kind == "unknown":
+            # The look-up right before a deletion failed: its folder reads badly; nothing is deleted.
+            self.queue.release(it.id, str(o.error), count_attempt=False)
+            self.view.touch({path}, time.monotonic(), time.time_ns())
+            self.plan.touched(self.view.take_changed() | {path})
         elif o.kind == "skipped":
             self.queue.ack(it.id)
             stats.files_skipped += 1
             log.info("job %s: %s vanished at the source before it was sent; skipped", self.job.name, path)
             self.view.touch({path}, time.monotonic(), time.time_ns())
-            self._changed(self.view.take_changed() | {path})
+            self.plan.touched(self.view.take_changed() | {path})
         elif o.kind == "changed":
             self.queue.release(it.id, "changed while it was sent; sent again once it settles", count_attempt=False)
             log.info("job %s: %s changed while it was sent; it is sent again once it settles", self.job.name, path)
             self.view.recheck(path, time.monotonic(), time.time_ns())
-            self._changed(self.view.take_changed() | {path})
+            self.plan.touched(self.view.take_changed() | {path})
         elif o.kind == "interrupted":
             self.queue.release(it.id, count_attempt=False)
             return True
@@ -711,8 +692,7 @@ class JobRunner:
             msg = f"{path}: {o.error}"
             log.error("job %s: %s; it is not sent until the image is restored and retried "
                       "('offsite queue retry %d')", self.job.name, msg, it.id)
-            self.queue.fail(it.id, str(o.error))
-            self.source_corrupt.add(path)
+            self.queue.fail(it.id, str(o.error), "source-corrupt")
             stats.error(msg)
             stats.ok = False
         elif o.kind == "unreadable":
@@ -857,8 +837,8 @@ class JobRunner:
         """Record the pass that just ended as the job's last sync. It is ok when it did its
         work: errors met on the way and healed by a retry are listed, but do not fail it."""
         gave_up, self._pass, self._gave_up = self._gave_up, None, False
-        stats.files_skipped += self._skipped
-        self._skipped = 0
+        stats.files_skipped += self.plan.skipped
+        self.plan.skipped = 0
         left = self.queue.summary(self.job.name)["pending_files"]
         if left and self.stopping.is_set():
             stats.error(f"the agent stopped with {left} file(s) still to do")

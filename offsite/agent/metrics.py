@@ -63,6 +63,8 @@ class Collector:
             ("offsite_lag_seconds", lambda j: j.get("lag_seconds") or 0, "age of the oldest file not yet offsite"),
             ("offsite_transfer_rate_bytes", lambda j: (j.get("transfer") or {}).get("rate") or 0,
              "bytes per second being sent now"),
+            ("offsite_bin_bytes", lambda j: j.get("bin_bytes") or 0,
+             "bytes in the bin on the target (.offsite/deleted), kept for keep_deleted"),
         ):
             g = GaugeMetricFamily(name, doc, labels=["job"])
             for j in jobs:

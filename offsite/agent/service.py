@@ -22,7 +22,8 @@ from .. import logs
 from ..config import Config
 from ..errors import LockedError, OffsiteError
 from ..queue import WorkQueue, count_rows
-from ..state import StateDir
+from ..state import Hashes, StateDir
+from ..system import folder_state
 from ..watchers import SourceWatcher
 from . import control
 from .job import JobRunner, Request
@@ -41,6 +42,11 @@ class Agent:
         self.state = StateDir(config.agent.state_dir)
         self.runners: dict[str, JobRunner] = {}
         self.watchers: dict[str, SourceWatcher] = {}
+        # After a reload: runners of the old configuration that did not stop in time (a server
+        # hashing a large file before its rename, say), by job. The job's new runner starts
+        # only once its old one has ended: one coordinator per job, always.
+        self._draining: dict[str, JobRunner] = {}
+        self.hashes: Hashes | None = None
         self._stop = threading.Event()
         self._reload = threading.Event()
         self.started = dt.datetime.now().astimezone()
@@ -74,6 +80,7 @@ class Agent:
             # status.json still says "running" when the last agent did not stop cleanly.
             restarted = bool(self.state.read_json("status.json", {}).get("agent", {}).get("running"))
             self.queue = self._open_queue()
+            self.hashes = Hashes(self.state.root)  # one connection for every job of the agent
             self._install_signals()
             self.watch = Watch(self.config, self.state, restarted)
             if self.config.agent.metrics:
@@ -89,6 +96,7 @@ class Agent:
                     self._reload.clear()
                     self._do_reload()
                 self._handle_requests()
+                self._start_drained()
                 self._check_watchers()
                 if time.monotonic() - last_status >= 1.0:
                     self._write_status(running=True)
@@ -109,6 +117,8 @@ class Agent:
             self._write_status(running=False)
             if self.queue is not None:
                 self.queue.close()
+            if self.hashes is not None and not any(r.alive() for r in self._draining.values()):
+                self.hashes.close()  # (a runner still finishing a step at exit keeps it: the process ends)
             self.state.lock.release()
         log.info("offsite agent stopped")
         return 0
@@ -134,15 +144,34 @@ class Agent:
         slots = threading.BoundedSemaphore(self.config.agent.max_connections)
         shared = Throttle(self.config.agent.bandwidth)
         for job in self.config.jobs:
-            runner = JobRunner(job, self.config.agent, self.queue, self.state, slots, shared)
+            runner = JobRunner(job, self.config.agent, self.queue, self.state, slots, shared, self.hashes)
             self.runners[job.name] = runner
-            watcher = SourceWatcher(job.source, runner.hint)
-            try:
-                watcher.start()
-            except OSError as e:
-                log.error("job %s: cannot watch %s (%s); relying on rescans", job.name, job.source, e)
-            self.watchers[job.name] = watcher
-            runner.start()
+            if job.name in self._draining:
+                log.warning("job %s: its previous run is still finishing a step; it starts again once that is done",
+                            job.name)
+                continue
+            self._start_runner(runner)
+
+    def _start_runner(self, runner: JobRunner) -> None:
+        job = runner.job
+        watcher = SourceWatcher(job.source, runner.hint)
+        try:
+            watcher.start()
+        except OSError as e:
+            log.error("job %s: cannot watch %s (%s); relying on rescans", job.name, job.source, e)
+        self.watchers[job.name] = watcher
+        runner.start()
+
+    def _start_drained(self) -> None:
+        """Start the runners that waited for their job's old runner to end."""
+        for name, old in list(self._draining.items()):
+            if old.alive():
+                continue
+            del self._draining[name]
+            log.info("job %s: its previous run has ended", name)
+            runner = self.runners.get(name)
+            if runner is not None and not runner.alive() and name not in self.watchers:
+                self._start_runner(runner)
 
     def _stop_jobs(self) -> None:
         for r in self.runners.values():
@@ -151,6 +180,7 @@ class Agent:
         for name, r in self.runners.items():
             if not r.join(max(0.1, deadline - time.monotonic())):
                 log.warning("job %s did not stop in time", name)
+                self._draining[name] = r
         for w in self.watchers.values():
             w.stop()
         self.runners, self.watchers = {}, {}
@@ -159,7 +189,7 @@ class Agent:
         for name, w in self.watchers.items():
             runner = self.runners[name]
             lost = runner.rewatch.is_set()
-            if (lost or not w.alive()) and runner.job.source.is_dir():
+            if (lost or not w.alive()) and folder_state(runner.job.source) == "folder":
                 runner.rewatch.clear()
                 log.warning("job %s: %s; watching it again and rescanning", name,
                             "the source folder is back" if lost else "the watcher stopped")
@@ -202,9 +232,17 @@ class Agent:
                     if runner is None:
                         reply({"ok": False, "error": f"no job named {req.get('job')!r}"})
                         continue
-                    runner.request(Request(op, bool(req.get("allow_deletes")), reply))
+                    runner.request(Request(op, bool(req.get("allow_deletes")), reply,
+                                           accept_changes=bool(req.get("accept_changes"))))
+                elif op == "undelete":
+                    runner = self.runners.get(req.get("job", ""))
+                    if runner is None:
+                        reply({"ok": False, "error": f"no job named {req.get('job')!r}"})
+                        continue
+                    runner.request(Request("undelete", reply=reply, paths=list(req.get("paths") or []),
+                                           day=req.get("day")))
                 elif op == "retry":
-                    items = control.retry(self.queue, req.get("ids"))
+                    items = control.retry(self.queue, self.state, req.get("ids"))
                     for name in {i.job for i in items}:
                         if name in self.runners:
                             self.runners[name].request(Request("retry"))

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, NamedTuple, cast
 
+from .. import crashpoints
 from ..backupfiles import classify, md5_sidecar, sidecar_md5
 from ..config import Job
 from ..errors import Interrupted, PermanentError, SourceError, TransientError
@@ -120,10 +121,16 @@ class Task:
     alone: bool = False  # started with no other transfer of the job running, nor to start
     md5: str | None = None  # of the bytes staged, once staged
     room: list[str] = field(default_factory=list)  # staged files to discard before it starts
+    day: str = ""  # the bin's day (UTC) for what this task removes from the target
+    keep_deleted: bool = True  # removed files go to the bin (else deleted at once)
+    replaces: bool = False  # an upload whose path is on the target: that copy goes to the bin first
+    mirrored: bool = False  # a deletion mirrored from the source: looked up there right before
 
 
 class Outcome(NamedTuple):
-    kind: str  # published | deleted | skipped | changed | interrupted | failed | unreadable | corrupt | idle
+    # published | deleted | present | unknown | skipped | changed | interrupted | failed | unreadable | corrupt
+    # | idle
+    kind: str
     task: Task | None
     error: Exception | None = None
 
@@ -139,8 +146,7 @@ class Sessions:
         self._lock = threading.Lock()
         self._owner_lock = threading.Lock()
         self._owner_checked = False  # once per round, by the first session: several sessions
-        # opening at once on a new target folder must not each write an owner ID, nor sweep
-        # away as strays the uploads the others are starting
+        # opening at once on a new target folder must not each write an owner ID
         self.opened = 0  # sessions opened, for tests
 
     def checkout(self) -> Target:
@@ -158,7 +164,6 @@ class Sessions:
             with self._owner_lock:
                 if not self._owner_checked:  # the round's first session
                     self.check_owner(target)
-                    target.tidy()
                     self._owner_checked = True
         except BaseException:
             self.slots.release()
@@ -246,7 +251,14 @@ class Transfers:
         current = task
         try:
             if task.item.op == "delete":
-                target.delete(task.item.path)
+                if task.mirrored:
+                    seen = self._still_gone(task.item.path)
+                    if seen != "gone":
+                        self.dispatch.hold(task.item.id)
+                        self.results.put(Outcome(seen, task, SourceError(seen) if seen != "present" else None))
+                        return True
+                self._remove(target, task)
+                crashpoints.reach("deleted")  # off the target, not yet off the queue
                 self.dispatch.finished(task.item.id)
                 self.results.put(Outcome("deleted", task))
                 return True
@@ -265,12 +277,17 @@ class Transfers:
                 self.results.put(Outcome("skipped", task))
                 run = self.dispatch.finished(task.item.id)
             else:
+                crashpoints.reach("staged")  # staged whole, not yet published
                 run = self.dispatch.staged(task.item.id)
             while run:
                 later: list[Task] = []
                 for t in run:
                     current = t
+                    if t.replaces and t.keep_deleted:
+                        target.to_bin(t.item.path, t.day)  # the copy it replaces, first (SPEC section 8)
+                        crashpoints.reach("binned")  # the old copy in the bin, the new one not yet out
                     target.publish(t.item.path, t.size, t.mtime_ns, t.md5)
+                    crashpoints.reach("published")  # under its final name, not yet off the queue
                     self.results.put(Outcome("published", t))
                     later = self.dispatch.finished(t.item.id)
                 run = later
@@ -287,6 +304,28 @@ class Transfers:
             self.dispatch.hold(current.item.id)
             self.results.put(Outcome("failed", current, e))
             return False
+
+    def _still_gone(self, path: str) -> str:
+        """Absence is not evidence: right before a mirrored deletion, the file is looked up at
+        the source once more. 'gone' only for "no such file"; 'present' when it is there;
+        any other error makes it 'unknown', and nothing is deleted."""
+        try:
+            os.lstat(self.job.source.joinpath(*path.split("/")))
+        except FileNotFoundError:
+            return "gone"
+        except OSError as e:
+            log.warning("job %s: %s could not be looked up at the source (%s): not deleted on the target",
+                        self.job.name, path, e.strerror or e)
+            return "unknown"
+        return "present"
+
+    @staticmethod
+    def _remove(target: Target, task: Task) -> None:
+        """Every deletion goes through the bin, unless keep_deleted is "off"."""
+        if task.keep_deleted:
+            target.to_bin(task.item.path, task.day)
+        else:
+            target.delete(task.item.path)
 
     def _stage(self, target: Target, task: Task) -> str:
         """Upload the planned version of the file to staging: 'staged', 'skipped' (gone at

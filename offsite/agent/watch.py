@@ -73,7 +73,8 @@ class Watch:
                       pending_files=st["pending_files"], pending_bytes=st["pending_bytes"],
                       lag_seconds=st["lag_seconds"], newest_source=facts[name].get("newest_source"),
                       free_bytes=st.get("target_free_bytes"), target=facts[name].get("target", ""),
-                      corrupt=facts[name].get("corrupt", ()),
+                      corrupt=facts[name].get("corrupt", ()), changed=facts[name].get("changed", ()),
+                      unreadable=tuple(sorted((facts[name].get("unreadable") or {}).items())),
                       verify_bad=tuple(m["path"] for m in (st.get("last_verify") or {}).get("mismatches", [])))
             for alert, message in alerts.conditions(name, f, limits_of(job, self.config.agent.retry_for),
                                                     now).items():

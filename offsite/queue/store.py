@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import persistqueue
 import persistqueue.serializers.json as pq_json
@@ -41,6 +41,7 @@ class QueueItem:
     enqueued: str = ""  # ISO 8601 with offset
     next_attempt: str | None = None
     mtime_ns: int | None = None
+    cause: str | None = None  # a failed item's alert: "source-changed" or "source-corrupt"
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -113,6 +114,7 @@ class WorkQueue:
         self._by_path: dict[tuple[str, str], set[int]] = {}  # (job, path) -> item ids
         self._by_job: dict[str, set[int]] = {}
         self._counts: dict[str, list[int]] = {}  # job -> [pending files, pending bytes, failed]
+        self._failed: dict[str, set[int]] = {}  # job -> its failed items
         try:
             rows = self._q.queue()
         except (sqlite3.DatabaseError, ValueError) as e:
@@ -143,6 +145,11 @@ class WorkQueue:
             _count(c, old, -1)
         _count(c, it, 1)
         self._items[it.id] = it
+        failed = self._failed.setdefault(it.job, set())
+        if it.state == "failed":
+            failed.add(it.id)
+        else:
+            failed.discard(it.id)
         return it
 
     def _forget(self, item_id: int) -> None:
@@ -150,6 +157,7 @@ class WorkQueue:
         if it is not None:
             _count(self._counts[it.job], it, -1)
             self._by_job[it.job].discard(item_id)
+            self._failed.get(it.job, set()).discard(item_id)
             ids = self._by_path.get((it.job, it.path))
             if ids is not None:
                 ids.discard(item_id)
@@ -172,6 +180,11 @@ class WorkQueue:
         with self._lock:
             return [self._items[i] for i in sorted(self._by_path.get((job, path), ()))]
 
+    def failed(self, job: str) -> list[QueueItem]:
+        """The job's failed items (kept as items change: no walk of the queue)."""
+        with self._lock:
+            return [self._items[i] for i in sorted(self._failed.get(job, ()))]
+
     def summary(self, job: str) -> dict:
         """`summary(self.items(job))`, kept up to date as items change rather than counted."""
         with self._lock:
@@ -193,19 +206,22 @@ class WorkQueue:
     # -- writing
     def put(self, job: str, op: str, path: str, size: int | None = None,
             mtime_ns: int | None = None) -> QueueItem:
-        """Queue `op` for `path`, coalescing with a ready or failed item for the same path."""
+        """Queue `op` for `path`, coalescing with a ready or failed item for the same path.
+        While an item of the path is in flight, nothing more is queued for it: it is returned,
+        and its owner plans the path again once it is done (a path is never in flight twice,
+        which would share one staged upload)."""
         with self._lock:
-            for item_id in sorted(self._by_path.get((job, path), ())):
+            ids = sorted(self._by_path.get((job, path), ()))
+            for item_id in ids:
+                if self._items[item_id].state == "in-flight":
+                    return self._items[item_id]
+            for item_id in ids:
                 it = self._items[item_id]
                 same_version = it.op == op and (it.size, it.mtime_ns) == (size, mtime_ns)
-                if it.state == "in-flight":
-                    if same_version:
-                        return it  # already being done
-                    continue
                 if same_version:
                     return it
                 if it.op == op:  # a newer version of the same file
-                    it = self._update(replace(it, size=size, mtime_ns=mtime_ns, last_error=None))
+                    it = self._update(replace(it, size=size, mtime_ns=mtime_ns, last_error=None, cause=None))
                     if it.state == "failed":
                         self.release(it.id, count_attempt=False)
                     return self._items[it.id]
@@ -242,10 +258,13 @@ class WorkQueue:
             made = {id(it): self._remember(replace(it, id=int(pqid or 0))) for it, pqid in zip(new, ids)}
             return [made.get(id(it), it) for it in out]
 
-    def lease(self, item_id: int) -> QueueItem:
-        """Mark the item in flight and hand it out."""
+    def lease(self, item_id: int) -> QueueItem | None:
+        """Mark the item in flight and hand it out; None when it is no longer ready (dropped or
+        failed by a person's command meanwhile)."""
         with self._lock:
-            it = self._items[item_id]
+            it = self._items.get(item_id)
+            if it is None or it.state != "ready":
+                return None
             it = replace(it, attempts=it.attempts + 1)
             self._write(it, AckStatus.unack)
             return self._store(replace(it, state="in-flight"))
@@ -267,18 +286,19 @@ class WorkQueue:
             it = replace(
                 it, state="ready", last_error=error if error is not None else it.last_error,
                 next_attempt=not_before.isoformat(timespec="seconds") if not_before else None,
-                attempts=_attempts_after(it, count_attempt),
+                attempts=_attempts_after(it, count_attempt), cause=None,
             )
             self._write(it, AckStatus.ready)
             self._store(it)
 
-    def fail(self, item_id: int, error: str) -> None:
-        """Needs a person: stays failed until `queue retry`."""
+    def fail(self, item_id: int, error: str, cause: str | None = None) -> None:
+        """Needs a person: stays failed until `queue retry`. `cause` names the alert that
+        tells the person about it."""
         with self._lock:
             it = self._items.get(item_id)
             if it is None:
                 return
-            it = replace(it, state="failed", last_error=error, next_attempt=None)
+            it = replace(it, state="failed", last_error=error, next_attempt=None, cause=cause)
             self._write(it, AckStatus.ack_failed)
             self._store(it)
 
@@ -294,12 +314,17 @@ class WorkQueue:
                 n += 1
         return n
 
-    def drop(self, item_id: int) -> bool:
+    def drop(self, item_id: int, before: Callable[[QueueItem], None] = lambda it: None) -> QueueItem:
+        """Remove an item a person dropped: KeyError when there is none, ValueError while it is
+        in flight. `before` runs first, under the queue's lock, so the check, what it records
+        and the removal are one step that no lease can come between."""
         with self._lock:
-            if item_id not in self._items:
-                return False
+            it = self._items[item_id]
+            if it.state == "in-flight":
+                raise ValueError(f"queue item {item_id} is in flight")
+            before(it)
             self._ack(item_id)
-            return True
+            return it
 
     def _write(self, it: QueueItem, status: object) -> None:
         """An item's data and status in ONE statement: persist-queue's update() and then

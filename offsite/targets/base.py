@@ -9,10 +9,13 @@ resumable point); library exceptions are translated inside each target module.
 from __future__ import annotations
 
 import abc
+import builtins
+import datetime as dt
 import hashlib
 import socket
+from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import BinaryIO, Callable, ClassVar
+from typing import BinaryIO, Callable, ClassVar, Collection
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
@@ -20,6 +23,7 @@ from ..selection import RemoteFile
 AGENT_DIR = ".offsite"
 OWNER_FILE = "owner"
 PROBE_NAME = "probe"
+BIN_DIR = "deleted"  # <folder>/.offsite/deleted/<YYYY-MM-DD>/<relative path> (SPEC section 8)
 
 # Called with each chunk's byte count as it is written; may sleep (throttling) or raise
 # Interrupted (stop requested) between chunks. It may carry a `chunk` attribute: the largest
@@ -35,6 +39,12 @@ def chunk_size(progress: Progress, default: int) -> int:
 def staging_stem(relpath: str) -> str:
     """A short, safe name for a file's staged upload, whatever its real name."""
     return hashlib.sha256(relpath.encode("utf-8")).hexdigest()[:32]
+
+
+def stale_staging(names: Collection[str], keep: Collection[str]) -> list[str]:
+    """The staging folder's names that belong to no file in `keep` (relative paths)."""
+    kept = {staging_stem(p) for p in keep}
+    return [n for n in names if n[:32] not in kept]
 
 
 def reachable(endpoint: tuple[str, int], timeout: float = 3.0) -> bool:
@@ -59,6 +69,26 @@ def not_as_sent(relpath: str, got: str, sent: str) -> TransientError:
     from the source: never published; the next attempt sends the file again."""
     return TransientError(f"the copy of {relpath} on the target does not match the bytes read from the "
                           f"source (the server reports MD5 {got}, {sent} was sent): sending it again")
+
+
+@dataclass(frozen=True)
+class Binned:
+    """A file in the bin: the UTC day it was moved there, its relative path, its size."""
+
+    day: str
+    path: str
+    size: int
+
+
+def check_day(day: str) -> str:
+    """A bin day, YYYY-MM-DD; anything else could name a path outside the bin."""
+    try:
+        dt.date.fromisoformat(day)
+    except ValueError:
+        raise PermanentError(f"not a day of the bin: {day!r} (YYYY-MM-DD)") from None
+    if len(day) != 10:
+        raise PermanentError(f"not a day of the bin: {day!r} (YYYY-MM-DD)")
+    return day
 
 
 def check_relpath(relpath: str) -> str:
@@ -103,10 +133,10 @@ class Target(abc.ABC):
     def close(self) -> None:
         """Release connections; never raises."""
 
+    @abc.abstractmethod
     def read_back(self, relpath: str, sink: Callable[[bytes], None]) -> bool:
         """Stream a published file's bytes to `sink`, in order (for `offsite verify`); False
         when there is no such file. Never changes the target."""
-        raise NotImplementedError
 
     def remote_md5(self, relpath: str) -> str | None:
         """The MD5 of a published file as the server computes it now from what it stores (FTP
@@ -119,15 +149,37 @@ class Target(abc.ABC):
         statvfs extension); None where it cannot tell."""
         return None
 
-    def tidy(self) -> None:
-        """Remove what an interrupted earlier run left behind that nothing else will (S3:
-        multipart uploads that no staging record names). Called once per round, by its first
-        session, before any upload starts: never while other sessions of the job upload."""
+    @abc.abstractmethod
+    def tidy(self, keep: Collection[str]) -> None:
+        """Remove every staged upload (S3: and multipart upload) of a file not in `keep` (the
+        relative paths still queued to upload): what an interrupted run left of files that
+        vanished since. Called while no session of the job uploads."""
 
     @abc.abstractmethod
     def list(self) -> dict[str, RemoteFile]:
         """Every published file under the job folder by '/'-separated relative path; never
-        anything under the agent folder, never a staged upload."""
+        anything under the agent folder, never a staged upload, and never anything under a
+        subfolder that holds its own `.offsite/owner` (another job's folder)."""
+
+    @abc.abstractmethod
+    def to_bin(self, relpath: str, day: str) -> None:
+        """Move a published file into the bin, `.offsite/deleted/<day>/<relpath>`: the one way
+        the agent removes a backup file from its final name (SPEC section 8). When the bin
+        already holds that path for that day, the bin's (older) copy is kept and this one is
+        removed. A file already gone counts as moved."""
+
+    @abc.abstractmethod
+    def bin_list(self) -> builtins.list[Binned]:
+        """Every file in the bin."""
+
+    @abc.abstractmethod
+    def from_bin(self, relpath: str, day: str) -> None:
+        """Move a file of the bin back under its final name. PermanentError when a file is
+        there already (never overwritten) or when the bin holds no such file."""
+
+    @abc.abstractmethod
+    def purge_bin(self, day: str) -> None:
+        """Remove one day of the bin, whole; a day already gone is fine."""
 
     @abc.abstractmethod
     def read_owner(self) -> str | None:
@@ -156,7 +208,8 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, relpath: str) -> None:
-        """Remove a published file; a file already gone counts as deleted."""
+        """Remove a published file at once, without the bin (keep_deleted = "off"); a file
+        already gone counts as deleted."""
 
     @abc.abstractmethod
     def probe(self) -> None:

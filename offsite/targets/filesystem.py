@@ -14,14 +14,15 @@ stays true for it; publish() still asks the server for the staged size, the prom
 from __future__ import annotations
 
 import abc
+import builtins
 import io
 import posixpath
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Collection, Iterator
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
-from .base import (AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, not_as_sent,
-                   staging_stem)
+from .base import (AGENT_DIR, BIN_DIR, OWNER_FILE, PROBE_NAME, Binned, Progress, Target, check_day, check_relpath,
+                   not_as_sent, stale_staging, staging_stem)
 
 
 class Entry:
@@ -42,6 +43,7 @@ class RemoteFileTarget(Target):
         self.root = posixpath.join(self.location, folder)
         self.agent = posixpath.join(self.root, AGENT_DIR)
         self.staging = posixpath.join(self.agent, "staging")
+        self.bin = posixpath.join(self.agent, BIN_DIR)
         self._dirs: set[str] = set()  # folders known to exist on the server
         self._staged_sizes: dict[str, int] | None = None  # staging listing at open: name -> size
 
@@ -73,11 +75,16 @@ class RemoteFileTarget(Target):
 
     @abc.abstractmethod
     def _rename(self, src: str, dst: str) -> None:
-        """Move src to dst, replacing dst, as one step where the protocol allows."""
+        """Move src to dst in one step, replacing dst where the protocol allows; a
+        PermanentError where it refuses (dst exists, or src does not)."""
 
     @abc.abstractmethod
     def _remove(self, path: str) -> None:
         """Remove a file; a missing file is fine."""
+
+    @abc.abstractmethod
+    def _rmdir(self, path: str) -> None:
+        """Remove an empty folder; a missing one is fine."""
 
     def _set_mtime(self, path: str, mtime_ns: int) -> None:
         """Set the modification time where the protocol can (keeps_mtime)."""
@@ -125,15 +132,17 @@ class RemoteFileTarget(Target):
             self._dirs.add(path)
             path = posixpath.dirname(path)
 
-    def _walk(self, path: str, rel: str) -> Iterator[tuple[str, Entry]]:
-        for e in self._listdir(path):
-            if e.name in (".", ".."):
-                continue
+    def _walk(self, path: str, rel: str, top: bool = True) -> Iterator[tuple[str, Entry]]:
+        entries = [e for e in self._listdir(path) if e.name not in (".", "..")]
+        if not top and any(e.is_dir and e.name == AGENT_DIR for e in entries) \
+                and self._size(posixpath.join(path, AGENT_DIR, OWNER_FILE)) is not None:
+            return  # another job's folder, nested in this one: never listed, never touched
+        for e in entries:
             r = f"{rel}/{e.name}" if rel else e.name
             if e.is_dir:
-                if not rel and e.name == AGENT_DIR:
+                if top and e.name == AGENT_DIR:
                     continue
-                yield from self._walk(posixpath.join(path, e.name), r)
+                yield from self._walk(posixpath.join(path, e.name), r, top=False)
             else:
                 yield r, e
 
@@ -161,7 +170,7 @@ class RemoteFileTarget(Target):
         self._makedirs(self.agent)
         tmp = posixpath.join(self.agent, OWNER_FILE + ".tmp")
         self._put_small(tmp, (owner + "\n").encode("utf-8"))
-        self._rename(tmp, posixpath.join(self.agent, OWNER_FILE))
+        self._move(tmp, posixpath.join(self.agent, OWNER_FILE), "the owner ID")
 
     def _staged(self, relpath: str, size: int, mtime_ns: int) -> str:
         return posixpath.join(self.staging, f"{staging_stem(relpath)}-{size}-{mtime_ns}.part")
@@ -209,9 +218,33 @@ class RemoteFileTarget(Target):
         if self.keeps_mtime:
             self._set_mtime(staged, mtime_ns)
         self._makedirs(posixpath.dirname(final))
-        self._rename(staged, final)
+        self._move(staged, final, relpath)
         if self._staged_sizes is not None:
             self._staged_sizes.pop(posixpath.basename(staged), None)
+
+    def _move(self, src: str, dst: str, relpath: str) -> None:
+        """Publish src as dst. Where the server will not replace a file by a rename, the old
+        one is moved aside first and back if the rename fails: a published copy is never
+        removed before its replacement is in place."""
+        try:
+            self._rename(src, dst)
+            return
+        except PermanentError:
+            if self._size(src) is None:
+                raise TransientError(f"nothing is staged for {relpath}: sending it again") from None
+            if self._size(dst) is None:
+                raise
+        aside = posixpath.join(self.staging, staging_stem(relpath) + ".old")
+        self._rename(dst, aside)
+        try:
+            self._rename(src, dst)
+        except BaseException:
+            try:
+                self._rename(aside, dst)
+            except (TransientError, PermanentError):
+                pass  # the staging folder keeps it, and the next tidy tells no one: logged above
+            raise
+        self._remove(aside)
 
     def _unstage(self, staged: str) -> None:
         """Remove a staged copy that cannot be published: the next upload starts from zero."""
@@ -239,10 +272,71 @@ class RemoteFileTarget(Target):
     def delete(self, relpath: str) -> None:
         self._remove(self._final(relpath))
 
+    # ---------------------------------------------------------------- the bin
+    def _binned(self, relpath: str, day: str) -> str:
+        return posixpath.join(self.bin, check_day(day), check_relpath(relpath))
+
+    def to_bin(self, relpath: str, day: str) -> None:
+        final, dest = self._final(relpath), self._binned(relpath, day)
+        if self._size(final) is None:
+            return  # gone already
+        if self._size(dest) is not None:  # the day's first copy stays (the older one)
+            self._remove(final)
+            return
+        self._makedirs(posixpath.dirname(dest))
+        self._rename(final, dest)
+
+    def bin_list(self) -> builtins.list[Binned]:
+        if not self._is_dir(self.bin):
+            return []
+        out = []
+        for rel, e in self._walk(self.bin, "", top=False):
+            day, _, path = rel.partition("/")
+            if path:
+                out.append(Binned(day, path, e.size))
+        return out
+
+    def from_bin(self, relpath: str, day: str) -> None:
+        src, final = self._binned(relpath, day), self._final(relpath)
+        if self._size(src) is None:
+            raise PermanentError(f"the bin holds no {relpath} of {day}")
+        if self._size(final) is not None:
+            raise PermanentError(f"{relpath} is on the target already: it is not overwritten")
+        self._makedirs(posixpath.dirname(final))
+        self._rename(src, final)
+
+    def purge_bin(self, day: str) -> None:
+        top = posixpath.join(self.bin, check_day(day))
+        if not self._is_dir(top):
+            return
+        folders = {top}
+        for rel, _e in self._walk(top, "", top=False):
+            path = posixpath.join(top, rel)
+            self._remove(path)
+            d = posixpath.dirname(path)
+            while d != top and d not in folders:
+                folders.add(d)
+                d = posixpath.dirname(d)
+        for d in sorted(folders, key=lambda x: -x.count("/")):  # the deepest first
+            self._rmdir(d)
+        self._dirs = {d for d in self._dirs if d != top and not d.startswith(top + "/")}
+
+    def tidy(self, keep: Collection[str]) -> None:
+        if self._staged_sizes is not None:
+            names = list(self._staged_sizes)
+        elif self._is_dir(self.staging):
+            names = [e.name for e in self._listdir(self.staging) if not e.is_dir]
+        else:
+            return
+        for name in stale_staging(names, keep):
+            self._remove(posixpath.join(self.staging, name))
+            if self._staged_sizes is not None:
+                self._staged_sizes.pop(name, None)
+
     def probe(self) -> None:
         tmp, final = posixpath.join(self.agent, PROBE_NAME + ".tmp"), posixpath.join(self.agent, PROBE_NAME)
         self._put_small(tmp, b"offsite probe\n")
-        self._rename(tmp, final)
+        self._move(tmp, final, "a probe file")
         if self._get_small(final) != b"offsite probe\n":
             raise PermanentError(f"the probe file in {self.agent} did not read back as written")
         self._remove(final)

@@ -207,11 +207,10 @@ class FtpTarget(RemoteFileTarget):
         return size - offset
 
     def _rename(self, src: str, dst: str) -> None:
-        try:
-            self._call(dst, self.conn.rename, src, dst)
-        except PermanentError:
-            self._remove(dst)  # servers that refuse to replace: remove, then rename
-            self._call(dst, self.conn.rename, src, dst)
+        self._call(dst, self.conn.rename, src, dst)  # a server that will not replace: filesystem._move
+
+    def _rmdir(self, path: str) -> None:
+        self._call(path, self.conn.rmd, path, missing_ok=True)
 
     def _remove(self, path: str) -> None:
         if self._size(path) is not None:

@@ -12,23 +12,28 @@ file is simply missing, and the reconciliation at start sends it again.
 """
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Collection
 
 from ..errors import PermanentError, TargetFull, TransientError
 from ..selection import RemoteFile
 from .base import (
     AGENT_DIR,
+    BIN_DIR,
     OWNER_FILE,
     PROBE_NAME,
+    Binned,
     Progress,
     Target,
+    check_day,
     check_relpath,
     chunk_size,
+    stale_staging,
     staging_stem,
 )
 
@@ -55,6 +60,7 @@ class LocalTarget(Target):
         self.root = self.location.joinpath(*folder.split("/"))
         self.agent = self.root / AGENT_DIR
         self.staging = self.agent / "staging"
+        self.bin = self.agent / BIN_DIR
         self._staged_names: set[str] | None = None  # staging folder's names, listed at open
 
     def describe(self) -> str:
@@ -117,7 +123,9 @@ class LocalTarget(Target):
                 rel = Path(dirpath).relative_to(self.root).as_posix()
                 if rel == ".":
                     rel = ""
-                    dirnames[:] = [d for d in dirnames if d != AGENT_DIR]
+                # Never into the agent's folder, nor into another job's folder nested here.
+                dirnames[:] = [d for d in dirnames if d != AGENT_DIR
+                               and not os.path.exists(os.path.join(dirpath, d, AGENT_DIR, OWNER_FILE))]
                 for name in filenames:
                     st = os.lstat(os.path.join(dirpath, name))
                     out[f"{rel}/{name}" if rel else name] = RemoteFile(st.st_size, st.st_mtime_ns)
@@ -273,15 +281,96 @@ class LocalTarget(Target):
         final = self.root.joinpath(*relpath.split("/"))
         try:
             final.unlink(missing_ok=True)
-            parent = final.parent
-            while parent != self.root and self.root in parent.parents:
-                try:
-                    parent.rmdir()  # only when empty
-                except OSError:
-                    break
-                parent = parent.parent
+            self._prune(final.parent)
         except OSError as e:
             raise self._error(e, relpath) from None
+
+    def _prune(self, folder: Path) -> None:
+        """Remove the folders a deletion emptied, up to the job folder."""
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+            folder = folder.parent
+
+    # -- the bin
+    def _binned(self, relpath: str, day: str) -> Path:
+        return self.bin.joinpath(check_day(day), *check_relpath(relpath).split("/"))
+
+    def to_bin(self, relpath: str, day: str) -> None:
+        final = self.root.joinpath(*check_relpath(relpath).split("/"))
+        dest = self._binned(relpath, day)
+        try:
+            if dest.exists():  # the day's first copy stays (the older one): see the contract
+                final.unlink(missing_ok=True)
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.rename(final, dest)
+                except FileNotFoundError:
+                    return  # gone already
+            self._prune(final.parent)
+        except OSError as e:
+            raise self._error(e, relpath) from None
+
+    def bin_list(self) -> builtins.list[Binned]:
+        out: builtins.list[Binned] = []
+        if not self.bin.is_dir():
+            return out
+        try:
+            for day in sorted(os.listdir(self.bin)):
+                top = self.bin / day
+                for dirpath, _dirs, files in os.walk(top, onerror=_raise):
+                    rel = Path(dirpath).relative_to(top).as_posix()
+                    for name in files:
+                        path = f"{rel}/{name}" if rel != "." else name
+                        out.append(Binned(day, path, os.lstat(os.path.join(dirpath, name)).st_size))
+        except OSError as e:
+            raise self._error(e, "the bin") from None
+        return out
+
+    def from_bin(self, relpath: str, day: str) -> None:
+        src = self._binned(relpath, day)
+        final = self.root.joinpath(*relpath.split("/"))
+        try:
+            if not src.is_file():
+                raise PermanentError(f"the bin holds no {relpath} of {day}")
+            if os.path.lexists(final):
+                raise PermanentError(f"{relpath} is on the target already: it is not overwritten")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, final)  # fails, rather than replace, when a file appeared meanwhile
+                src.unlink()
+            except OSError as e:
+                if e.errno == errno.EEXIST:
+                    raise PermanentError(f"{relpath} is on the target already: it is not overwritten") from None
+                os.rename(src, final)  # no hard links (FAT, exFAT); Windows' rename never replaces
+        except OSError as e:
+            raise self._error(e, relpath) from None
+
+    def purge_bin(self, day: str) -> None:
+        try:
+            shutil.rmtree(self.bin / check_day(day))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise self._error(e, f"the bin's {day}") from None
+
+    def tidy(self, keep: Collection[str]) -> None:
+        try:
+            names = os.listdir(self.staging)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise self._error(e, "the staging folder") from None
+        for name in stale_staging(names, keep):
+            try:
+                (self.staging / name).unlink(missing_ok=True)
+            except OSError as e:
+                raise self._error(e, "the staging folder") from None
+            if self._staged_names is not None:
+                self._staged_names.discard(name)
 
     def probe(self) -> None:
         tmp, final = self.agent / f"{PROBE_NAME}.tmp", self.agent / PROBE_NAME

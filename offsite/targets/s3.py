@@ -28,7 +28,7 @@ import io
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO, Callable, Collection, Mapping
 from urllib.parse import urlsplit
 
 import boto3
@@ -42,8 +42,8 @@ from botocore.exceptions import (
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
-from .base import (AGENT_DIR, OWNER_FILE, PROBE_NAME, Progress, Target, check_relpath, md5_hex, not_as_sent,
-                   staging_stem)
+from .base import (AGENT_DIR, BIN_DIR, OWNER_FILE, PROBE_NAME, Binned, Progress, Target, check_day, check_relpath,
+                   md5_hex, not_as_sent, stale_staging, staging_stem)
 
 
 class _Paced(io.RawIOBase):
@@ -83,11 +83,19 @@ _SMALL: dict[tuple, bytes] = {}
 _SMALL_LOCK = threading.Lock()
 _CLIENTS: dict[tuple, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
+# The MD5 of each part of a multipart upload as read from the source (upload ID -> part
+# number -> MD5), and whether a store's part ETags are MD5s (endpoint -> bool): shared by
+# every session, because the session that publishes a file is not always the one that
+# uploaded it, and publish must check every part against what was read (issue 15).
+_PART_MD5S: dict[str, dict[int, str]] = {}
+_ETAGS_ARE_MD5: dict[tuple, bool] = {}
+_SHARED_LOCK = threading.Lock()
 
 MiB = 1024 * 1024
 MIN_PART = 16 * MiB  # also the largest file sent with one PUT
 PARALLEL_PARTS = 4
 MAX_PARTS = 9000  # S3 allows 10,000; leave room
+COPY_LIMIT = 5 * 1024 * MiB  # the largest object one CopyObject copies
 
 _AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationHeaderMalformed", "InvalidToken",
          "ExpiredToken", "InvalidClientTokenId"}
@@ -128,10 +136,19 @@ class S3Target(Target):
         self.staging = self.agent + "staging/"
         self.client: Any = None  # a boto3 client (untyped)
         self._known_records: set[str] | None = None  # staging records, listed at open
-        self._part_md5s: dict[str, dict[int, str]] = {}  # upload ID -> part number -> MD5 of its source bytes
-        # Does this store's ETag of a part equal its MD5? Not with aws:kms (AWS documents it);
-        # found out from the first part sent otherwise.
-        self._etags_are_md5: bool | None = False if options.get("sse") == "aws:kms" else None
+        self.bin = self.agent + BIN_DIR + "/"
+
+    @property
+    def _etags_are_md5(self) -> bool | None:
+        """Does this store's ETag of a part equal its MD5? Not with aws:kms (AWS documents it);
+        found out from the first part sent otherwise (None until then)."""
+        if self.o.get("sse") == "aws:kms":
+            return False
+        return _ETAGS_ARE_MD5.get((self.o.get("endpoint"), self.o.get("region")))
+
+    @_etags_are_md5.setter
+    def _etags_are_md5(self, value: bool) -> None:
+        _ETAGS_ARE_MD5[(self.o.get("endpoint"), self.o.get("region"))] = value
 
     def endpoint(self) -> tuple[str, int] | None:
         url = urlsplit(self.o.get("endpoint") or f"https://s3.{self.o.get('region') or 'us-east-1'}.amazonaws.com")
@@ -217,8 +234,12 @@ class S3Target(Target):
             token = page["NextContinuationToken"]
 
     def list(self) -> dict[str, RemoteFile]:
-        return {o["Key"][len(self.root):]: RemoteFile(o["Size"]) for o in self._keys(self.root)
-                if not o["Key"].startswith(self.agent) and not o["Key"].endswith("/")}
+        keys = [o for o in self._keys(self.root) if not o["Key"].startswith(self.agent) and not o["Key"].endswith("/")]
+        # Another job's folder nested in this one (it holds its own .offsite/owner): never listed.
+        owned = tuple(o["Key"][: -len(f"{AGENT_DIR}/{OWNER_FILE}")] for o in keys
+                      if o["Key"].endswith(f"/{AGENT_DIR}/{OWNER_FILE}"))
+        return {o["Key"][len(self.root):]: RemoteFile(o["Size"]) for o in keys
+                if not (owned and o["Key"].startswith(owned))}
 
     def read_back(self, relpath: str, sink: Callable[[bytes], None]) -> bool:
         key = self.root + check_relpath(relpath)
@@ -319,7 +340,8 @@ class S3Target(Target):
         count = -(-size // psize)
         todo = [n for n in range(1, count + 1) if done.get(n) != min(psize, size - (n - 1) * psize)]
 
-        md5s = self._part_md5s.setdefault(upload_id, {})
+        with _SHARED_LOCK:
+            md5s = _PART_MD5S.setdefault(upload_id, {})
         if self._etags_are_md5 is not False:  # parts staged before: hash what the source holds now
             for n in sorted(set(range(1, count + 1)) - set(todo)):
                 md5s[n] = _md5_of(src, (n - 1) * psize, min(psize, size - (n - 1) * psize))
@@ -382,11 +404,16 @@ class S3Target(Target):
             if etags is None or sum(s for _, s in etags.values()) != size:
                 self._drop_record(record_key)
                 raise TransientError(f"the staged upload of {relpath} is incomplete: sending it again")
-            sent = self._part_md5s.pop(rec["upload_id"], {})
+            with _SHARED_LOCK:
+                sent = _PART_MD5S.pop(rec["upload_id"], {})
             if self._etags_are_md5 is not False:
                 for n, (etag, _) in sorted(etags.items()):
                     there = md5_hex(etag)
-                    if there is not None and n in sent and there != sent[n]:
+                    if n not in sent:  # never published unproven: upload() hashes every part first
+                        self._drop_record(record_key)
+                        raise TransientError(f"part {n} of {relpath} was not checked against the source: "
+                                             f"sending it again")
+                    if there is not None and there != sent[n]:
                         self._drop_record(record_key)
                         raise not_as_sent(f"{relpath} (part {n})", there, sent[n])
             done = self._call(relpath, self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
@@ -427,19 +454,26 @@ class S3Target(Target):
         data = self._get(record_key)
         if data is not None:
             rec = json.loads(data)
-            self._part_md5s.pop(rec["upload_id"], None)
+            with _SHARED_LOCK:
+                _PART_MD5S.pop(rec["upload_id"], None)
             self._call(record_key, self.client.abort_multipart_upload, missing_ok=True, Bucket=self.bucket,
                        Key=rec["key"], UploadId=rec["upload_id"])
         self._call(record_key, self.client.delete_object, Bucket=self.bucket, Key=record_key)
 
-    def tidy(self) -> None:
-        """Abort multipart uploads under this job's folder that no staging record names."""
+    def tidy(self, keep: Collection[str]) -> None:
+        """Drop the staging records (and abort the uploads) of files not in `keep`, and abort
+        multipart uploads under this job's folder that no staging record names."""
         known = set()
-        self._known_records = set(self._records())
-        for rk in self._known_records:
+        records = self._records()
+        stale = set(stale_staging([r[len(self.staging):] for r in records], keep))
+        for rk in records:
+            if rk[len(self.staging):] in stale:
+                self._drop_record(rk)
+                continue
             data = self._get(rk)
             if data is not None:
                 known.add(json.loads(data)["upload_id"])
+        self._known_records = {r for r in records if r[len(self.staging):] not in stale}
         r = self._call("the upload listing", self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=self.root)
         for u in r.get("Uploads", []):
             if u["UploadId"] not in known:
@@ -455,6 +489,59 @@ class S3Target(Target):
     def delete(self, relpath: str) -> None:
         key = self.root + check_relpath(relpath)
         self._call(relpath, self.client.delete_object, Bucket=self.bucket, Key=key)  # missing: fine
+
+    # ---------------------------------------------------------------- the bin
+    def _binned(self, relpath: str, day: str) -> str:
+        return f"{self.bin}{check_day(day)}/{check_relpath(relpath)}"
+
+    def _head(self, key: str) -> dict | None:
+        return self._call(key, self.client.head_object, missing_ok=True, Bucket=self.bucket, Key=key)
+
+    def _copy(self, src: str, dst: str, size: int, **extra) -> None:
+        """A server-side copy; past 5 GB (one CopyObject's limit) boto3's managed copy, in parts."""
+        if size < COPY_LIMIT:
+            self._call(dst, self.client.copy_object, Bucket=self.bucket, Key=dst,
+                       CopySource={"Bucket": self.bucket, "Key": src}, **self._sse(), **extra)
+        else:
+            self._call(dst, self.client.copy, CopySource={"Bucket": self.bucket, "Key": src}, Bucket=self.bucket,
+                       Key=dst, ExtraArgs={**self._sse(), **extra})
+
+    def to_bin(self, relpath: str, day: str) -> None:
+        key, dest = self.root + check_relpath(relpath), self._binned(relpath, day)
+        head = self._head(key)
+        if head is None:
+            return  # gone already
+        if self._head(dest) is None:  # else the day's first copy stays (the older one)
+            self._copy(key, dest, head["ContentLength"])
+        self._call(relpath, self.client.delete_object, Bucket=self.bucket, Key=key)
+
+    def bin_list(self) -> builtins.list[Binned]:
+        out = []
+        for o in self._keys(self.bin):
+            day, _, path = o["Key"][len(self.bin):].partition("/")
+            if path and not path.endswith("/"):
+                out.append(Binned(day, path, o["Size"]))
+        return out
+
+    def from_bin(self, relpath: str, day: str) -> None:
+        src, key = self._binned(relpath, day), self.root + check_relpath(relpath)
+        head = self._head(src)
+        if head is None:
+            raise PermanentError(f"the bin holds no {relpath} of {day}")
+        if self._head(key) is not None:
+            raise PermanentError(f"{relpath} is on the target already: it is not overwritten")
+        self._copy(src, key, head["ContentLength"], **self._object_extra())
+        self._call(src, self.client.delete_object, Bucket=self.bucket, Key=src)
+
+    def purge_bin(self, day: str) -> None:
+        keys = [o["Key"] for o in self._keys(f"{self.bin}{check_day(day)}/")]
+        for i in range(0, len(keys), 1000):
+            r = self._call(f"the bin's {day}", self.client.delete_objects, Bucket=self.bucket,
+                           Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+            if r and r.get("Errors"):
+                e = r["Errors"][0]
+                raise PermanentError(f"cannot remove {e.get('Key')} from the bin in bucket {self.bucket}: "
+                                     f"{e.get('Code')}")
 
     def probe(self) -> None:
         tmp, final = self.agent + PROBE_NAME + ".tmp", self.agent + PROBE_NAME

@@ -3,7 +3,8 @@
 Tuning from reference/servers.md: AES-GCM preferred (the CTR and CBC ciphers are disabled),
 pipelined 1 MiB writes, 255 KiB requests for OpenSSH servers (32 KiB, the protocol's
 guarantee, for others), and the default channel window (a large one makes paramiko slow).
-Publishing uses posix-rename@openssh.com where the server offers it, and, where the server
+Publishing uses posix-rename@openssh.com where the server offers it (elsewhere the old copy
+is moved aside, never removed first: filesystem.py), and, where the server
 offers the check-file extension (ProFTPD's mod_sftp; not OpenSSH), compares the staged copy's
 MD5 with the bytes read from the source first.
 """
@@ -38,6 +39,7 @@ class SftpTarget(RemoteFileTarget):
         self.sftp: paramiko.SFTPClient | None = None
         self.request_size = 32768
         self.check_file = True  # until the server says it has no check-file extension
+        self.posix_rename = True  # until the server says it has no posix-rename extension
 
     def endpoint(self) -> tuple[str, int] | None:
         return self.o["host"], self.o["port"]
@@ -259,15 +261,30 @@ class SftpTarget(RemoteFileTarget):
 
     def _set_mtime(self, path: str, mtime_ns: int) -> None:
         t = mtime_ns / 1e9
-        self._call(path, self.conn.utime, path, (t, t))
+        try:
+            self._call(path, self.conn.utime, path, (t, t))
+        except FileNotFoundError:
+            raise TransientError(f"{path} vanished on {self.describe_server()}") from None
 
     def _rename(self, src: str, dst: str) -> None:
         try:
-            self._call(dst, self.conn.posix_rename, src, dst)
-        except (PermanentError, OSError):
-            # No posix-rename: plain SFTP rename refuses to replace, so remove the old one first.
-            self._remove(dst)
+            if self.posix_rename:
+                try:
+                    self._call(dst, self.conn.posix_rename, src, dst)
+                    return
+                except PermanentError:
+                    if self._stat(src) is None:
+                        raise
+                    self.posix_rename = False  # not offered: the plain rename, which never replaces
             self._call(dst, self.conn.rename, src, dst)
+        except FileNotFoundError:
+            raise PermanentError(f"{src} does not exist on {self.describe_server()}") from None
+
+    def _rmdir(self, path: str) -> None:
+        try:
+            self._call(path, self.conn.rmdir, path)
+        except FileNotFoundError:
+            pass
 
     def _remove(self, path: str) -> None:
         try:

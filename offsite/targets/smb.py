@@ -221,6 +221,9 @@ class SmbTarget(RemoteFileTarget):
     def _remove(self, path: str) -> None:
         self._call(path, smbclient.remove, self._unc(path), missing_ok=True)
 
+    def _rmdir(self, path: str) -> None:
+        self._call(path, smbclient.rmdir, self._unc(path), missing_ok=True)
+
     def _read_into(self, path: str, sink: Callable[[bytes], None]) -> bool:
         def read(port: int) -> bool:
             with smbclient.open_file(self._unc(path), mode="rb", buffering=0, port=port) as f:

@@ -11,12 +11,16 @@ section 4):
 - a Reflect X file also needs its closing trailer; on Windows the file must open with
   writes denied to others.
 Events only say where to look; `scan()` walks the whole folder and repairs what events
-missed. Symbolic links are never followed and never replicated. The view remembers which
+missed. Absence is not evidence (SPEC section 8): a file missed by a listing is unknown
+until an error-free listing of its folder at least `settle` later confirms it gone, and
+everything under a folder that fails to read (EIO, EACCES, ESTALE, ...) is unknown until it
+reads again (`unreadable`, `is_unknown`). Symbolic links are never followed and never replicated. The view remembers which
 paths changed (added, modified, removed, became complete) until `take_changed()`, so the
 agent's work after an event is proportional to the change, not to the folder.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -38,6 +42,7 @@ from ..system import write_denied_to_others
 
 log = logging.getLogger(__name__)
 
+RETRY_UNREADABLE = 10.0  # seconds between looks at a folder that failed to read
 _MD5_LINE = re.compile(rb"^([0-9a-fA-F]{32}) \*([^\r\n]+)\r?\n")
 
 
@@ -60,10 +65,16 @@ class SourceView:
         self._unready: set[str] = set()
         self._sidecars: set[tuple] = set()  # (chain, stem) of the complete .md5 sidecars
         self.changed: set[str] = set()
-        # Files gone from the source less than `settle` ago: the planner still sees them (not
-        # complete, so nothing is sent) until the burst they vanished in is over, so that a
-        # mass deletion is counted as one by the max_deletes guard, not mirrored piecemeal.
+        # Absence is not evidence (SPEC section 8). A file missing from one listing is gone
+        # only once an error-free listing of its folder at least `settle` later does not show
+        # it either: until then its presence is unknown (first missed, monotonic; the entry).
+        # So a mass deletion is seen as one, and a folder that hiccups deletes nothing.
         self._gone: dict[str, tuple[float, Entry]] = {}
+        # Folders (and files) that failed to read at the last look: rel -> the error. What
+        # lies under them is unknown; it is looked at again every RETRY_UNREADABLE seconds.
+        self.unreadable: dict[str, str] = {}
+        self._retry_at = 0.0
+        self.folders: set[str] = set()  # the folders listed (casefolded rel; "." is the root)
 
     def snapshot(self, paths=None) -> dict[str, SourceFile]:
         """The source as the planner sees it: all of it, or only `paths` (those present)."""
@@ -73,19 +84,35 @@ class SourceView:
         for p in paths:
             if (e := self.entries.get(p)) is not None:
                 out[p] = SourceFile(e.size, e.mtime_ns, e.ready)
-            elif (g := self._gone.get(p)) is not None:
-                out[p] = SourceFile(g[1].size, g[1].mtime_ns, False)  # just vanished: not yet mirrored
         return out
+
+    def is_unknown(self, rel: str) -> bool:
+        """Is this path's presence at the source unknown: missed by one listing and not yet
+        confirmed gone, or under a folder that failed to read?"""
+        if rel in self._gone or not self.unreadable:
+            return rel in self._gone
+        if "" in self.unreadable or rel in self.unreadable:
+            return True
+        cut = rel.find("/")
+        while cut > 0:
+            if rel[:cut] in self.unreadable:
+                return True
+            cut = rel.find("/", cut + 1)
+        return False
+
+    def unknown_paths(self) -> list[str]:
+        """The paths missed by a listing and not yet confirmed gone."""
+        return list(self._gone)
 
     def take_changed(self) -> set[str]:
         """The paths that changed since the last call."""
         out, self.changed = self.changed, set()
         return out
 
-    def _forget(self, rel: str, mono: float | None = None) -> None:
+    def _forget(self, rel: str, mono: float) -> None:
+        """Missed by a listing: unknown until confirmed gone (see _confirm)."""
         e = self.entries.pop(rel)
-        if mono is not None and self.settle > 0:
-            self._gone[rel] = (mono, e)
+        self._gone.setdefault(rel, (mono, e))
         self._unready.discard(rel)
         if e.ready and e.file.role is Role.MD5:
             self._sidecars.discard((e.file.chain, e.file.stem))
@@ -94,11 +121,14 @@ class SourceView:
     def scan(self, mono: float, wall_ns: int) -> bool:
         """Walk the whole folder; returns True when anything changed."""
         seen: set[str] = set()
+        errors: dict[str, str] = {}
+        folders: set[str] = set()
         changed = False
-        for rel, st in self._walk(self.root, ""):
+        for rel, st in self._walk(self.root, "", errors, folders):
             seen.add(rel)
             changed |= self._observe(rel, st, mono, wall_ns)
-        for rel in [r for r in self.entries if r not in seen]:
+        self.unreadable, self.folders = errors, folders
+        for rel in [r for r in self.entries if r not in seen and not self.is_unknown(r)]:
             self._forget(rel, mono)
             changed = True
         return self._evaluate(mono) or changed
@@ -112,44 +142,114 @@ class SourceView:
             path = self.root.joinpath(*rel.split("/")) if rel else self.root
             try:
                 st = os.lstat(path)
-            except OSError:
+            except FileNotFoundError:
                 st = None
+            except OSError as e:
+                self._cannot_read(rel, e)
+                continue
             if st is not None and stat.S_ISREG(st.st_mode):
+                self.unreadable.pop(rel, None)
                 changed |= self._observe(rel, st, mono, wall_ns)
                 continue
             # Gone, or a folder: forget what is no longer there, then walk what is.
             prefix = f"{rel}/" if rel else ""
             seen: set[str] = set()
             if st is not None and stat.S_ISDIR(st.st_mode):
-                for r, s in self._walk(path, rel):
+                errors: dict[str, str] = {}
+                folders: set[str] = set()
+                for r, s in self._walk(path, rel, errors, folders):
                     seen.add(r)
                     changed |= self._observe(r, s, mono, wall_ns)
+                for r in [r for r in self.unreadable if r == rel or r.startswith(prefix)]:
+                    del self.unreadable[r]
+                self.unreadable.update(errors)
+                self.folders |= folders
+            else:
+                key = rel.casefold()
+                self.folders = {f for f in self.folders if f != key and not f.startswith(key + "/")}
             gone = [rel] if rel in self.entries else []
             if st is not None or not gone:  # a folder (or the whole source): look inside
                 gone = [r for r in self.entries if (r == rel or r.startswith(prefix)) and r not in seen]
             for r in gone:
-                self._forget(r, mono)
-                changed = True
+                if not self.is_unknown(r):
+                    self._forget(r, mono)
+                    changed = True
         return self._evaluate(mono) or changed
 
     def refresh(self, mono: float, wall_ns: int) -> bool:
-        """Stat the files not yet complete again; True when one became complete or moved."""
+        """Stat the files not yet complete again, confirm files missed by a listing, and look
+        again at folders that failed to read; True when something changed."""
         changed = False
-        for rel in [r for r, (at, _) in self._gone.items() if mono - at >= self.settle or r in self.entries]:
-            del self._gone[rel]  # the burst is over: its deletions are planned now
-            self.changed.add(rel)
-            changed = True
+        if self.unreadable and mono >= self._retry_at:
+            self._retry_at = mono + RETRY_UNREADABLE
+            again = {r for r in self.unreadable if not any(r.startswith(o + "/") for o in self.unreadable if o != r)}
+            changed |= self.touch(again, mono, wall_ns)
+        due = [r for r, (at, _) in self._gone.items() if mono - at >= self.settle or r in self.entries]
+        if due:
+            changed |= self._confirm(due, mono, wall_ns)
         if not self._unready:
             return changed  # the loop runs twice a second: nothing to do is the common case
         for rel in list(self._unready):
             try:
                 st = os.lstat(self.root / rel)
-            except OSError:
+            except FileNotFoundError:
                 self._forget(rel, mono)
                 changed = True
                 continue
+            except OSError as e:
+                self._cannot_read(rel, e)
+                continue
             changed |= self._observe(rel, st, mono, wall_ns)
         return self._evaluate(mono) or changed
+
+    def _confirm(self, rels: list[str], mono: float, wall_ns: int) -> bool:
+        """Files missed by a listing at least `settle` ago: gone when an error-free listing
+        of their folder (or of the nearest folder above it that exists) does not show them
+        either; back when it does; still unknown when a folder fails to read."""
+        listings: dict[str, set[str] | None] = {}
+        back: set[str] = set()
+        changed = False
+        for rel in rels:
+            if rel in self.entries:  # seen again meanwhile
+                del self._gone[rel]
+                continue
+            verdict = self._absent(rel, listings)
+            if verdict is None:
+                continue
+            del self._gone[rel]
+            if verdict:
+                self.changed.add(rel)  # gone: the planner may now judge its deletion
+                changed = True
+            else:
+                back.add(rel)
+        if back:
+            changed |= self.touch(back, mono, wall_ns)
+        return changed
+
+    def _absent(self, rel: str, listings: dict[str, set[str] | None]) -> bool | None:
+        parts = rel.split("/")
+        for i in range(len(parts) - 1, -1, -1):
+            folder = "/".join(parts[:i])
+            if folder not in listings:
+                try:
+                    listings[folder] = set(os.listdir(self.root.joinpath(*parts[:i])))
+                except FileNotFoundError:
+                    listings[folder] = None
+                except OSError as e:
+                    self._cannot_read(folder, e)
+                    return None
+            names = listings[folder]
+            if names is not None:
+                return parts[i] not in names
+            if i == 0:
+                return None  # the source itself is gone: no evidence of anything (see the job)
+        return None
+
+    def _cannot_read(self, rel: str, e: OSError) -> None:
+        if rel not in self.unreadable:
+            log.warning("%s: cannot be read (%s); nothing under it is deleted offsite until it reads again",
+                        self.root / rel if rel else self.root, describe_error(e))
+        self.unreadable[rel] = describe_error(e)
 
     def recheck(self, rel: str, mono: float, wall_ns: int) -> None:
         """After a transfer found the file changed: it must settle again."""
@@ -160,11 +260,18 @@ class SourceView:
         self.touch({rel}, mono, wall_ns)
 
     # -- internals
-    def _walk(self, top: Path, rel_top: str):
+    def _walk(self, top: Path, rel_top: str, errors: dict[str, str], folders: set[str]):
         try:
             it = list(os.scandir(top))
-        except OSError:
+        except FileNotFoundError:
             return
+        except OSError as e:
+            errors[rel_top] = describe_error(e)
+            if rel_top not in self.unreadable:
+                log.warning("%s: cannot be read (%s); nothing under it is deleted offsite until it reads again",
+                            top, errors[rel_top])
+            return
+        folders.add(rel_top.casefold() or ".")
         for de in it:
             rel = f"{rel_top}/{de.name}" if rel_top else de.name
             try:
@@ -173,11 +280,13 @@ class SourceView:
                 if de.is_dir(follow_symlinks=False):
                     if de.name.casefold() in EXCLUDED_FOLDERS or de.name.startswith("."):
                         continue
-                    yield from self._walk(Path(de.path), rel)
+                    yield from self._walk(Path(de.path), rel, errors, folders)
                 elif de.is_file(follow_symlinks=False):
                     yield rel, de.stat(follow_symlinks=False)
-            except OSError:
-                continue
+            except FileNotFoundError:
+                continue  # gone between the listing and the look: the next listing tells
+            except OSError as e:
+                errors[rel] = describe_error(e)
 
     def _observe(self, rel: str, st: os.stat_result, mono: float, wall_ns: int) -> bool:
         e = self.entries.get(rel)
@@ -261,3 +370,9 @@ def _has_trailer(path: Path, size: int) -> bool:
             return f.read(len(MACRIUM_TRAILER)) == MACRIUM_TRAILER
     except OSError:
         return False
+
+
+def describe_error(e: OSError) -> str:
+    """'Input/output error (EIO)': the words and the code an administrator searches for."""
+    code = errno.errorcode.get(e.errno or 0)
+    return f"{e.strerror or e}" + (f" ({code})" if code else "")
