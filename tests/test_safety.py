@@ -140,6 +140,9 @@ def test_ransomware_overwriting_every_file_in_place_never_reaches_the_offsite_co
     assert f"{len(changed)} backup file(s) changed at the source" in message and "--accept-changes" in message
     st = site.job_status()
     assert st["state"] == "error" and "source-changed" in st["held_reason"]
+    r = site.offsite("sync", "job1")  # a sync now does not call itself ok
+    assert r.returncode == 1 and "not sent again (source-changed)" in r.stderr, r.stderr
+    assert copy.published() == good
     # A person restores one file as it was (a copy keeps its time): it is no longer changed.
     restored = sorted(changed)[0]
     (site.source / restored).write_bytes(good[restored])

@@ -848,6 +848,16 @@ class JobRunner:
             stats.ok = False
         if self.error or gave_up or (left and self.transient_error):
             stats.ok = False
+        # What section 8 keeps from the target is not a sync that did its work.
+        if self.plan.changed:
+            stats.error(f"{len(self.plan.changed)} file(s) changed at the source after they were sent are not sent "
+                        f"again (source-changed)")
+            stats.ok = False
+        unreadable = self._unreadable()
+        if unreadable:
+            stats.error("cannot read " + "; ".join(f"{self.job.source / k if k else self.job.source}: {v}"
+                                                   for k, v in sorted(unreadable.items())[:3]))
+            stats.ok = False
         result = stats.result(_now())
         with self._lock:
             self.last_sync = result
