@@ -81,7 +81,13 @@ class Server:
     def files(self, location: dict, folder: str) -> dict[str, bytes]:
         """Everything under the job folder, read on the server's side."""
         top = self._top(location, folder)
-        return {p.relative_to(top).as_posix(): p.read_bytes() for p in top.rglob("*") if p.is_file()}
+        out = {}
+        for p in top.rglob("*"):
+            try:
+                out[p.relative_to(top).as_posix()] = p.read_bytes()
+            except (FileNotFoundError, IsADirectoryError):
+                pass  # renamed or removed while listed (a staged upload published); a folder
+        return out
 
     def listing(self, location: dict, folder: str = "job1") -> dict[str, int]:
         """Published files of a job folder and their sizes, read on the server's side."""

@@ -43,9 +43,13 @@ class Copy:
 
     def everything(self) -> dict[str, bytes]:
         if self.server is None:
-            top = self.site.target
-            return {p.relative_to(top).as_posix(): p.read_bytes() for p in top.rglob("*") if p.is_file()} \
-                if top.exists() else {}
+            out = {}
+            for p in self.site.target.rglob("*") if self.site.target.exists() else ():
+                try:
+                    out[p.relative_to(self.site.target).as_posix()] = p.read_bytes()
+                except (FileNotFoundError, IsADirectoryError):
+                    pass  # staged and published meanwhile; a folder
+            return out
         return self.server.files(self.location, "job1")
 
     def published(self) -> dict[str, bytes]:

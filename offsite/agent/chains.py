@@ -186,7 +186,10 @@ class Planner:
         if decision.reason != self.decision.reason and decision.reason:
             log.warning("job %s: %d deletion(s) held back: %s; 'offsite sync %s --allow-deletes' applies them once "
                         "checked", self.job.name, decision.held, decision.reason, self.job.name)
-        moved = decision.go != self.decision.go  # deletions come or go in every group
+        # Deletions come or go in other groups than those planned: when a hold starts or ends,
+        # or a deletion elsewhere may go now. (One that was made, and left `go`, moves nothing.)
+        own = {d for p in self._parts(groups) for d in (*p.mirrored, *p.unexplained)}
+        moved = decision.reason != self.decision.reason or not (decision.go - self.decision.go) <= own
         self.decision = decision
         self.blockers = {c: k for p in plans for c, k in p.blockers.items()}
         self.waiting = sum(len(p.waiting) for p in plans)

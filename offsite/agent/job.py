@@ -481,7 +481,9 @@ class JobRunner:
                     self.plan.target_files[d["path"]] = self.plan.target_files.get(d["path"]) or \
                         RemoteFile(d["size"])
             self.plan.touched({d["path"] for d in done})
-        self.bin_bytes = None if self.bin_bytes is None else self.bin_bytes - sum(d["size"] for d in done if d["ok"])
+        back = [d for d in done if d["ok"]]
+        if self.bin_bytes is not None:
+            self.bin_bytes, self.bin_files = self.bin_bytes - sum(d["size"] for d in back), self.bin_files - len(back)
         if req.reply:
             req.reply({"ok": all(d["ok"] for d in done), "error": None, "files": done})
 
