@@ -1,2 +1,2 @@
 """offsite: gets backup images offsite and keeps them there."""
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -112,3 +112,28 @@ def test_the_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     assert r.returncode == 0 and f"ExecStart={exe} -c /etc/offsite/agent.toml run" in r.stdout
     assert "[[jobs]]" in r.stdout
 
+
+
+def test_a_state_of_offsite_0_2_is_read_and_its_hash_records_kept(site, start_agent):
+    """Format 1 -> 2: hashes.db gains the modification time of each file sent (what tells a
+    file changed at the source); the records written before keep their MD5 for verify."""
+    import sqlite3
+
+    site.config()
+    finished_file(site.source / "C_VOL-b001.spf", 100)
+    site.state.mkdir()
+    (site.state / "format.json").write_text(json.dumps({"format": 1, "written_by": "offsite 0.2.0"}))
+    db = sqlite3.connect(site.state / "hashes.db")
+    db.execute("CREATE TABLE published (job TEXT, path TEXT, size INTEGER, md5 TEXT, at REAL, PRIMARY KEY (job, path))")
+    db.execute("INSERT INTO published VALUES ('job1', 'old.spf', 5, 'aa', 1.0)")
+    db.commit()
+    db.close()
+    agent = start_agent()
+    wait_until(lambda: "C_VOL-b001.spf" in site.target_files(), what="the copy")
+    assert agent.stop() == 0
+    assert json.loads((site.state / "format.json").read_text())["format"] == FORMAT
+    db = sqlite3.connect(site.state / "hashes.db")
+    rows = dict(((p, (md5, mtime)) for p, md5, mtime in db.execute("SELECT path, md5, mtime_ns FROM published")))
+    db.close()
+    assert rows["old.spf"] == ("aa", None)  # kept
+    assert rows["C_VOL-b001.spf"][1] == (site.source / "C_VOL-b001.spf").stat().st_mtime_ns
