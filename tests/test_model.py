@@ -29,19 +29,24 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
-
 from conftest import OFFSITE
 from faultfs import FaultFS
 from faultproxy import FaultProxy
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from imagemanager import ImageManager, write_events
+
 from offsite import config
 from offsite.agent.job import JobRunner, Request
 from offsite.backupfiles import classify
@@ -53,6 +58,7 @@ from offsite.state import StateDir
 
 EXAMPLES = int(os.environ.get("OFFSITE_MODEL_EXAMPLES", "8"))
 STEPS = int(os.environ.get("OFFSITE_MODEL_STEPS", "15"))
+RANDOM = bool(os.environ.get("OFFSITE_MODEL_RANDOM"))  # bench/model.py: new cases each run
 PCS = {"PC1": "C_VOL", "PC2": "D_VOL"}
 RETENTION = {"intra": dt.timedelta(days=1), "daily": dt.timedelta(days=8), "weekly": dt.timedelta(days=30)}
 
@@ -66,6 +72,7 @@ class World:
         self.server = servers.get("s3") if kind == "s3" else None
         self.proxy = FaultProxy(("127.0.0.1", int(self.server.endpoint.rsplit(":", 1)[1]))) if self.server else None
         self.count = itertools.count()
+        self.crashes = 0  # `offsite sync` processes killed at their crash point, all examples
 
     def stop(self) -> None:
         if self.proxy is not None:
@@ -147,8 +154,6 @@ target = {target}
             turns that fold in what changed since (confirm what vanished, plan, send)."""
             assert self.life is not None
             runner = self.life[1]
-            if os.environ.get("MODEL_DEBUG"):
-                print("TICK", sys._getframe(1).f_code.co_name, file=sys.stderr)
             self.ticks_since_quiet += 1
             runner.request(Request("sync"))
             for _ in range(3):
@@ -286,8 +291,7 @@ target = {target}
                 assert not later, f"{p} is missing offsite while later files of its chain are there"
 
         def teardown(self) -> None:
-            if os.environ.get("MODEL_DEBUG"):
-                print("CRASHES", self.crashes, "SEEN", len(self.seen), file=sys.stderr)
+            world.crashes += self.crashes
             try:
                 if self.life is not None:
                     if not self.failing and not self.refusing:
@@ -310,8 +314,11 @@ def test_the_offsite_copy_survives_whatever_happens_to_its_source(kind, tmp_path
         # No shrinking: the world has threads and kills in it, so a replay need not fail the
         # same way; the failing run's steps are printed as they were.
         run_state_machine_as_test(machine(world), settings=settings(
-            max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=True,
+            max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, derandomize=not RANDOM,
             suppress_health_check=list(HealthCheck), database=None,
             phases=(Phase.explicit, Phase.reuse, Phase.generate)))
+        examples = next(world.count)
+        print(f"{examples} examples, {world.crashes} kills at a crash point")
+        assert examples >= EXAMPLES and world.crashes > 0  # it explored: kills reached their points
     finally:
         world.stop()

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Site, finished_file, wait_until
 from faultfs import FaultFS
 from imagemanager import ImageManager, write_events
+
 from offsite.selection import Rules, SourceFile, plan
 
 KINDS = ["local", "sftp", "s3"]  # every attack on at least these (issue 15)
@@ -244,7 +244,7 @@ def test_deletions_arriving_slowly_still_count_toward_max_deletes(site, start_ag
     for i in range(1, 4):  # ImageManager deleting consolidated intra-dailies, one at a time
         for ext in (".spi", ".md5"):
             (site.source / f"C_VOL-b001-i{i:03d}{ext}").unlink()
-        wait_until(lambda: f"C_VOL-b001-i{i:03d}.spi" not in site.target_files(), what=f"deletion {i}")
+        wait_until(lambda i=i: f"C_VOL-b001-i{i:03d}.spi" not in site.target_files(), what=f"deletion {i}")
     for ext in (".spi", ".md5"):  # one more, alone: the fourth image within 24 hours
         (site.source / f"C_VOL-b001-i004{ext}").unlink()
     wait_until(lambda: "deletes-held" in alerts(site), timeout=30, what="the deletes-held alert")

@@ -16,9 +16,9 @@ import time
 
 import psutil
 import pytest
-
 from conftest import finished_file, wait_until
 from faultfs import FaultFS
+
 from offsite.agent import control
 from offsite.errors import UsageError
 from offsite.queue import WorkQueue
@@ -126,7 +126,7 @@ def test_reloads_open_no_more_hash_record_handles(site, start_agent):
     before = handles()
     for i in range(20):
         agent.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: agent.output().count("reloading the configuration") == i + 1, what=f"reload {i + 1}")
+        wait_until(lambda i=i: agent.output().count("reloading the configuration") == i + 1, what=f"reload {i + 1}")
     wait_until(lambda: agent.output().count("reconciled") >= 21, what="every reloaded job to look")
     assert handles() == before <= 3  # hashes.db, its WAL and shared memory: one connection
     assert agent.stop() == 0
