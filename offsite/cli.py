@@ -28,7 +28,6 @@ from .alerts import Book
 from .config import Config, Job
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LockedError, OffsiteError, UsageError
 from .queue import WorkQueue, read_items, summary
-from .deletions import recent
 from .selection import Rules, Sent, plan
 from .state import Hashes, StateDir
 from .targets import make_target
@@ -528,6 +527,12 @@ def cmd_queue_retry(args: argparse.Namespace) -> int:
     cfg = _config(args, check_sources=False)  # works while a source disk is unplugged
     reply = _queue_change(cfg, {"op": "retry", "ids": None if args.failed else [args.id]})
     print(f"{len(reply['items'])} item(s) ready to run again", file=sys.stderr)
+    if args.failed:
+        changed = [i for i in read_items(_state(cfg).queue_dir) if i.cause == "source-changed"]
+        if changed:
+            print(f"{len(changed)} file(s) changed at the source after they were sent were left as they are "
+                  f"(source-changed): 'offsite queue retry ID' or 'offsite sync JOB --accept-changes' sends them",
+                  file=sys.stderr)
     return EXIT_OK
 
 
@@ -587,6 +592,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
         previous = {s: signal.signal(s, lambda *_: runner.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             runner.step()
+            # Absence is not evidence: a file the target holds and this one listing missed is
+            # gone only when a listing `settle` later misses it too. Look again, then, once.
+            due = runner.view.first_missed([p for p in runner.view.unknown_paths()
+                                            if p in (runner.plan.target_files or {})])
+            if due is not None and not runner.stopping.is_set():
+                runner.stopping.wait(max(0.0, due + cfg.agent.settle - time.monotonic()))
+                if not runner.stopping.is_set():
+                    runner.request(Request("sync", args.allow_deletes, result.update,
+                                           accept_changes=args.accept_changes))
+                    runner.step()
         finally:
             runner.close()
             for s, h in previous.items():
@@ -634,9 +649,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     sent = {p: Sent(*v) for p, v in hashes.versions(job.name).items()}
     hashes.close()
     accepted = {p: tuple(v) for p, v in state.read_json("accepted.json", {}).get(job.name, {}).items()}
-    recent_images = recent(state.read_json("mirrored.json", {}).get(job.name, []), time.time())
-    p = control.without_dropped(plan(view.snapshot(), listing, Rules.of(job), target.keeps_mtime, sent=sent,
-                                     recent_images=recent_images, accepted=accepted),
+    recent_ = state.read_json("mirrored.json", {}).get(job.name, {})
+    # As the agent plans: nothing under a folder that fails to read, nothing into another
+    # job's folder on the target, names compared as the target compares them.
+    foreign = tuple(f + "/" for f in target.foreign)
+    source = {k: v for k, v in view.snapshot().items() if not (foreign and k.startswith(foreign))}
+    unknown = {k for k in (*listing, *source) if view.is_unknown(k)}
+    p = control.without_dropped(plan(source, listing, Rules.of(job), target.keeps_mtime, sent=sent,
+                                     recent=recent_ if isinstance(recent_, dict) else {}, accepted=accepted,
+                                     unknown=unknown, folders=view.folders, fold_case=not target.case_sensitive,
+                                     now=time.time()),
                                 dropped, view.entries)
     uploads, deletes = p.uploads, p.deletes
     sizes = {u: view.entries[u].size for u in uploads}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from .agent.schedule import DAYS, Window
 from .errors import ConfigError
@@ -531,6 +532,15 @@ class _Parser:
                         f"its target folder {job.location.describe()} folder {job.folder} {clash} the target folder "
                         f"of job {other.name!r}; jobs never share or nest target folders (give each its own folder)",
                     )
+            for other in jobs:  # a local target in a source would be copied into itself, and back
+                source = (("local",), _local_parts(str(other.source)))
+                clash = nested(target_folder(job), source)
+                if clash and clash != "holds":
+                    raise self.fail(f"jobs.{job.name}.folder", f"its target folder {clash} the source of job "
+                                    f"{other.name!r}: it would be copied into itself (give it a folder elsewhere)")
+                if clash:
+                    raise self.fail(f"jobs.{other.name}.source", f"{other.source} lies inside the target folder of "
+                                    f"job {job.name!r}: a source must not be where offsite writes")
         notify = self.notify(self.table(raw.get("notify", {}), "notify"))
         return Config(self.path, agent, MappingProxyType(locations), tuple(jobs), notify)
 
@@ -657,16 +667,33 @@ def target_folder(job: Job) -> tuple[tuple, tuple[str, ...]]:
 
     folder = job.folder
     if kind == "local":
-        path = os.path.realpath(os.path.join(str(o["path"]), *folder.split("/")))
-        return ("local",), parts(Path(path).as_posix(), os.name == "nt")
+        return ("local",), _local_parts(os.path.join(str(o["path"]), *folder.split("/")))
     if kind == "smb":
         unc = [p for p in re.split(r"[\\/]", o["path"]) if p]
-        return ("smb", unc[0].casefold(), o["port"]), parts("/".join(unc[1:] + [folder]), True)
+        return ("smb", _server(unc[0]), o["port"]), parts("/".join(unc[1:] + [folder]), True)
     if kind in ("sftp", "ftp", "ftps"):
         family = "sftp" if kind == "sftp" else "ftp"  # FTP and FTPS on one port are one server
-        return (family, str(o["host"]).casefold(), o["port"]), parts(f"{o['path']}/{folder}", False)
-    endpoint = (o.get("endpoint") or f"aws:{o.get('region') or ''}").rstrip("/").casefold()
-    return ("s3", endpoint, o["bucket"]), parts(f"{o.get('prefix') or ''}/{folder}", False)
+        return (family, _server(str(o["host"])), o["port"]), parts(f"{o['path']}/{folder}", False)
+    # S3: bucket names are global on AWS (whatever the region or endpoint written); elsewhere
+    # the endpoint's host and port, with the default port and loopback names made one.
+    endpoint = o.get("endpoint") or ""
+    url = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    if not endpoint or (url.hostname or "").casefold().endswith("amazonaws.com"):
+        store = "aws"
+    else:
+        store = f"{_server(url.hostname or '')}:{url.port or (80 if url.scheme == 'http' else 443)}"
+    return ("s3", store, o["bucket"]), parts(f"{o.get('prefix') or ''}/{folder}", False)
+
+
+def _server(name: str) -> str:
+    """A host name as one server is known by: casefolded, the loopback names made one."""
+    name = name.strip("[]").rstrip(".").casefold()  # "host." is the same host
+    return "127.0.0.1" if name in ("localhost", "::1", "127.0.0.1") else name
+
+
+def _local_parts(path: str) -> tuple[str, ...]:
+    norm = Path(os.path.realpath(path)).as_posix()
+    return tuple(p.casefold() if os.name == "nt" else p for p in norm.split("/") if p)
 
 
 def nested(a: tuple[tuple, tuple[str, ...]], b: tuple[tuple, tuple[str, ...]]) -> str | None:

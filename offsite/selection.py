@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping
 
 from .backupfiles import BackupFile, Level, Role, classify
-from .deletions import decide, explain
+from .deletions import WINDOW, Decision, decide, explain
 
 MONTHLY_LEVELS = (Level.MONTHLY, Level.ROLLING)
 MTIME_SLACK = 2_000_000_000  # FAT and SMB keep modification times to 2 s at worst
@@ -51,6 +51,7 @@ class Sent:
 
     size: int
     mtime_ns: int
+    at: float = 0.0  # when it was published (epoch seconds); 0: not known
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,13 @@ class Plan:
     changed: list[str] = field(default_factory=list)  # ShadowProtect files changed at the source once sent
     deletes_wait: bool = False  # a deletion waits for the file that supersedes it to reach the target
     unknown: list[str] = field(default_factory=list)  # paths whose presence at the source is unknown
+    not_now: bool = False  # the group has unknown paths: none of its deletions is made now
 
 
-def pathkey(path: str) -> str:
-    """Paths compare the way the platform compares them: case-insensitively on Windows."""
-    return path.casefold() if os.name == "nt" else path
+def pathkey(path: str, fold: bool = os.name == "nt") -> str:
+    """Paths compare the way the target compares them: without case on SMB and on a Windows
+    drive (`fold`), exactly elsewhere."""
+    return path.casefold() if fold else path
 
 
 def _level_selected(level: Level, mode: str, include_intra: bool) -> bool:
@@ -155,6 +158,8 @@ def plan_group(
     sent: Mapping[str, Sent] | None = None,
     accepted: Mapping[str, tuple[int, int]] | None = None,
     folders: Collection[str] | None = None,
+    fold_case: bool = False,
+    now: float = 0.0,
 ) -> Plan:
     """The plan for ONE group (a volume's chains, a backup definition's sets), given only its
     source and target files.
@@ -163,8 +168,11 @@ def plan_group(
       while the group has one, nothing of it is deleted at all; one last seen under a folder
       that fails to read (in `source`) and not on the target holds its chain back.
     - `sent`: the version (size, mtime) the agent recorded when it published each file.
-      A ShadowProtect file whose published copy differs from the source (size; mtime where
-      the agent sent it) is `changed`: never sent again, unless that version is `accepted`.
+      A ShadowProtect file whose published copy differs from the source (size; mtime, exactly,
+      where the agent recorded what it sent) is `changed`: never sent again, unless that
+      version is `accepted`.
+    - `fold_case`: the target compares names without case (SMB, a Windows drive), so a name
+      differing only in case at the source is the same file there.
     - `folders`: the source's folders (casefolded), for "its folder vanished".
     Mirrored deletions are in `mirrored` (explained) and `unexplained`; the job decides on
     them (deletions.decide); `deletes` holds the daily-monthly retention, never held."""
@@ -173,39 +181,49 @@ def plan_group(
     src = {p: classify(p, rules.family) for p in source if p not in unknown}
     tgt = {p: classify(p, rules.family) for p in target}
     facts = _ChainFacts([f for f in src.values() if f] + [f for f in tgt.values() if f])
-    on_target = {pathkey(p): p for p in target}
-    in_source = {pathkey(p) for p in source} | {pathkey(p) for p in unknown}
+    key = (lambda p: p.casefold()) if fold_case else (lambda p: p)  # noqa: E731
+    on_target = {key(p): p for p in target}
+    in_source = {key(p) for p in source} | {key(p) for p in unknown}
+    # Modification times, where known: the source's; for what is only on the target, the one
+    # recorded when it was sent, else the target's own.
+    mtimes = {p: t.mtime_ns for p, t in target.items() if t.mtime_ns is not None}
+    mtimes.update({p: v.mtime_ns for p, v in sent.items() if p in target and v.size == target[p].size})
+    mtimes.update({p: v.mtime_ns for p, v in source.items()})
     # Under a folder that fails to read, the files last seen keep their place (and their
     # queued work); one missed by a listing and not yet confirmed gone is simply not sent.
     out = Plan(unknown=sorted(p for p in unknown if p in source))
     for f in sorted((f for f in src.values() if f), key=lambda f: f.key):
-        if not selected(f, rules, facts):
-            continue
         s = source[f.path]
-        t_path = on_target.get(pathkey(f.path))
+        t_path = on_target.get(key(f.path))
         if t_path is not None:
             t = target[t_path]
             if _same(s, t, f, keeps_mtime, sent.get(t_path)):
                 continue
             if f.family == "shadowprotect" and accepted.get(f.path) != (s.size, s.mtime_ns):
-                out.changed.append(f.path)  # written once, never changed: damaged or tampered with
+                # Written once, never changed: damaged or tampered with. So whatever the mode
+                # selects of it now (a daily-monthly cut moves on), it is said.
+                out.changed.append(f.path)
                 continue
+        if not selected(f, rules, facts):
+            continue
         if s.ready:
             out.uploads.append(f.path)
         else:
             _wait(out, f)
     for p in out.unknown:
         u = classify(p, rules.family)
-        if u is not None and pathkey(p) not in on_target and selected(u, rules, facts):
+        if u is not None and key(p) not in on_target and selected(u, rules, facts):
             _wait(out, u, listed=False)  # holds its chain back: it may be there, and earlier
     files = {p: f for p, f in tgt.items() if f}
     retention = _retention(files) if rules.mode == "daily-monthly" else []
     kept = set(retention)
     out.deletes = sorted(retention, key=lambda p: files[p].key)
-    if unknown:
-        return out  # nothing of a group is deleted while any of its files is unknown
-    gone = [p for p in _mirrored(files, in_source, rules) if p not in kept]
-    verdict = explain(gone, [p for p in source], list(target), folders, rules.family)
+    # Nothing of a group is deleted while any of its files is unknown (not_now); what would
+    # be is still judged, so that what waits for a person keeps being said.
+    out.not_now = bool(unknown)
+    gone = [p for p in _mirrored(files, in_source, rules, key) if p not in kept]
+    published = {p: v.at for p, v in sent.items() if p in target and v.at}
+    verdict = explain(gone, [p for p in source], list(target), folders, rules.family, mtimes, published, now)
     newest_first = lambda p: tuple(-x for x in files[p].key)  # noqa: E731 - what stays is a prefix
     out.mirrored = sorted(verdict.mirrored, key=newest_first)
     out.unexplained = {p: verdict.held[p] for p in sorted(verdict.held, key=newest_first)}
@@ -221,24 +239,41 @@ def _wait(out: Plan, f: BackupFile, listed: bool = True) -> None:
         out.blockers[f.chain] = f.key
 
 
+def decide_plans(plans: Iterable[Plan], has_source: bool, rules: Rules, allow_deletes: bool,
+                 recent: Mapping[str, float] | None = None, now: float = 0.0) -> Decision:
+    """The job-wide decision on the deletions of its groups' plans (deletions.decide): the
+    explained ones (mirrored, and daily-monthly retention) and the held ones, against files
+    changed at the source and max_deletes; none of a group with unknown files goes now."""
+    plans = list(plans)
+    held = {d: why for p in plans for d, why in p.unexplained.items()}
+    mirrored = [d for p in plans for d in p.mirrored]
+    # Deletions mirrored (or started) in the last 24 hours, not counting those still planned:
+    # a deletion under way is in both.
+    pending = set(mirrored)
+    recent_images = sum(1 for x, t in (recent or {}).items() if now - t < WINDOW and x not in pending)
+    d = decide(mirrored, sum(p.mirrored_images for p in plans), held,
+               recent_images, sum(len(p.changed) for p in plans), has_source, rules.max_deletes, allow_deletes,
+               retention=[d for p in plans for d in p.deletes])
+    # A group with unknown files makes none of its deletions now; they count all the same, so
+    # that what holds, and why, does not come and go with each file that vanishes.
+    waiting = {x for p in plans if p.not_now for x in (*p.deletes, *p.mirrored, *p.unexplained)}
+    return Decision(d.go - waiting, d.held, d.reason) if waiting else d
+
+
 def combine(groups: Mapping[tuple, Plan], has_source: bool, rules: Rules, allow_deletes: bool,
-            recent_images: int = 0) -> Plan:
+            recent: Mapping[str, float] | None = None, now: float = 0.0) -> Plan:
     """The job's plan from its groups' plans, with the job-wide decision on deletions; its
     `deletes` are every deletion to make now."""
     out = Plan()
     parts = [groups[g] for g in sorted(groups)]
-    mirrored = [p for part in parts for p in part.mirrored]
-    held = {p: why for part in parts for p, why in part.unexplained.items()}
-    changed = sum(len(part.changed) for part in parts)
-    d = decide(mirrored, sum(part.mirrored_images for part in parts), held, recent_images, changed, has_source,
-               rules.max_deletes, allow_deletes)
+    d = decide_plans(parts, has_source, rules, allow_deletes, recent, now)
     out.held, out.held_count = d.reason, d.held
     for p in parts:
         out.uploads += p.uploads
         out.waiting += p.waiting
         out.changed += p.changed
         out.blockers.update(p.blockers)
-        out.deletes += p.deletes + [x for x in (*p.mirrored, *p.unexplained) if x in d.go]
+        out.deletes += [x for x in (*p.deletes, *p.mirrored, *p.unexplained) if x in d.go]
     return out
 
 
@@ -249,14 +284,20 @@ def plan(
     keeps_mtime: bool = False,
     allow_deletes: bool = False,
     sent: Mapping[str, Sent] | None = None,
-    recent_images: int = 0,
+    recent: Mapping[str, float] | None = None,
     accepted: Mapping[str, tuple[int, int]] | None = None,
+    unknown: Collection[str] = frozenset(),
+    folders: Collection[str] | None = None,
+    fold_case: bool = False,
+    now: float = 0.0,
 ) -> Plan:
-    """Uploads and deletions that bring `target` up to date with `source` under `rules`."""
-    groups = {g: plan_group(s, t, rules, keeps_mtime, sent=sent, accepted=accepted) for g, (s, t) in
-              group(source, target, rules.family).items()}
+    """Uploads and deletions that bring `target` up to date with `source` under `rules`;
+    `recent`: the mirrored deletions of the last 24 hours (path -> when, epoch seconds)."""
+    groups = {g: plan_group(s, t, rules, keeps_mtime, {p for p in unknown if p in s or p in t}, sent, accepted,
+                            folders, fold_case, now)
+              for g, (s, t) in group(source, target, rules.family).items()}
     has_source = any(classify(p, rules.family) for p in source)
-    return combine(groups, has_source, rules, allow_deletes, recent_images)
+    return combine(groups, has_source, rules, allow_deletes, recent, now)
 
 
 def _same(s: SourceFile, t: RemoteFile, f: BackupFile, keeps_mtime: bool, sent: Sent | None) -> bool:
@@ -266,18 +307,19 @@ def _same(s: SourceFile, t: RemoteFile, f: BackupFile, keeps_mtime: bool, sent: 
     there by hand (no record) is judged by its size only."""
     if s.size != t.size:
         return False
-    mtime = sent.mtime_ns if sent is not None and sent.size == t.size else None
-    if mtime is None and f.family == "macrium" and keeps_mtime:
-        mtime = t.mtime_ns
-    return mtime is None or abs(s.mtime_ns - mtime) < MTIME_SLACK
+    if sent is not None and sent.size == t.size:
+        return s.mtime_ns == sent.mtime_ns  # the source's own time as it was read: exactly
+    if f.family == "macrium" and keeps_mtime and t.mtime_ns is not None:
+        return abs(s.mtime_ns - t.mtime_ns) < MTIME_SLACK  # the target's copy of it: to its precision
+    return True
 
 
-def _mirrored(tgt: Mapping[str, BackupFile], in_source: set[str], rules: Rules) -> list[str]:
+def _mirrored(tgt: Mapping[str, BackupFile], in_source: set[str], rules: Rules, key) -> list[str]:
     """Target files whose source is gone, where the job mirrors deletions."""
     if not rules.mirror_deletes:
         return []
     return [path for path, f in tgt.items()
-            if (f.family == "macrium" or rules.mode == "all") and pathkey(path) not in in_source]
+            if (f.family == "macrium" or rules.mode == "all") and key(path) not in in_source]
 
 
 def _retention(tgt: Mapping[str, BackupFile]) -> list[str]:

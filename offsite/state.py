@@ -229,17 +229,18 @@ class Hashes:
                              "VALUES (?, ?, ?, ?, ?, ?)", (job, path, size, md5, time.time(), mtime_ns))
             self._db.commit()
 
-    def versions(self, job: str) -> dict[str, tuple[int, int]]:
-        """path -> (size, mtime_ns) of each file as the agent published it (where recorded)."""
+    def versions(self, job: str) -> dict[str, tuple[int, int, float]]:
+        """path -> (size, mtime_ns, when published) of each file as the agent published it
+        (where its time was recorded)."""
         if self._db is None:
             return {}
         with self._lock:
             try:
-                rows = self._db.execute("SELECT path, size, mtime_ns FROM published WHERE job = ? AND "
+                rows = self._db.execute("SELECT path, size, mtime_ns, at FROM published WHERE job = ? AND "
                                         "mtime_ns IS NOT NULL", (job,)).fetchall()
             except sqlite3.OperationalError:
                 return {}  # a read-only look at a hashes.db of offsite 0.2
-        return {p: (size, mtime) for p, size, mtime in rows}
+        return {p: (size, mtime, at) for p, size, mtime, at in rows}
 
     def forget(self, job: str, path: str) -> None:
         assert self._db is not None

@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import run_offsite
+
 from offsite import config
 from offsite.cli import main
 
@@ -27,6 +27,7 @@ target = { type = "local", path = "drive" }
 def folder(tmp_path: Path) -> Path:
     (tmp_path / "src").mkdir()
     (tmp_path / "drive").mkdir()
+    (tmp_path / "drive" / "a" / "pc").mkdir(parents=True)
     return tmp_path
 
 
@@ -230,6 +231,16 @@ BAD = [
      '[[jobs]]\nname = "a"\nsource = "src"\nlocation = "s"\nfolder = "site"\n'
      '[[jobs]]\nname = "b"\nsource = "src"\nlocation = "t"\nfolder = "site"\n',
      "is the same as the target folder of job 'a'"),  # FTP and FTPS on one server: one place
+    ('[[jobs]]\nname = "a"\nsource = "src"\ntarget = { type = "s3", bucket = "b", region = "eu-west-1" }\n'
+     '[[jobs]]\nname = "b"\nsource = "src"\ntarget = { type = "s3", bucket = "b" }\nfolder = "a"\n',
+     "is the same as the target folder of job 'a'"),  # AWS bucket names are global, whatever the region
+    ('[[jobs]]\nname = "a"\nsource = "src"\ntarget = { type = "s3", bucket = "b", endpoint = "http://localhost:9000" }\n'
+     '[[jobs]]\nname = "b"\nsource = "src"\ntarget = { type = "s3", bucket = "b", endpoint = "http://127.0.0.1:9000/" }\n'
+     'folder = "a"\n', "is the same as the target folder of job 'a'"),
+    ('[[jobs]]\nname = "a"\nsource = "src"\ntarget = { type = "local", path = "src" }\nfolder = "offsite"\n',
+     "jobs.a.folder: its target folder lies inside the source of job 'a': it would be copied into itself"),
+    ('[[jobs]]\nname = "a"\nsource = "drive/a/pc"\ntarget = { type = "local", path = "drive" }\n',
+     "jobs.a.source: "),
 ]
 
 

@@ -41,10 +41,17 @@ CASES = [
     ("a whole volume", [B, md5(B), D2, md5(D2)], set(), full(B, D2), False, "the whole volume C_VOL vanished", False),
     ("a whole older chain, while a newer chain of the volume is offsite",
      [B, md5(B), D2], full("C_VOL-b002.spf"), full(B, D2, "C_VOL-b002.spf"), True, None, False),
+    ("a chain renamed to look newer keeps its old times: not retention",
+     [B, md5(B), D2], full("C_VOL-b002.spf"), full(B, D2, "C_VOL-b002.spf"), False, "no newer chain", False),
+    ("a newer chain offsite for less than a day (rewritten by ransomware?): not retention yet",
+     [B, md5(B), D2], full("C_VOL-b002.spf"), full(B, D2, "C_VOL-b002.spf"), False, "no newer chain", False),
     ("a whole older chain, the newer one not complete offsite",
      [B, D2], full("C_VOL-b002.spf"), full(B, D2) | {"C_VOL-b002.spf"}, False,
      "the chain C_VOL-b001 vanished at the source while no newer chain", False),
     ("the base alone, the chain still there", [B], full(D2), full(B, D2), False, "not superseded", False),
+    ("a rolling file absorbed by the next rolling one", ["C_VOL-b001-i003-cd-cm-cr.spi"],
+     full(B, "C_VOL-b001-i009-cd-cm-cr.spi"), full(B, "C_VOL-b001-i003-cd-cm-cr.spi", "C_VOL-b001-i009-cd-cm-cr.spi"),
+     True, None, False),
     ("files of a folder that vanished", ["PC1/" + I1], set(), {"PC1/" + I1}, False,
      "its folder PC1 vanished at the source", False),
 ]
@@ -53,7 +60,12 @@ CASES = [
 @pytest.mark.parametrize("why,gone,source,target,mirrored,held,waits", CASES, ids=[c[0] for c in CASES])
 def test_shadowprotect_deletions(why, gone, source, target, mirrored, held, waits):
     folders = {"."} | {p.rsplit("/", 1)[0].casefold() for p in source if "/" in p}
-    v = explain(gone, source, target, folders)
+    # Times: each file written in chain order, a later chain's base after the old chain.
+    mtimes = {p: (2 if "-b002" in p else 1) * 1_000_000 + sum(map(ord, p)) for p in (*source, *target)}
+    if "renamed" in why:
+        mtimes["C_VOL-b002.spf"] = 1  # a rename keeps the old file's time
+    published = {"C_VOL-b002.spf": 0.0 if "less than a day" not in why else 50_000.0}
+    v = explain(gone, source, target, folders, mtimes=mtimes, published=published, now=86_400.0)
     assert (set(v.mirrored) == set(gone)) is mirrored, (why, v)
     if held:
         assert any(held in r for r in v.held.values()), (why, v.held)
@@ -65,12 +77,19 @@ def test_shadowprotect_deletions(why, gone, source, target, mirrored, held, wait
 S = "PC1/{g}/4F6F6CACA58B077D"
 T = "PC1/{g}/D684BA87241263E2"
 MACRIUM = [
-    ("an increment merged while the set's full remains", [f"{S}-01-01.mrimg"], {f"{S}-00-00.mrimg", f"{S}-02-02.mrimg"},
-     {f"{S}-00-00.mrimg", f"{S}-01-01.mrimg", f"{S}-02-02.mrimg"}, True, None),
+    ("an increment merged into a later file of its set", [f"{S}-01-01.mrimg"],
+     {f"{S}-00-00.mrimg", f"{S}-02-02.mrimg"}, {f"{S}-00-00.mrimg", f"{S}-01-01.mrimg", f"{S}-02-02.mrimg"}, True,
+     None),
+    ("the newest increment folded into a full rewritten since (a synthetic full)", [f"{S}-02-02.mrimg"],
+     {f"{S}-00-00.mrimg"}, {f"{S}-00-00.mrimg", f"{S}-02-02.mrimg"}, True, None),
+    ("the newest increment gone, the full not rewritten: held", [f"{S}-01-01.mrimg"],
+     {f"{S}-00-00.mrimg"}, {f"{S}-00-00.mrimg", f"{S}-01-01.mrimg"}, False, "the newest file of its backup set"),
     ("the full gone while the increments remain", [f"{S}-00-00.mrimg"], {f"{S}-01-01.mrimg"},
      {f"{S}-00-00.mrimg", f"{S}-01-01.mrimg"}, False, "the full backup of its set, vanished"),
-    ("a whole set, while another set of the definition is offsite", [f"{S}-00-00.mrimg", f"{S}-01-01.mrimg"],
+    ("a whole set, while a newer set of the definition is offsite", [f"{S}-00-00.mrimg", f"{S}-01-01.mrimg"],
      {f"{T}-00-00.mrimg"}, {f"{S}-00-00.mrimg", f"{S}-01-01.mrimg", f"{T}-00-00.mrimg"}, True, None),
+    ("the newest set gone while an older one remains: held", [f"{T}-00-00.mrimg"],
+     {f"{S}-00-00.mrimg"}, {f"{S}-00-00.mrimg", f"{T}-00-00.mrimg"}, False, "no newer set"),
     ("a whole definition", [f"{S}-00-00.mrimg"], set(), {f"{S}-00-00.mrimg"}, False,
      "the whole backup definition in PC1/{g} vanished"),
     ("the repository's information file", ["Macrium Repository Information.txt"], set(),
@@ -80,7 +99,11 @@ MACRIUM = [
 
 @pytest.mark.parametrize("why,gone,source,target,mirrored,held", MACRIUM, ids=[c[0] for c in MACRIUM])
 def test_macrium_deletions(why, gone, source, target, mirrored, held):
-    v = explain(gone, source, target, {".", "pc1", "pc1/{g}"})
+    # S's files written first, in order; T's full later; a synthetic full rewrites S's full last.
+    mtimes = {f"{S}-00-00.mrimg": 10, f"{S}-01-01.mrimg": 11, f"{S}-02-02.mrimg": 12, f"{T}-00-00.mrimg": 20}
+    if "synthetic" in why:
+        mtimes[f"{S}-00-00.mrimg"] = 30
+    v = explain(gone, source, target, {".", "pc1", "pc1/{g}"}, mtimes=mtimes)
     assert (set(v.mirrored) == set(gone)) is mirrored, (why, v)
     if held:
         assert any(held in r for r in v.held.values()), (why, v.held)
@@ -95,6 +118,8 @@ def test_the_job_wide_decision():
     d = decide(go, 2, {"c.spi": "why"}, 0, 0, True, 5, False)
     assert d.go == frozenset(go) and d.held == 1 and "1 deletion(s) not explained" in d.reason and "why" in d.reason
     assert decide(go, 2, {"c.spi": "why"}, 9, 0, True, 5, True).go == frozenset(go) | {"c.spi"}  # a person allowed
+    d = decide(go, 2, {}, 9, 0, True, 5, False, retention=["r.spi"])  # retention is the mode's own: not counted
+    assert d.go == frozenset({"r.spi"}) and d.held == 2
     d = decide(go, 2, {}, 0, changed=1, has_source=True, max_deletes=5, allow_deletes=True)
     assert d.go == frozenset() and "source-changed" in d.reason  # allowed or not
     assert decide(go, 2, {}, 0, 0, has_source=False, max_deletes=5, allow_deletes=False).go == frozenset()

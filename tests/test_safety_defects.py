@@ -171,3 +171,26 @@ def test_queue_drop_and_the_coordinators_lease_never_race(tmp_path):
     assert leased.isdisjoint(dropped) and leased | dropped == {it.id for it in items}
     recorded = set(state.read_json("dropped.json", {}).get("j", {}))
     assert recorded == {it.path for it in items if it.id in dropped}
+
+
+def test_a_kill_right_after_a_mirrored_deletion_keeps_its_count(site):
+    """max_deletes counts a deletion before it is made: a kill between the deletion and its
+    record cannot let more than max_deletes go."""
+    site.config(job="include_intra_daily = true\nmax_deletes = 2")
+    names = [f"C_VOL-b001-i{i:03d}" for i in range(1, 4)] + ["C_VOL-b001-i003-cd"]
+    for n in names:
+        finished_file(site.source / (n + ".spi"), 50)
+        finished_file(site.source / (n + ".md5"), 40)
+    assert site.offsite("sync", "job1").returncode == 0
+    for n in names[:2]:  # two: within max_deletes
+        for ext in (".spi", ".md5"):
+            (site.source / (n + ext)).unlink()
+    r = site.offsite("sync", "job1", env={"OFFSITE_CRASH": "deleted:1"})
+    assert r.returncode == 137, r.stderr  # killed right after its first deletion
+    for ext in (".spi", ".md5"):  # a third, later: past max_deletes within 24 hours
+        (site.source / (names[2] + ext)).unlink()
+    site.offsite("sync", "job1")
+    r = site.offsite("sync", "job1")
+    gone = [n for n in names[:3] if not (site.target / f"{n}.spi").exists()]
+    assert len(gone) <= 2, gone  # max_deletes = 2, kill or not
+    assert "image deletions within 24 hours exceed max_deletes = 2" in r.stderr, r.stderr

@@ -11,10 +11,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from imagemanager import ImageManager
+
 from offsite.backupfiles import Level, Role, classify
-from offsite.selection import RemoteFile, Rules, Sent, SourceFile, plan, plan_group
+from offsite.selection import RemoteFile, Rules, Sent, SourceFile, decide_plans, plan, plan_group
 
 DAYS = 62  # October and November: two monthlies, so daily-monthly retention fires
 
@@ -204,7 +204,8 @@ def test_mass_deletion_is_held_back_counting_24_hours():
     assert len(p.deletes) == 22
     assert len(plan(source, target, Rules(include_intra_daily=True, max_deletes=11)).deletes) == 22  # images, not sidecars
     # However slowly they came: the deletions of the last 24 hours count too.
-    p = plan(source, target, Rules(include_intra_daily=True, max_deletes=11), recent_images=1)
+    p = plan(source, target, Rules(include_intra_daily=True, max_deletes=11), recent={"C_VOL-b001-i000.spi": 9.0},
+             now=10.0)
     assert p.deletes == [] and "12 image deletions within 24 hours" in p.held
 
 
@@ -212,8 +213,15 @@ def test_retention_is_not_held_back_by_max_deletes():
     target = {f"C_VOL-b001-i{i:03d}-cd.spi": RemoteFile(1) for i in range(1, 20)}
     target.update({"C_VOL-b001-i019-cd-cm.spi": RemoteFile(1), "C_VOL-b001-i019-cd-cm.md5": RemoteFile(1),
                    "C_VOL-b001-i030-cd-cm.spi": RemoteFile(1), "C_VOL-b001-i030-cd-cm.md5": RemoteFile(1)})
-    p = plan({}, target, Rules(mode="daily-monthly", max_deletes=2))
+    source = {p: SourceFile(1, 0) for p in target if "-cm" in p}
+    p = plan(source, target, Rules(mode="daily-monthly", max_deletes=2))
     assert len(p.deletes) == 18 and p.held is None  # dailies 1..18, before the previous monthly
+    # ... but, like every deletion, it waits while files changed at the source (ransomware),
+    # and while the source holds no backup file at all.
+    source["C_VOL-b001-i030-cd-cm.spi"] = SourceFile(99, 0)
+    p = plan(source, target, Rules(mode="daily-monthly", max_deletes=2))
+    assert p.deletes == [] and "source-changed" in p.held
+    assert plan({}, target, Rules(mode="daily-monthly")).deletes == []
 
 
 def test_an_empty_source_never_empties_the_target():
@@ -245,3 +253,24 @@ def test_macrium_sets_are_mirrored_and_changed_files_sent_again():
     # The full of a set gone while its increments remain: not Macrium's doing, held for a person.
     p = plan({b: SourceFile(20, 1), c: SourceFile(30, 1)}, target, Rules(), keeps_mtime=True)
     assert p.deletes == [] and "-00-00.mrimg, the full backup of its set, vanished" in p.held
+
+
+def test_what_waits_and_why_stays_the_same_while_a_file_of_the_volume_is_unknown():
+    """No deletion of a volume goes while one of its files is unknown (missed by one listing),
+    yet the reason deletions are held, and how many, must not come and go with each file that
+    vanishes (deletes-held would flap); a deletion under way is not counted twice."""
+    target = {f"C_VOL-b001-i{i:03d}.spi": RemoteFile(1) for i in range(1, 6)}
+    target["C_VOL-b001-i005-cd.spi"] = target["C_VOL-b001-i005-cd.md5"] = RemoteFile(1)
+    source = {"C_VOL-b001-i005-cd.spi": SourceFile(1, 0), "C_VOL-b001-i005-cd.md5": SourceFile(1, 0),
+              "C_VOL-b001-i005.spi": SourceFile(1, 0)}
+    rules = Rules(include_intra_daily=True, max_deletes=2)
+    settled = plan_group(source, target, rules)
+    quiet = decide_plans([settled], True, rules, False)
+    del source["C_VOL-b001-i005.spi"]  # one more vanishes: unknown for a moment
+    busy = decide_plans([plan_group(source, target, rules, unknown={"C_VOL-b001-i005.spi"})], True, rules, False)
+    assert quiet.reason == busy.reason and "exceed max_deletes = 2" in busy.reason and busy.go == frozenset()
+    # Two going now, recorded when they started: still planned, so counted once.
+    small = Rules(include_intra_daily=True, max_deletes=4)
+    d = decide_plans([settled], True, small, False, recent={"C_VOL-b001-i001.spi": 99.0, "C_VOL-b001-i002.spi": 99.0},
+                     now=100.0)
+    assert d.reason is None and len(d.go) == 4

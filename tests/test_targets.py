@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import toml_value
+
 from offsite import config
 from offsite.errors import Interrupted, PermanentError, TransientError
 from offsite.targets import make_target
@@ -307,15 +307,20 @@ def test_the_bin_keeps_what_leaves_a_final_name_and_gives_it_back_never_over_a_f
     assert t.bin_list() == [Binned("2026-11-30", "a/x.spi", 3000)]  # ...into the bin
     assert remote.server_files()[".offsite/deleted/2026-11-30/a/x.spi"] == first.read_bytes()
     t.to_bin("a/x.spi", "2026-11-30")  # a retried move that finds nothing succeeded
-    # The same file binned again the same day: the day's first (older) copy is what stays.
+    # The same file binned again the same day: both copies are kept, the later as version 2.
     second, _, _ = source(tmp_path, 4000, "second.bin")
     send(t, "a/x.spi", second)
     t.to_bin("a/x.spi", "2026-11-30")
-    assert t.bin_list() == [Binned("2026-11-30", "a/x.spi", 3000)] and "a/x.spi" not in t.list()
+    assert sorted(t.bin_list(), key=lambda b: b.version) == [Binned("2026-11-30", "a/x.spi", 3000),
+                                                             Binned("2026-11-30", "a/x.spi", 4000, 2)]
+    assert "a/x.spi" not in t.list()
     # Undelete never overwrites a file that is there.
     send(t, "a/x.spi", second)
     with pytest.raises(PermanentError, match="not overwritten"):
         t.from_bin("a/x.spi", "2026-11-30")
+    assert remote.server_files()["a/x.spi"] == second.read_bytes()
+    t.delete("a/x.spi")
+    t.from_bin("a/x.spi", "2026-11-30", 2)
     assert remote.server_files()["a/x.spi"] == second.read_bytes()
     t.delete("a/x.spi")
     t.from_bin("a/x.spi", "2026-11-30")
@@ -343,6 +348,7 @@ def test_a_folder_that_holds_another_jobs_owner_is_never_listed(remote, tmp_path
     send(inner, "theirs.spf", p)
     inner.close()
     assert set(outer.list()) == {"mine.spf"}  # so never deleted, never moved to the bin
+    assert outer.foreign == {"site"}  # and the agent sends nothing there (SPEC section 8)
     outer.close()
 
 

@@ -20,9 +20,9 @@ from collections.abc import Collection
 
 from ..backupfiles import Role, classify
 from ..config import Job
-from ..deletions import Decision, decide, recent
+from ..deletions import WINDOW, Decision
 from ..queue import QueueItem, WorkQueue
-from ..selection import MONTHLY_LEVELS, Plan, RemoteFile, Rules, Sent, plan_group
+from ..selection import MONTHLY_LEVELS, Plan, RemoteFile, Rules, Sent, decide_plans, plan_group
 from ..state import Hashes, StateDir
 from ..watchers import SourceView
 from . import control
@@ -38,9 +38,10 @@ CHANGED_ERROR = ("changed at the source after it was sent (a ShadowProtect file 
 
 class Planner:
     def __init__(self, job: Job, queue: WorkQueue, view: SourceView, dispatch: Dispatch, state: StateDir,
-                 hashes: Hashes, keeps_mtime: bool) -> None:
+                 hashes: Hashes, keeps_mtime: bool, fold_case: bool = False) -> None:
         self.job, self.queue, self.view, self.dispatch, self.state = job, queue, view, dispatch, state
-        self.hashes, self.keeps_mtime = hashes, keeps_mtime
+        self.hashes, self.keeps_mtime, self.fold_case = hashes, keeps_mtime, fold_case
+        self.foreign: tuple[str, ...] = ()  # folders of the target that another job owns ("a/b/")
         self.rules = Rules.of(job)
         self.target_files: dict[str, RemoteFile] | None = None
         self.sent: dict[str, Sent] = {}  # the versions the agent published (hashes.db)
@@ -56,14 +57,26 @@ class Planner:
         self.newest_source: float | None = None  # epoch seconds of the newest backup file at the source
         self._stamps: dict[str, int | None] = {}
         self._docs: dict[str, dict] = {}
-        self._recent = [t for t in state.read_json("mirrored.json", {}).get(job.name, [])
-                        if isinstance(t, (int, float))]
+        recent_ = state.read_json("mirrored.json", {}).get(job.name, {})
+        # path -> when its deletion was started, for max_deletes' 24 hours
+        self._recent: dict[str, float] = recent_ if isinstance(recent_, dict) else {}
 
     # ------------------------------------------------------------ what the planner is told
-    def rebuild(self, target_files: dict[str, RemoteFile]) -> None:
+    def rebuild(self, target_files: dict[str, RemoteFile], foreign: Collection[str] = ()) -> None:
         """After a full look at source and target: every group planned afresh, and the
-        dispatcher's index rebuilt from the queue."""
+        dispatcher's index rebuilt from the queue. `foreign`: folders of the target that hold
+        another job's owner ID; what the source has there is never sent (nor anything there
+        deleted: the target does not list them)."""
         self.target_files = target_files
+        new = tuple(d.rstrip("/") + "/" for d in foreign)
+        for d in set(new) - set(self.foreign):
+            log.warning("job %s: the target folder %s belongs to another job (it holds its own owner ID): what the "
+                        "source has under %s is not sent there", self.job.name, d, d)
+        self.foreign = new
+        # What the target holds and the source does not show, this process never saw vanish:
+        # one listing is not evidence; a second, `settle` later, is (SPEC section 8).
+        self.view.missed([p for p in target_files if classify(p, self.rules.family) is not None
+                          and p not in self.view.entries], time.monotonic())
         self.sent = {p: Sent(*v) for p, v in self.hashes.versions(self.job.name).items()}
         self._members = {}
         newest = 0
@@ -106,7 +119,7 @@ class Planner:
         """A file is on the target under its final name."""
         assert self.target_files is not None
         self.target_files[path] = RemoteFile(size, mtime_ns if self.keeps_mtime else None)
-        self.sent[path] = Sent(size, mtime_ns)
+        self.sent[path] = Sent(size, mtime_ns, time.time())
         if md5:
             self.hashes.record(self.job.name, path, size, md5, mtime_ns)
         if path in self._doc("accepted.json"):
@@ -121,17 +134,26 @@ class Planner:
             # on the target lets retention run: its group is planned again.
             self.touched({path})
 
-    def removed(self, path: str, mirrored_image: bool) -> None:
+    def removed(self, path: str) -> None:
         """A file left its final name on the target (to the bin, or deleted)."""
         assert self.target_files is not None
         self.target_files.pop(path, None)
         self.sent.pop(path, None)
         self.hashes.forget(self.job.name, path)
-        if mirrored_image and not self.allow_deletes:  # max_deletes counts what no person confirmed
-            now = time.time()
-            self._recent = [t for t in self._recent if now - t < 24 * 3600] + [now]
-            self.state.update_json("mirrored.json", lambda d: d.__setitem__(self.job.name, self._recent))
+        self.view.done_with(path)
         self.touched({path})
+
+    def deleting(self, path: str) -> None:
+        """A mirrored deletion is about to be made: an image counts toward max_deletes from now,
+        recorded before the deletion, so a kill right after it cannot lose the count (a
+        deletion retried is counted once: by path). What a person allowed does not count."""
+        f = classify(path, self.rules.family)
+        if self.allow_deletes or f is None or f.role not in (Role.IMAGE, Role.MACRIUM) or path in self._recent:
+            return
+        now = time.time()
+        self._recent = {p: t for p, t in self._recent.items() if now - t < WINDOW}
+        self._recent[path] = now
+        self.state.update_json("mirrored.json", lambda d: d.__setitem__(self.job.name, self._recent))
 
     def accept_changes(self) -> int:
         """`offsite sync --accept-changes`: every file changed at the source goes, in its present
@@ -154,10 +176,6 @@ class Planner:
         plan = self._plans.get(f.group) if f is not None else None
         return plan is not None and (path in plan.mirrored or path in plan.unexplained)
 
-    def is_mirrored_image(self, path: str) -> bool:
-        f = classify(path, self.rules.family)
-        return f is not None and f.role in (Role.IMAGE, Role.MACRIUM) and self.is_mirrored(path)
-
     # ------------------------------------------------------------ planning
     def replan(self, groups: set[tuple] | None, extra: Collection[str] = ()) -> None:
         """Plan the given groups again (None: all) and bring the queue in line with them."""
@@ -173,22 +191,22 @@ class Planner:
                 continue
             unknown = {p for p in members if self.view.is_unknown(p)}
             tgt = {p: self.target_files[p] for p in members if p in self.target_files}
-            p = plan_group(self.view.snapshot(members), tgt, self.rules, self.keeps_mtime, unknown,
-                           {x: self.sent[x] for x in tgt if x in self.sent}, accepted, self.view.folders)
+            src = self.view.snapshot(m for m in members if not (self.foreign and m.startswith(self.foreign)))
+            p = plan_group(src, tgt, self.rules, self.keeps_mtime, unknown,
+                           {x: self.sent[x] for x in tgt if x in self.sent}, accepted, self.view.folders,
+                           self.fold_case, time.time())
             self._plans[g] = control.without_dropped(p, dropped, self.view.entries)
             self.planned += 1
         plans = self._plans.values()
         self.changed = [x for p in plans for x in p.changed]
-        decision = decide([x for p in plans for x in p.mirrored], sum(p.mirrored_images for p in plans),
-                          {x: why for p in plans for x, why in p.unexplained.items()},
-                          recent(self._recent, time.time()), len(self.changed), bool(self.view.entries),
-                          self.rules.max_deletes, self.allow_deletes)
+        decision = decide_plans(plans, bool(self.view.entries), self.rules, self.allow_deletes,
+                                self._recent, time.time())
         if decision.reason != self.decision.reason and decision.reason:
             log.warning("job %s: %d deletion(s) held back: %s; 'offsite sync %s --allow-deletes' applies them once "
                         "checked", self.job.name, decision.held, decision.reason, self.job.name)
         # Deletions come or go in other groups than those planned: when a hold starts or ends,
         # or a deletion elsewhere may go now. (One that was made, and left `go`, moves nothing.)
-        own = {d for p in self._parts(groups) for d in (*p.mirrored, *p.unexplained)}
+        own = {d for p in self._parts(groups) for d in (*p.deletes, *p.mirrored, *p.unexplained)}
         moved = decision.reason != self.decision.reason or not (decision.go - self.decision.go) <= own
         self.decision = decision
         self.blockers = {c: k for p in plans for c, k in p.blockers.items()}
@@ -204,8 +222,7 @@ class Planner:
         out: set[tuple[str, str]] = set()
         for p in self._parts(groups):
             out.update(("upload", u) for u in (*p.uploads, *p.waiting, *p.changed, *p.unknown))
-            out.update(("delete", d) for d in p.deletes)
-            out.update(("delete", d) for d in (*p.mirrored, *p.unexplained) if d in self.decision.go)
+            out.update(("delete", d) for d in (*p.deletes, *p.mirrored, *p.unexplained) if d in self.decision.go)
         return out
 
     def _enqueue(self, groups: set[tuple] | None, extra: Collection[str]) -> None:
@@ -215,7 +232,7 @@ class Planner:
             for path in p.uploads:
                 e = self.view.entries[path]
                 rows.append(("upload", path, e.size, e.mtime_ns))
-            for path in (*p.deletes, *(d for d in (*p.mirrored, *p.unexplained) if d in self.decision.go)):
+            for path in (d for d in (*p.deletes, *p.mirrored, *p.unexplained) if d in self.decision.go):
                 t = self.target_files.get(path)
                 rows.append(("delete", path, t.size if t else None, None))
         for it in self.queue.put_many(self.job.name, rows):
@@ -244,12 +261,11 @@ class Planner:
         assert self.target_files is not None
         go = self.decision.go
         rows = [("delete", path, t.size if (t := self.target_files.get(path)) else None, None)
-                for p in self._plans.values() for path in (*p.mirrored, *p.unexplained) if path in go]
+                for p in self._plans.values() for path in (*p.deletes, *p.mirrored, *p.unexplained) if path in go]
         for it in self.queue.put_many(self.job.name, rows):
             self.dispatch.add(it)
-        retention = {d for p in self._plans.values() for d in p.deletes}
         for it in self.queue.items(self.job.name):
-            if it.op == "delete" and it.path not in go and it.path not in retention:
+            if it.op == "delete" and it.path not in go:
                 self._unqueue(it)
 
     def _hold_changed(self, path: str) -> None:

@@ -11,12 +11,16 @@ from ..state import StateDir
 
 
 def retry(queue: WorkQueue, state: StateDir, ids: list[int] | None) -> list[QueueItem]:
-    """Make the named items (or, with None, every failed one) ready now. A file that changed
-    at the source after it was sent (source-changed) is accepted in its present version: it
-    is sent, its previous offsite copy going to the bin (SPEC section 8)."""
+    """Make the named items (or, with None, every failed one but those changed at the source)
+    ready now. A file changed at the source after it was sent (source-changed), named by its
+    ID, is accepted in its present version: it is sent, its previous offsite copy going to
+    the bin (SPEC section 8)."""
     items = queue.items()
     if ids is None:
-        chosen = [i for i in items if i.state == "failed"]
+        # Not the files changed at the source: "retry every failed file" after a read error
+        # is routine, accepting a tampered backup must never be (sync --accept-changes, or
+        # queue retry ID, a person naming the file).
+        chosen = [i for i in items if i.state == "failed" and i.cause != "source-changed"]
     else:
         known = {i.id: i for i in items}
         missing = [i for i in ids if i not in known]
@@ -67,7 +71,7 @@ def undelete(target, state: StateDir, job, paths: list[str], day: str | None) ->
         binned.setdefault(b.path, []).append(b)
     out = []
     for path in paths:
-        choices = sorted(binned.get(path, []), key=lambda b: b.day)
+        choices = sorted(binned.get(path, []), key=lambda b: (b.day, b.version))  # the newest last
         if day is not None:
             choices = [b for b in choices if b.day == day]
         if not choices:
@@ -76,7 +80,7 @@ def undelete(target, state: StateDir, job, paths: list[str], day: str | None) ->
             continue
         b = choices[-1]
         try:
-            target.from_bin(path, b.day)
+            target.from_bin(path, b.day, b.version)
         except OffsiteError as e:
             out.append({"path": path, "day": b.day, "size": b.size, "ok": False, "error": str(e)})
             continue
@@ -114,6 +118,8 @@ def without_dropped(p: Plan, dropped: Mapping[str, dict], entries: Mapping) -> P
 
     if dropped:
         p.uploads = [u for u in p.uploads if not is_dropped("upload", u)]
+        p.changed = [c for c in p.changed if not is_dropped("upload", c)]  # a person saw it and let it be
         p.deletes = [d for d in p.deletes if not is_dropped("delete", d)]
         p.mirrored = [d for d in p.mirrored if not is_dropped("delete", d)]
+        p.unexplained = {d: why for d, why in p.unexplained.items() if not is_dropped("delete", d)}
     return p

@@ -130,6 +130,7 @@ class JobRunner:
         self.view = SourceView(job.source, settings.settle, job.family)
         probe = make_target(job)
         self.keeps_mtime, self.where = probe.keeps_mtime, probe.describe()
+        fold_case = not probe.case_sensitive
         self.endpoint = probe.endpoint()  # for the reachability probe; None: no server of its own
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -139,7 +140,7 @@ class JobRunner:
         self.sessions = Sessions(job, slots, self.stopping, self._check_owner)
         self._own_hashes = hashes is None
         self.hashes = hashes if hashes is not None else Hashes(state.root)  # the MD5 of each file published
-        self.plan = Planner(job, queue, self.view, self.dispatch, state, self.hashes, self.keeps_mtime)
+        self.plan = Planner(job, queue, self.view, self.dispatch, state, self.hashes, self.keeps_mtime, fold_case)
         self._lock = threading.Lock()
         self._hints: set[str] = set()
         self._requests: list[Request] = []
@@ -311,13 +312,10 @@ class JobRunner:
             hints, self._hints = self._hints, set()
         syncs = [r for r in requests if r.kind == "sync"]
         for r in requests:
-            if r.kind == "retry":
-                self._clear_error()
-                self.plan.replan(None)  # accepted changes, retried items
-            elif r.kind == "reinit":
+            if r.kind == "reinit":
                 self._reinit(r)
-            elif r.kind == "undelete":
-                self._undelete(r)
+            else:
+                self._handle(r)
         mono, wall = time.monotonic(), time.time_ns()
 
         where = folder_state(self.job.source)
@@ -398,6 +396,24 @@ class JobRunner:
                 self.plan.replan(None)  # deletions were allowed for this sync only
             self._answer(syncs)
 
+    def _handle(self, r: Request) -> None:
+        """A person's request that needs no pause of the work: a retry, an undelete."""
+        if r.kind == "retry":
+            self._clear_error()
+            self.plan.replan(None)  # accepted changes, retried items
+        elif r.kind == "undelete":
+            self._undelete(r)
+
+    def _urgent(self) -> None:
+        """While transfers run: the requests that must not wait for the round's end (a large
+        image can take hours). A sync is answered when the job is idle anyway, and a reinit
+        waits for the round, whose sessions it closes."""
+        with self._lock:
+            urgent = [r for r in self._requests if r.kind in ("retry", "undelete")]
+            self._requests = [r for r in self._requests if r.kind not in ("retry", "undelete")]
+        for r in urgent:
+            self._handle(r)
+
     def _answer(self, syncs: list[Request]) -> None:
         last = self.last_sync
         for r in syncs:
@@ -430,7 +446,7 @@ class JobRunner:
             self.looked = True
             self._need_reconcile = False
             self._next_rescan = mono + self.settings.rescan
-            self.plan.rebuild(listing)
+            self.plan.rebuild(listing, target.foreign)
             log.info("job %s: reconciled: %d backup file(s) at the source, %d on the target", self.job.name,
                      len(self.view.entries), len(listing))
             # No transfer runs now: what is staged for files no longer queued (vanished) goes.
@@ -554,6 +570,7 @@ class JobRunner:
                 if not halted and (self.stopping.is_set() or not may_send()):
                     halted = True
                 if not halted:
+                    self._urgent()
                     self._fold_hints()
                     while len(run.running) < (1 if run.alone else self.transfers):
                         task = self._next_task()
@@ -623,6 +640,8 @@ class JobRunner:
             else:
                 task.mirrored = self.plan.is_mirrored(it.path)
                 task.size = (self.plan.target_files.get(it.path) or RemoteFile(0)).size
+                if task.mirrored:
+                    self.plan.deleting(it.path)
             leased = self.queue.lease(it.id)
             if leased is None:  # dropped by a person meanwhile
                 self.dispatch.discard(it.id)
@@ -663,7 +682,7 @@ class JobRunner:
                 self.bin_bytes, self.bin_files = self.bin_bytes + task.size, self.bin_files + 1
             log.info("job %s: deleted %s%s", self.job.name, path, " (to the bin)" if task.keep_deleted else "")
             self._healthy()
-            self.plan.removed(path, self.plan.is_mirrored_image(path))
+            self.plan.removed(path)
         elif o.kind == "present":
             # Looked up right before its deletion: the file is at the source after all.
             self.queue.release(it.id, count_attempt=False)

@@ -309,15 +309,26 @@ class Transfers:
         """Absence is not evidence: right before a mirrored deletion, the file is looked up at
         the source once more. 'gone' only for "no such file"; 'present' when it is there;
         any other error makes it 'unknown', and nothing is deleted."""
+        where = self.job.source.joinpath(*path.split("/"))
         try:
-            os.lstat(self.job.source.joinpath(*path.split("/")))
+            os.lstat(where)
         except FileNotFoundError:
-            return "gone"
+            pass
         except OSError as e:
             log.warning("job %s: %s could not be looked up at the source (%s): not deleted on the target",
                         self.job.name, path, e.strerror or e)
             return "unknown"
-        return "present"
+        else:
+            return "present"
+        try:  # "no such file", and its folder's listing agrees (a share can list what it cannot open)
+            listed = where.name in os.listdir(where.parent)
+        except FileNotFoundError:
+            listed = False
+        except OSError as e:
+            log.warning("job %s: the folder of %s could not be listed (%s): not deleted on the target",
+                        self.job.name, path, e.strerror or e)
+            return "unknown"
+        return "unknown" if listed else "gone"
 
     @staticmethod
     def _remove(target: Target, task: Task) -> None:

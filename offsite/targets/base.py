@@ -12,6 +12,7 @@ import abc
 import builtins
 import datetime as dt
 import hashlib
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -73,11 +74,28 @@ def not_as_sent(relpath: str, got: str, sent: str) -> TransientError:
 
 @dataclass(frozen=True)
 class Binned:
-    """A file in the bin: the UTC day it was moved there, its relative path, its size."""
+    """A file in the bin: the UTC day it was moved there, its relative path, its size, and
+    which of that day's copies of the path it is (1, 2, ...: the later, the higher)."""
 
     day: str
     path: str
     size: int
+    version: int = 1
+
+
+_VERSIONED = re.compile(r"^(.*)\.~(\d+)~$")
+
+
+def binned_name(relpath: str, version: int) -> str:
+    """The bin's name of a day's n-th copy of a path: the path itself, then `<path>.~2~` ...
+    (never a backup file's name: `~` names are never replicated)."""
+    return relpath if version == 1 else f"{relpath}.~{version}~"
+
+
+def binned(day: str, name: str, size: int) -> Binned:
+    """A bin entry from its day and its name in the bin."""
+    m = _VERSIONED.match(name)
+    return Binned(day, m.group(1), size, int(m.group(2))) if m else Binned(day, name, size)
 
 
 def check_day(day: str) -> str:
@@ -113,6 +131,8 @@ class Target(abc.ABC):
     resumable: ClassVar[bool] = False  # an interrupted upload continues from its staged bytes
     resume_min_size: ClassVar[int] = 0  # smaller files are sent in one piece, never resumed
     keeps_mtime: ClassVar[bool] = False  # list() reports the source's modification time
+    case_sensitive: ClassVar[bool] = True  # names differing only in case are different files
+    foreign: frozenset[str] = frozenset()  # set by list(): subfolders holding another job's owner ID
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -165,15 +185,15 @@ class Target(abc.ABC):
     def to_bin(self, relpath: str, day: str) -> None:
         """Move a published file into the bin, `.offsite/deleted/<day>/<relpath>`: the one way
         the agent removes a backup file from its final name (SPEC section 8). When the bin
-        already holds that path for that day, the bin's (older) copy is kept and this one is
-        removed. A file already gone counts as moved."""
+        already holds that path for that day, this copy goes beside it as the next version
+        (binned_name): nothing is ever lost. A file already gone counts as moved."""
 
     @abc.abstractmethod
     def bin_list(self) -> builtins.list[Binned]:
         """Every file in the bin."""
 
     @abc.abstractmethod
-    def from_bin(self, relpath: str, day: str) -> None:
+    def from_bin(self, relpath: str, day: str, version: int = 1) -> None:
         """Move a file of the bin back under its final name. PermanentError when a file is
         there already (never overwritten) or when the bin holds no such file."""
 

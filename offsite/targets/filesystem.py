@@ -21,8 +21,22 @@ from typing import BinaryIO, Callable, Collection, Iterator
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
-from .base import (AGENT_DIR, BIN_DIR, OWNER_FILE, PROBE_NAME, Binned, Progress, Target, check_day, check_relpath,
-                   not_as_sent, stale_staging, staging_stem)
+from .base import (
+    AGENT_DIR,
+    BIN_DIR,
+    OWNER_FILE,
+    PROBE_NAME,
+    Binned,
+    Progress,
+    Target,
+    binned,
+    binned_name,
+    check_day,
+    check_relpath,
+    not_as_sent,
+    staging_stem,
+    stale_staging,
+)
 
 
 class Entry:
@@ -132,25 +146,32 @@ class RemoteFileTarget(Target):
             self._dirs.add(path)
             path = posixpath.dirname(path)
 
-    def _walk(self, path: str, rel: str, top: bool = True) -> Iterator[tuple[str, Entry]]:
+    def _walk(self, path: str, rel: str, top: bool = True,
+              foreign: set[str] | None = None) -> Iterator[tuple[str, Entry]]:
         entries = [e for e in self._listdir(path) if e.name not in (".", "..")]
         if not top and any(e.is_dir and e.name == AGENT_DIR for e in entries) \
                 and self._size(posixpath.join(path, AGENT_DIR, OWNER_FILE)) is not None:
+            if foreign is not None:
+                foreign.add(rel)
             return  # another job's folder, nested in this one: never listed, never touched
         for e in entries:
             r = f"{rel}/{e.name}" if rel else e.name
             if e.is_dir:
                 if top and e.name == AGENT_DIR:
                     continue
-                yield from self._walk(posixpath.join(path, e.name), r, top=False)
+                yield from self._walk(posixpath.join(path, e.name), r, False, foreign)
             else:
                 yield r, e
 
     def list(self) -> dict[str, RemoteFile]:
+        self.foreign = frozenset()
         if not self._is_dir(self.root):
             return {}
-        return {r: RemoteFile(e.size, e.mtime_ns if self.keeps_mtime else None)
-                for r, e in self._walk(self.root, "")}
+        foreign: set[str] = set()
+        out = {r: RemoteFile(e.size, e.mtime_ns if self.keeps_mtime else None)
+               for r, e in self._walk(self.root, "", True, foreign)}
+        self.foreign = frozenset(foreign)
+        return out
 
     def read_back(self, relpath: str, sink: Callable[[bytes], None]) -> bool:
         return self._read_into(self._final(relpath), sink)
@@ -273,16 +294,16 @@ class RemoteFileTarget(Target):
         self._remove(self._final(relpath))
 
     # ---------------------------------------------------------------- the bin
-    def _binned(self, relpath: str, day: str) -> str:
-        return posixpath.join(self.bin, check_day(day), check_relpath(relpath))
+    def _binned(self, relpath: str, day: str, version: int = 1) -> str:
+        return posixpath.join(self.bin, check_day(day), binned_name(check_relpath(relpath), version))
 
     def to_bin(self, relpath: str, day: str) -> None:
-        final, dest = self._final(relpath), self._binned(relpath, day)
+        final = self._final(relpath)
         if self._size(final) is None:
             return  # gone already
-        if self._size(dest) is not None:  # the day's first copy stays (the older one)
-            self._remove(final)
-            return
+        version = 1
+        while self._size(dest := self._binned(relpath, day, version)) is not None:
+            version += 1  # the day's earlier copies stay; this one goes beside them
         self._makedirs(posixpath.dirname(dest))
         self._rename(final, dest)
 
@@ -293,11 +314,11 @@ class RemoteFileTarget(Target):
         for rel, e in self._walk(self.bin, "", top=False):
             day, _, path = rel.partition("/")
             if path:
-                out.append(Binned(day, path, e.size))
+                out.append(binned(day, path, e.size))
         return out
 
-    def from_bin(self, relpath: str, day: str) -> None:
-        src, final = self._binned(relpath, day), self._final(relpath)
+    def from_bin(self, relpath: str, day: str, version: int = 1) -> None:
+        src, final = self._binned(relpath, day, version), self._final(relpath)
         if self._size(src) is None:
             raise PermanentError(f"the bin holds no {relpath} of {day}")
         if self._size(final) is not None:

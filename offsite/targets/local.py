@@ -30,11 +30,13 @@ from .base import (
     Binned,
     Progress,
     Target,
+    binned,
+    binned_name,
     check_day,
     check_relpath,
     chunk_size,
-    stale_staging,
     staging_stem,
+    stale_staging,
 )
 
 CHUNK = 1024 * 1024  # small enough for a smooth throttle; copy_file_range keeps it cheap
@@ -54,6 +56,7 @@ class LocalTarget(Target):
     resumable = True
     resume_min_size = CHECKPOINT  # smaller files keep no checkpoint: they start over
     keeps_mtime = True
+    case_sensitive = os.name != "nt"  # a Windows drive compares names without case
 
     def __init__(self, location: Path, folder: str) -> None:
         self.location = Path(location)
@@ -116,6 +119,8 @@ class LocalTarget(Target):
 
     def list(self) -> dict[str, RemoteFile]:
         out: dict[str, RemoteFile] = {}
+        foreign: set[str] = set()
+        self.foreign = frozenset()
         if not self.root.is_dir():
             return out
         try:
@@ -124,13 +129,15 @@ class LocalTarget(Target):
                 if rel == ".":
                     rel = ""
                 # Never into the agent's folder, nor into another job's folder nested here.
-                dirnames[:] = [d for d in dirnames if d != AGENT_DIR
-                               and not os.path.exists(os.path.join(dirpath, d, AGENT_DIR, OWNER_FILE))]
+                owned = {d for d in dirnames if os.path.exists(os.path.join(dirpath, d, AGENT_DIR, OWNER_FILE))}
+                foreign |= {f"{rel}/{d}" if rel else d for d in owned}
+                dirnames[:] = [d for d in dirnames if d != AGENT_DIR and d not in owned]
                 for name in filenames:
                     st = os.lstat(os.path.join(dirpath, name))
                     out[f"{rel}/{name}" if rel else name] = RemoteFile(st.st_size, st.st_mtime_ns)
         except OSError as e:
             raise self._error(e, "the job folder listing") from None
+        self.foreign = frozenset(foreign)
         return out
 
     def read_owner(self) -> str | None:
@@ -295,21 +302,22 @@ class LocalTarget(Target):
             folder = folder.parent
 
     # -- the bin
-    def _binned(self, relpath: str, day: str) -> Path:
-        return self.bin.joinpath(check_day(day), *check_relpath(relpath).split("/"))
+    def _binned(self, relpath: str, day: str, version: int = 1) -> Path:
+        return self.bin.joinpath(check_day(day), *binned_name(check_relpath(relpath), version).split("/"))
 
     def to_bin(self, relpath: str, day: str) -> None:
         final = self.root.joinpath(*check_relpath(relpath).split("/"))
-        dest = self._binned(relpath, day)
         try:
-            if dest.exists():  # the day's first copy stays (the older one): see the contract
-                final.unlink(missing_ok=True)
-            else:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.rename(final, dest)
-                except FileNotFoundError:
-                    return  # gone already
+            if not os.path.lexists(final):
+                return  # gone already
+            version = 1
+            while os.path.lexists(dest := self._binned(relpath, day, version)):
+                version += 1  # the day's earlier copies stay; this one goes beside them
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(final, dest)
+            except FileNotFoundError:
+                return
             self._prune(final.parent)
         except OSError as e:
             raise self._error(e, relpath) from None
@@ -325,13 +333,13 @@ class LocalTarget(Target):
                     rel = Path(dirpath).relative_to(top).as_posix()
                     for name in files:
                         path = f"{rel}/{name}" if rel != "." else name
-                        out.append(Binned(day, path, os.lstat(os.path.join(dirpath, name)).st_size))
+                        out.append(binned(day, path, os.lstat(os.path.join(dirpath, name)).st_size))
         except OSError as e:
             raise self._error(e, "the bin") from None
         return out
 
-    def from_bin(self, relpath: str, day: str) -> None:
-        src = self._binned(relpath, day)
+    def from_bin(self, relpath: str, day: str, version: int = 1) -> None:
+        src = self._binned(relpath, day, version)
         final = self.root.joinpath(*relpath.split("/"))
         try:
             if not src.is_file():

@@ -42,8 +42,23 @@ from botocore.exceptions import (
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
-from .base import (AGENT_DIR, BIN_DIR, OWNER_FILE, PROBE_NAME, Binned, Progress, Target, check_day, check_relpath,
-                   md5_hex, not_as_sent, stale_staging, staging_stem)
+from .base import (
+    AGENT_DIR,
+    BIN_DIR,
+    OWNER_FILE,
+    PROBE_NAME,
+    Binned,
+    Progress,
+    Target,
+    binned,
+    binned_name,
+    check_day,
+    check_relpath,
+    md5_hex,
+    not_as_sent,
+    staging_stem,
+    stale_staging,
+)
 
 
 class _Paced(io.RawIOBase):
@@ -238,6 +253,7 @@ class S3Target(Target):
         # Another job's folder nested in this one (it holds its own .offsite/owner): never listed.
         owned = tuple(o["Key"][: -len(f"{AGENT_DIR}/{OWNER_FILE}")] for o in keys
                       if o["Key"].endswith(f"/{AGENT_DIR}/{OWNER_FILE}"))
+        self.foreign = frozenset(k[len(self.root):].rstrip("/") for k in owned)
         return {o["Key"][len(self.root):]: RemoteFile(o["Size"]) for o in keys
                 if not (owned and o["Key"].startswith(owned))}
 
@@ -491,8 +507,8 @@ class S3Target(Target):
         self._call(relpath, self.client.delete_object, Bucket=self.bucket, Key=key)  # missing: fine
 
     # ---------------------------------------------------------------- the bin
-    def _binned(self, relpath: str, day: str) -> str:
-        return f"{self.bin}{check_day(day)}/{check_relpath(relpath)}"
+    def _binned(self, relpath: str, day: str, version: int = 1) -> str:
+        return f"{self.bin}{check_day(day)}/{binned_name(check_relpath(relpath), version)}"
 
     def _head(self, key: str) -> dict | None:
         return self._call(key, self.client.head_object, missing_ok=True, Bucket=self.bucket, Key=key)
@@ -511,8 +527,11 @@ class S3Target(Target):
         head = self._head(key)
         if head is None:
             return  # gone already
-        if self._head(dest) is None:  # else the day's first copy stays (the older one)
-            self._copy(key, dest, head["ContentLength"])
+        version = 1
+        while self._head(dest) is not None:
+            version += 1  # the day's earlier copies stay; this one goes beside them
+            dest = self._binned(relpath, day, version)
+        self._copy(key, dest, head["ContentLength"])
         self._call(relpath, self.client.delete_object, Bucket=self.bucket, Key=key)
 
     def bin_list(self) -> builtins.list[Binned]:
@@ -520,11 +539,11 @@ class S3Target(Target):
         for o in self._keys(self.bin):
             day, _, path = o["Key"][len(self.bin):].partition("/")
             if path and not path.endswith("/"):
-                out.append(Binned(day, path, o["Size"]))
+                out.append(binned(day, path, o["Size"]))
         return out
 
-    def from_bin(self, relpath: str, day: str) -> None:
-        src, key = self._binned(relpath, day), self.root + check_relpath(relpath)
+    def from_bin(self, relpath: str, day: str, version: int = 1) -> None:
+        src, key = self._binned(relpath, day, version), self.root + check_relpath(relpath)
         head = self._head(src)
         if head is None:
             raise PermanentError(f"the bin holds no {relpath} of {day}")

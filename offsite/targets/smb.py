@@ -44,6 +44,7 @@ def parse_unc(path: str) -> tuple[str, str, str]:
 
 class SmbTarget(RemoteFileTarget):
     keeps_mtime = True
+    case_sensitive = False  # SMB compares names without case
     CHUNK = CHUNK
 
     def __init__(self, options: Mapping[str, Any], folder: str) -> None:

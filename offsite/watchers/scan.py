@@ -27,6 +27,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from ..backupfiles import (
     EXCLUDED_FOLDERS,
@@ -42,6 +43,7 @@ from ..system import write_denied_to_others
 
 log = logging.getLogger(__name__)
 
+AGENT_DIR, OWNER_FILE = ".offsite", "owner"  # an offsite job folder's mark (targets/base.py)
 RETRY_UNREADABLE = 10.0  # seconds between looks at a folder that failed to read
 _MD5_LINE = re.compile(rb"^([0-9a-fA-F]{32}) \*([^\r\n]+)\r?\n")
 
@@ -69,7 +71,8 @@ class SourceView:
         # only once an error-free listing of its folder at least `settle` later does not show
         # it either: until then its presence is unknown (first missed, monotonic; the entry).
         # So a mass deletion is seen as one, and a folder that hiccups deletes nothing.
-        self._gone: dict[str, tuple[float, Entry]] = {}
+        self._gone: dict[str, tuple[float, Entry | None]] = {}
+        self._confirmed: set[str] = set()  # confirmed gone by this process (forgotten when seen again)
         # Folders (and files) that failed to read at the last look: rel -> the error. What
         # lies under them is unknown; it is looked at again every RETRY_UNREADABLE seconds.
         self.unreadable: dict[str, str] = {}
@@ -86,11 +89,10 @@ class SourceView:
                 out[p] = SourceFile(e.size, e.mtime_ns, e.ready)
         return out
 
-    def is_unknown(self, rel: str) -> bool:
-        """Is this path's presence at the source unknown: missed by one listing and not yet
-        confirmed gone, or under a folder that failed to read?"""
-        if rel in self._gone or not self.unreadable:
-            return rel in self._gone
+    def is_unknown_folder(self, rel: str) -> bool:
+        """Does `rel` lie under (or is it) something that failed to read at the last look?"""
+        if not self.unreadable:
+            return False
         if "" in self.unreadable or rel in self.unreadable:
             return True
         cut = rel.find("/")
@@ -100,9 +102,31 @@ class SourceView:
             cut = rel.find("/", cut + 1)
         return False
 
+    def is_unknown(self, rel: str) -> bool:
+        """Is this path's presence at the source unknown: missed by one listing and not yet
+        confirmed gone, or under a folder that failed to read?"""
+        return rel in self._gone or self.is_unknown_folder(rel)
+
     def unknown_paths(self) -> list[str]:
         """The paths missed by a listing and not yet confirmed gone."""
         return list(self._gone)
+
+    def first_missed(self, paths: Iterable[str]) -> float | None:
+        """When the earliest of these unknown paths was first missed (monotonic), if any."""
+        return min((self._gone[p][0] for p in paths if p in self._gone), default=None)
+
+    def missed(self, paths: Iterable[str], mono: float) -> None:
+        """Paths the target holds and the source does not show, which this process never saw
+        vanish (it just started): missed by one listing, like any other, so unknown until a
+        listing `settle` later confirms them gone. One listing at start is not evidence."""
+        for p in paths:
+            if p not in self.entries and p not in self._gone and p not in self._confirmed:
+                self._gone[p] = (mono, None)
+                self.changed.add(p)
+
+    def done_with(self, rel: str) -> None:
+        """The deletion of a confirmed-gone path was made: nothing more to remember of it."""
+        self._confirmed.discard(rel)
 
     def take_changed(self) -> set[str]:
         """The paths that changed since the last call."""
@@ -113,6 +137,7 @@ class SourceView:
         """Missed by a listing: unknown until confirmed gone (see _confirm)."""
         e = self.entries.pop(rel)
         self._gone.setdefault(rel, (mono, e))
+        self._confirmed.discard(rel)
         self._unready.discard(rel)
         if e.ready and e.file.role is Role.MD5:
             self._sidecars.discard((e.file.chain, e.file.stem))
@@ -131,6 +156,14 @@ class SourceView:
         for rel in [r for r in self.entries if r not in seen and not self.is_unknown(r)]:
             self._forget(rel, mono)
             changed = True
+        # This listing confirms what an earlier one missed at least `settle` ago and it does
+        # not show either (its folder read without error: else the path is unknown still).
+        for rel in [r for r, (at, _) in self._gone.items() if mono - at >= self.settle and r not in seen
+                    and not self.is_unknown_folder(r)]:
+            del self._gone[rel]
+            self._confirmed.add(rel)
+            self.changed.add(rel)
+            changed = True
         return self._evaluate(mono) or changed
 
     def touch(self, rels: set[str], mono: float, wall_ns: int) -> bool:
@@ -144,12 +177,25 @@ class SourceView:
                 st = os.lstat(path)
             except FileNotFoundError:
                 st = None
+                if rel in self.unreadable and self._listed(rel):
+                    continue  # listed, yet not there when looked at: unknown still
+                self.unreadable.pop(rel, None)
             except OSError as e:
                 self._cannot_read(rel, e)
                 continue
             if st is not None and stat.S_ISREG(st.st_mode):
                 self.unreadable.pop(rel, None)
+                self._confirmed.discard(rel)
                 changed |= self._observe(rel, st, mono, wall_ns)
+                continue
+            if st is not None and not stat.S_ISDIR(st.st_mode) and classify(rel, self.family) is not None:
+                # A backup file's name now a symbolic link (or a device): not the file, not its
+                # absence either. Unknown, and said so, until it is a file again or gone.
+                self._cannot_read(rel, OSError(0, "not a regular file (a symbolic link?)"))
+                if rel in self.entries:
+                    self._forget(rel, mono)
+                self._gone.setdefault(rel, (mono, None))
+                self._confirmed.discard(rel)
                 continue
             # Gone, or a folder: forget what is no longer there, then walk what is.
             prefix = f"{rel}/" if rel else ""
@@ -216,15 +262,35 @@ class SourceView:
             verdict = self._absent(rel, listings)
             if verdict is None:
                 continue
-            del self._gone[rel]
             if verdict:
+                del self._gone[rel]
+                self._confirmed.add(rel)
                 self.changed.add(rel)  # gone: the planner may now judge its deletion
                 changed = True
             else:
+                # The listing shows it: back, if a look at it agrees; if the look says "no such
+                # file" (a share that lists what it cannot open), it stays unknown, and the
+                # count starts again.
+                self._gone[rel] = (mono, self._gone[rel][1])
                 back.add(rel)
         if back:
             changed |= self.touch(back, mono, wall_ns)
+            for rel in back:
+                if rel in self.entries:
+                    self._gone.pop(rel, None)  # back, and looked at: it was never gone
+                elif rel not in self.unreadable:
+                    self._cannot_read(rel, OSError(2, "listed by its folder, but no such file when looked at"))
         return changed
+
+    def _listed(self, rel: str) -> bool:
+        """Does the listing of `rel`'s folder show its name? (An error counts as yes.)"""
+        folder, _, name = rel.rpartition("/")
+        try:
+            return name in os.listdir(self.root.joinpath(*folder.split("/")) if folder else self.root)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
 
     def _absent(self, rel: str, listings: dict[str, set[str] | None]) -> bool | None:
         parts = rel.split("/")
@@ -246,6 +312,7 @@ class SourceView:
         return None
 
     def _cannot_read(self, rel: str, e: OSError) -> None:
+        """Remember that `rel` failed to read, and say so once."""
         if rel not in self.unreadable:
             log.warning("%s: cannot be read (%s); nothing under it is deleted offsite until it reads again",
                         self.root / rel if rel else self.root, describe_error(e))
@@ -275,18 +342,32 @@ class SourceView:
         for de in it:
             rel = f"{rel_top}/{de.name}" if rel_top else de.name
             try:
-                if de.is_symlink():
-                    continue
-                if de.is_dir(follow_symlinks=False):
-                    if de.name.casefold() in EXCLUDED_FOLDERS or de.name.startswith("."):
-                        continue
-                    yield from self._walk(Path(de.path), rel, errors, folders)
-                elif de.is_file(follow_symlinks=False):
-                    yield rel, de.stat(follow_symlinks=False)
+                st = de.stat(follow_symlinks=False)
             except FileNotFoundError:
-                continue  # gone between the listing and the look: the next listing tells
+                # Gone between the listing and the look, as files do while ImageManager cleans
+                # up; unless the folder still lists it: a share that lists what it cannot open.
+                try:
+                    still = de.name in os.listdir(top)
+                except OSError:
+                    still = True
+                if still:
+                    errors[rel] = "listed by its folder, but no such file when looked at (ENOENT)"
+                continue
             except OSError as e:
                 errors[rel] = describe_error(e)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if de.name.casefold() in EXCLUDED_FOLDERS or de.name.startswith("."):
+                    continue
+                if os.path.lexists(os.path.join(de.path, AGENT_DIR, OWNER_FILE)):
+                    continue  # an offsite target folder inside the source: never copied into itself
+                yield from self._walk(Path(de.path), rel, errors, folders)
+            elif stat.S_ISREG(st.st_mode):
+                yield rel, st
+            elif classify(rel, self.family) is not None:
+                # A backup file's name that is a symbolic link (or a device): never followed
+                # nor sent, and not the file's absence either.
+                errors[rel] = "not a regular file (a symbolic link?)"
 
     def _observe(self, rel: str, st: os.stat_result, mono: float, wall_ns: int) -> bool:
         e = self.entries.get(rel)
