@@ -694,14 +694,15 @@ def cmd_deleted(args: argparse.Namespace) -> int:
     job = _job(cfg, args.job)
     target = _bin_target(cfg, job)
     try:
-        binned = sorted(target.bin_list(), key=lambda b: (b.day, b.path))
+        binned = sorted(target.bin_list(), key=lambda b: (b.day, b.path, b.version))
     finally:
         target.close()
     if args.json:
-        _print_json([{"path": b.path, "date": b.day, "size": b.size} for b in binned])
+        _print_json([{"path": b.path, "date": b.day, "size": b.size, "version": b.version} for b in binned])
         return EXIT_OK
     for b in binned:
-        print(f"{b.day}  {format_bytes(b.size):>10}  {b.path}")
+        again = f"  (copy {b.version} of the day)" if b.version > 1 else ""
+        print(f"{b.day}  {format_bytes(b.size):>10}  {b.path}{again}")
     print(f"{job.name}: {len(binned)} file(s) in the bin, {format_bytes(sum(b.size for b in binned))}; kept "
           f"{format_duration(job.keep_deleted) if job.keep_deleted is not None else 'not at all (keep_deleted off)'}",
           file=sys.stderr)
