@@ -5,6 +5,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -19,33 +20,50 @@ def staged_bytes(folder) -> int:
     return sum(p.stat().st_size for p in staging.glob("*.part")) if staging.exists() else 0
 
 
-def test_a_window_closing_mid_upload_pauses_it_until_the_next_window(site, start_agent):
-    now = dt.datetime.now()
-    if now.second > 40:  # leave the transfer time to get going inside the first window
-        time.sleep(61 - now.second)
-        now = dt.datetime.now()
-    m0 = now.replace(second=0, microsecond=0)
-    hhmm = lambda t: t.strftime("%H:%M")  # noqa: E731
-    closes, reopens = m0 + dt.timedelta(minutes=1), m0 + dt.timedelta(minutes=2)
-    windows = (f'windows = [{{ start = "{hhmm(m0)}", end = "{hhmm(closes)}" }}, '
-               f'{{ start = "{hhmm(reopens)}", end = "{hhmm(m0 + dt.timedelta(minutes=20))}" }}]')
-    site.config(agent='bandwidth = "2MB/s"', job=windows)
+class Clock:
+    """The job's wall clock, set by the test: minutes of windows pass in an instant."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def test_a_window_closing_mid_upload_pauses_it_until_the_next_window(site):
+    from offsite import config
+    from offsite.agent.job import JobRunner
+    from offsite.queue import WorkQueue
+    from offsite.state import StateDir
+
+    day = dt.datetime(2026, 12, 1).astimezone()
+    windows = 'windows = [{ start = "10:00", end = "10:01" }, { start = "10:02", end = "11:00" }]'
+    site.config(agent='bandwidth = "4MB/s"', job=windows)
     big = site.source / "C_VOL-b001.spf"
-    finished_file(big, 180 * MiB)  # 90 s at 2 MB/s: still going when the window closes
-    agent = start_agent()
-    wait_until(lambda: staged_bytes(site.target) > 0, what="the transfer to start")
-    wait_until(lambda: dt.datetime.now() >= closes + dt.timedelta(seconds=2), timeout=90, interval=0.5,
-               what="the window to close")
-    paused_at = staged_bytes(site.target)
-    assert 0 < paused_at < big.stat().st_size
-    st = site.job_status()
-    assert st["state"] == "waiting" and st["next_window"].startswith(reopens.strftime("%Y-%m-%dT%H:%M"))
-    wait_until(lambda: dt.datetime.now() >= reopens - dt.timedelta(seconds=2), timeout=90, interval=0.5,
-               what="just before the next window")
-    assert staged_bytes(site.target) == paused_at  # no byte moved outside the window
-    assert site.target_files() == {}
-    wait_until(lambda: staged_bytes(site.target) > paused_at + MiB, timeout=30, what="the transfer to resume")
-    assert agent.stop() == 0  # stop at a resumable point rather than wait 90 s more
+    finished_file(big, 40 * MiB)  # 10 s at 4 MB/s: still going when the window closes
+    cfg = config.load(site.cfg)
+    state = StateDir(cfg.agent.state_dir)
+    state.ensure()
+    queue = WorkQueue(state.queue_dir)
+    clock = Clock(day.replace(hour=10, second=30))
+    runner = JobRunner(cfg.jobs[0], cfg.agent, queue, state, threading.BoundedSemaphore(4), clock=clock)
+    runner.start()
+    try:
+        wait_until(lambda: staged_bytes(site.target) > 0, what="the transfer to start")
+        clock.now = day.replace(hour=10, minute=1, second=5)  # the window closes
+        wait_until(lambda: runner.status(clock())["state"] == "waiting", what="the job to wait for its window")
+        paused_at = staged_bytes(site.target)
+        assert 0 < paused_at < big.stat().st_size
+        st = runner.status(clock())
+        assert st["transfer"] is None and st["next_window"] == day.replace(hour=10, minute=2).isoformat()
+        time.sleep(1.5)  # turns of the coordinator: nothing moves outside the window
+        assert staged_bytes(site.target) == paused_at and site.target_files() == {}
+        clock.now = day.replace(hour=10, minute=2, second=1)  # the next window opens
+        wait_until(lambda: staged_bytes(site.target) > paused_at + MiB, what="the transfer to resume")
+    finally:
+        runner.stop()
+        assert runner.join(10)
+        queue.close()
     r = site.offsite("sync", "job1", "--json")  # sync ignores the window and finishes it
     sent = json.loads(r.stdout)["result"]["bytes_on_wire"]
     assert r.returncode == 0 and sent < big.stat().st_size - paused_at  # resumed, not restarted

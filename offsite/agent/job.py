@@ -118,8 +118,9 @@ class Request:
 class JobRunner:
     def __init__(self, job: Job, settings: AgentSettings, queue: WorkQueue, state: StateDir,
                  slots: threading.BoundedSemaphore, throttle: Throttle | None = None,
-                 hashes: Hashes | None = None) -> None:
+                 hashes: Hashes | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.job = job
+        self.clock = clock or _now  # local wall-clock time, for windows and records
         self.settings = settings
         self.queue = queue
         self.state = state
@@ -356,7 +357,7 @@ class JobRunner:
             self._need_reconcile = True
             self.plan.allow_deletes = any(r.allow_deletes for r in syncs)
             if self._pass is None:
-                self._pass = SyncStats(_now())
+                self._pass = SyncStats(self.clock())
         elif mono < self._retry_at:
             self.view.touch(hints, mono, wall)  # keep the view fresh; no hot retry loop
             return
@@ -373,10 +374,10 @@ class JobRunner:
                 n = self.plan.accept_changes()
                 log.info("job %s: %d file(s) changed at the source accepted by a person: they are sent, their "
                          "offsite copies going to the bin", self.job.name, n)
-            if forced or schedule.is_open(self.job.windows, _now()):
+            if forced or schedule.is_open(self.job.windows, self.clock()):
                 self._drain(forced)
             if self.job.verify_every is not None and not forced and time.time() >= self._verify_due() \
-                    and schedule.is_open(self.job.windows, _now()) and not self.stopping.is_set():
+                    and schedule.is_open(self.job.windows, self.clock()) and not self.stopping.is_set():
                 self._verify()
             if self.job.min_free is not None and time.monotonic() >= self._free_at \
                     and self.plan.target_files is not None:
@@ -426,7 +427,7 @@ class JobRunner:
         """Is the pass of work under way over: the job idle again, or giving up?"""
         if self.stopping.is_set() or self.error or self._gave_up:
             return True
-        if not schedule.is_open(self.job.windows, _now()):
+        if not schedule.is_open(self.job.windows, self.clock()):
             return True
         return self.queue.summary(self.job.name)["pending_files"] == 0
 
@@ -518,7 +519,7 @@ class JobRunner:
         target = self.sessions.checkout()
         try:
             result = verify(target, self.job.family, self.hashes.of_job(self.job.name), VERIFY_SAMPLE, None,
-                            _now(), consume=lambda n: self.throttle.consume(n, self.stopping))
+                            self.clock(), consume=lambda n: self.throttle.consume(n, self.stopping))
         finally:
             # Not reused: ProFTPD's mod_digest caches a file's hash in the session by path,
             # size and second, so a file replaced since could be answered from the cache.
@@ -560,7 +561,7 @@ class JobRunner:
     def _drain(self, forced: bool) -> None:
         """Run the queued work through the transfer threads until nothing more can start
         and nothing runs, or the job must stop (trouble, the window, the agent stopping)."""
-        may_send = (lambda: True) if forced else (lambda: schedule.is_open(self.job.windows, _now()))
+        may_send = (lambda: True) if forced else (lambda: schedule.is_open(self.job.windows, self.clock()))
         run = Transfers(self.job, self.dispatch, self.sessions, self.throttle, self.stopping, may_send,
                         self.on_progress)
         self._running = run
@@ -613,11 +614,11 @@ class JobRunner:
 
     def _next_task(self) -> Task | None:
         while True:
-            it = self.dispatch.pick(self.queue.get, self.plan.blockers, _now())
+            it = self.dispatch.pick(self.queue.get, self.plan.blockers, self.clock())
             if it is None:
                 return None
             if self._pass is None:
-                self._pass = SyncStats(_now())
+                self._pass = SyncStats(self.clock())
             with self._lock:
                 self.phase = "syncing"
             task = Task(it, day=dt.datetime.now(dt.timezone.utc).date().isoformat(),
@@ -655,7 +656,7 @@ class JobRunner:
 
     def _outcome(self, run: Transfers, o: Outcome) -> bool:
         """Apply what a transfer thread reports; True when the job must stop starting work."""
-        stats = self._pass or SyncStats(_now())
+        stats = self._pass or SyncStats(self.clock())
         task = o.task
         assert task is not None
         it, path = task.item, task.item.path
@@ -736,7 +737,7 @@ class JobRunner:
                 return False
             if run.backoff is not None and isinstance(o.error, TransientError):
                 # The same trouble seen by another transfer of this round: one failure, one wait.
-                self.queue.release(it.id, str(o.error), _now() + dt.timedelta(seconds=run.backoff))
+                self.queue.release(it.id, str(o.error), self.clock() + dt.timedelta(seconds=run.backoff))
                 if self._pass is not None:
                     self._pass.error(str(o.error))
             else:
@@ -804,7 +805,7 @@ class JobRunner:
                 self._unreachable = True
             self._probe_at = mono + min(PROBE_EVERY, wait)
             if it is not None:
-                self.queue.release(it.id, str(e), _now() + dt.timedelta(seconds=wait))
+                self.queue.release(it.id, str(e), self.clock() + dt.timedelta(seconds=wait))
             else:
                 self._retry_at = time.monotonic() + wait
                 self._need_reconcile = True
@@ -864,7 +865,7 @@ class JobRunner:
         if left and self.stopping.is_set():
             stats.error(f"the agent stopped with {left} file(s) still to do")
             stats.ok = False
-        elif left and not forced and not schedule.is_open(self.job.windows, _now()):
+        elif left and not forced and not schedule.is_open(self.job.windows, self.clock()):
             stats.error(f"the window closed with {left} file(s) still to do")
             stats.ok = False
         if self.error or gave_up or (left and self.transient_error):
@@ -879,7 +880,7 @@ class JobRunner:
             stats.error("cannot read " + "; ".join(f"{self.job.source / k if k else self.job.source}: {v}"
                                                    for k, v in sorted(unreadable.items())[:3]))
             stats.ok = False
-        result = stats.result(_now())
+        result = stats.result(self.clock())
         with self._lock:
             self.last_sync = result
         self.state.update_json("results.json", lambda d: d.__setitem__(self.job.name, result))

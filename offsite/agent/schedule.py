@@ -53,6 +53,7 @@ def next_opening(windows: tuple[Window, ...], now: dt.datetime) -> dt.datetime |
     """The first window start strictly after `now`; None when there are no windows."""
     if not windows:
         return None
+    aware = now.tzinfo is not None
     now = _naive(now)
     best: dt.datetime | None = None
     for offset in range(0, 8):
@@ -63,6 +64,7 @@ def next_opening(windows: tuple[Window, ...], now: dt.datetime) -> dt.datetime |
                 if begin > now and (best is None or begin < best):
                     best = begin
         if best is not None:
-            return best
-    return best
+            break
+    # Local wall-clock time; with the offset it has then (SPEC: times carry their offset).
+    return best.astimezone() if best is not None and aware else best
 
