@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__, logs, notify
 from . import config as config_mod
-from .agent import control, schedule
+from .agent import control
 from .agent.job import JobRunner, Request
 from .agent.service import Agent
 from .agent.throttle import Throttle
@@ -28,12 +28,13 @@ from .alerts import Book
 from .config import Config, Job
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LockedError, OffsiteError, UsageError
 from .queue import WorkQueue, read_items, summary
-from .selection import Rules, Sent, plan
+from .selection import Rules, Sent, plan, without_dropped
 from .state import Hashes, StateDir
 from .targets import make_target
 from .units import format_bytes, format_duration, parse_duration
 from .verify import verify
 from .watchers import SourceView
+from .windows import next_opening
 
 log = logging.getLogger("offsite")
 
@@ -303,7 +304,7 @@ def _status_data(cfg: Config) -> dict:
     jobs = []
     for job in cfg.jobs:
         last = results.get(job.name)
-        next_window = schedule.next_opening(job.windows, now)
+        next_window = next_opening(job.windows, now)
         mine = [i for i in items if i.job == job.name]
         oldest = min((i.mtime_ns for i in mine if i.op == "upload" and i.mtime_ns), default=None)
         jobs.append({
@@ -655,7 +656,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     foreign = tuple(f + "/" for f in target.foreign)
     source = {k: v for k, v in view.snapshot().items() if not (foreign and k.startswith(foreign))}
     unknown = {k for k in (*listing, *source) if view.is_unknown(k)}
-    p = control.without_dropped(plan(source, listing, Rules.of(job), target.keeps_mtime, sent=sent,
+    p = without_dropped(plan(source, listing, Rules.of(job), target.keeps_mtime, sent=sent,
                                      recent=recent_ if isinstance(recent_, dict) else {}, accepted=accepted,
                                      unknown=unknown, folders=view.folders, fold_case=not target.case_sensitive,
                                      now=time.time()),

@@ -5,7 +5,7 @@ import datetime as dt
 
 import pytest
 
-from offsite.agent.schedule import Window, is_open, next_opening
+from offsite.windows import Window, is_open, next_opening
 
 MON, TUE, WED, THU, FRI, SAT, SUN = range(7)
 WEEKNIGHTS = Window(frozenset({MON, TUE, WED, THU, FRI}), dt.time(19, 0), dt.time(7, 0))

@@ -1,1 +1,1 @@
-"""The agent: the long-running service, per-job dispatch, schedules and status."""
+"""The agent: the long-running service, its jobs, their rounds of transfers, and status."""

@@ -22,7 +22,16 @@ from ..backupfiles import Role, classify
 from ..config import Job
 from ..deletions import WINDOW, Decision
 from ..queue import QueueItem, WorkQueue
-from ..selection import MONTHLY_LEVELS, Plan, RemoteFile, Rules, Sent, decide_plans, plan_group
+from ..selection import (
+    MONTHLY_LEVELS,
+    Plan,
+    RemoteFile,
+    Rules,
+    Sent,
+    decide_plans,
+    plan_group,
+    without_dropped,
+)
 from ..state import Hashes, StateDir
 from ..watchers import SourceView
 from . import control
@@ -195,7 +204,7 @@ class Planner:
             p = plan_group(src, tgt, self.rules, self.keeps_mtime, unknown,
                            {x: self.sent[x] for x in tgt if x in self.sent}, accepted, self.view.folders,
                            self.fold_case, time.time())
-            self._plans[g] = control.without_dropped(p, dropped, self.view.entries)
+            self._plans[g] = without_dropped(p, dropped, self.view.entries)
             self.planned += 1
         plans = self._plans.values()
         self.changed = [x for p in plans for x in p.changed]

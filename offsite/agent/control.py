@@ -2,11 +2,10 @@
 running agent (on a request from its mailbox) and by a command when no agent runs."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from ..errors import OffsiteError, UsageError
 from ..queue import QueueItem, WorkQueue
-from ..selection import Plan
 from ..state import StateDir
 
 
@@ -104,22 +103,3 @@ def take_over(job, state: StateDir) -> str:
         return target.describe()
     finally:
         target.close()
-
-
-def without_dropped(p: Plan, dropped: Mapping[str, dict], entries: Mapping) -> Plan:
-    """The plan less the operations the user dropped: a dropped upload only for the same
-    version of the file (size and mtime), so a changed file is sent again."""
-    def is_dropped(op: str, path: str) -> bool:
-        d = dropped.get(path)
-        if not d or d.get("op") != op:
-            return False
-        e = entries.get(path)
-        return op == "delete" or (e is not None and [e.size, e.mtime_ns] == [d.get("size"), d.get("mtime_ns")])
-
-    if dropped:
-        p.uploads = [u for u in p.uploads if not is_dropped("upload", u)]
-        p.changed = [c for c in p.changed if not is_dropped("upload", c)]  # a person saw it and let it be
-        p.deletes = [d for d in p.deletes if not is_dropped("delete", d)]
-        p.mirrored = [d for d in p.mirrored if not is_dropped("delete", d)]
-        p.unexplained = {d: why for d, why in p.unexplained.items() if not is_dropped("delete", d)}
-    return p

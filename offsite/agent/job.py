@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import windows
 from ..config import AgentSettings, Job
 from ..errors import (
     Interrupted,
@@ -38,7 +39,7 @@ from ..targets import Target, make_target, reachable
 from ..verify import verify
 from ..watchers import SourceView
 from ..watchers.scan import describe_error
-from . import control, schedule
+from . import control
 from .chains import CHANGED, Planner
 from .dispatcher import Dispatch, backoff
 from .throttle import Throttle
@@ -228,7 +229,7 @@ class JobRunner:
                 phase, error = "paused", trouble
             elif not self.looked:
                 phase = "starting"  # not idle before the source and target were looked at
-            elif pending and not schedule.is_open(self.job.windows, now):
+            elif pending and not windows.is_open(self.job.windows, now):
                 phase = "waiting"
             elif not pending:
                 phase = "idle"
@@ -239,7 +240,7 @@ class JobRunner:
             "state": phase,
             **counts,
             "waiting_files": self.plan.waiting,
-            "next_window": _iso(schedule.next_opening(self.job.windows, now)),
+            "next_window": _iso(windows.next_opening(self.job.windows, now)),
             "owner": owner,
             "error": error,
             "held_deletes": self.plan.decision.held,
@@ -374,10 +375,10 @@ class JobRunner:
                 n = self.plan.accept_changes()
                 log.info("job %s: %d file(s) changed at the source accepted by a person: they are sent, their "
                          "offsite copies going to the bin", self.job.name, n)
-            if forced or schedule.is_open(self.job.windows, self.clock()):
+            if forced or windows.is_open(self.job.windows, self.clock()):
                 self._drain(forced)
             if self.job.verify_every is not None and not forced and time.time() >= self._verify_due() \
-                    and schedule.is_open(self.job.windows, self.clock()) and not self.stopping.is_set():
+                    and windows.is_open(self.job.windows, self.clock()) and not self.stopping.is_set():
                 self._verify()
             if self.job.min_free is not None and time.monotonic() >= self._free_at \
                     and self.plan.target_files is not None:
@@ -427,7 +428,7 @@ class JobRunner:
         """Is the pass of work under way over: the job idle again, or giving up?"""
         if self.stopping.is_set() or self.error or self._gave_up:
             return True
-        if not schedule.is_open(self.job.windows, self.clock()):
+        if not windows.is_open(self.job.windows, self.clock()):
             return True
         return self.queue.summary(self.job.name)["pending_files"] == 0
 
@@ -561,7 +562,7 @@ class JobRunner:
     def _drain(self, forced: bool) -> None:
         """Run the queued work through the transfer threads until nothing more can start
         and nothing runs, or the job must stop (trouble, the window, the agent stopping)."""
-        may_send = (lambda: True) if forced else (lambda: schedule.is_open(self.job.windows, self.clock()))
+        may_send = (lambda: True) if forced else (lambda: windows.is_open(self.job.windows, self.clock()))
         run = Transfers(self.job, self.dispatch, self.sessions, self.throttle, self.stopping, may_send,
                         self.on_progress)
         self._running = run
@@ -865,7 +866,7 @@ class JobRunner:
         if left and self.stopping.is_set():
             stats.error(f"the agent stopped with {left} file(s) still to do")
             stats.ok = False
-        elif left and not forced and not schedule.is_open(self.job.windows, self.clock()):
+        elif left and not forced and not windows.is_open(self.job.windows, self.clock()):
             stats.error(f"the window closed with {left} file(s) still to do")
             stats.ok = False
         if self.error or gave_up or (left and self.transient_error):

@@ -1,4 +1,4 @@
-"""Time windows: when a job may move data.
+"""Time windows (a pure rule): when a job may move data.
 
 A window is parsed once into a value, and asked "is it open at t" and "when does it open
 next after t" by pure functions: nothing here reads the clock. Times are local wall-clock
