@@ -19,10 +19,10 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
-from .system import folder_state
-from .units import parse_bandwidth, parse_duration, parse_size
-from .windows import DAYS, Window
+from ..errors import ConfigError
+from ..system import folder_state
+from ..units import parse_bandwidth, parse_duration, parse_size
+from ..windows import DAYS, Window
 
 if sys.version_info >= (3, 11):
     import tomllib
