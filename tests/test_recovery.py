@@ -4,12 +4,17 @@ is back, and the whole outage is one sync result."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import time
 
 import pytest
 
-from conftest import finished_file, wait_until
+from conftest import finished_file, toml_table, wait_until
+from offsite import config
+from offsite.errors import Interrupted
+from offsite.targets import make_target
 
 MiB = 1024 * 1024
 IMAGE, SIDECAR = "C_VOL-b001.spf", "C_VOL-b001.md5"
@@ -115,3 +120,57 @@ def test_a_60_second_outage_the_transfer_goes_on_soon_after_the_server_returns(s
     assert len(sync_lines(log)) == 1 and last["ok"] and last["files_sent"] == 2
     assert last["bytes_sent"] == 60_000_000 + len(sidecar)
     assert last["bytes_on_wire"] >= last["bytes_sent"]  # nothing was resumed from before this pass
+
+
+def a_target(tmp_path, opts: dict):
+    """The target of a job on these location options, opened: what one transfer session holds."""
+    (tmp_path / "src").mkdir(exist_ok=True)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(toml_table("t", opts) + f"\n[[jobs]]\nname = 'j'\nsource = '{tmp_path / 'src'}'\nlocation = 't'\n")
+    os.chmod(cfg, 0o600)
+    t = make_target(config.load(cfg).jobs[0])
+    t.open()
+    return t
+
+
+@pytest.mark.parametrize("kind", ["smb", "sftp", "ftp"])
+def test_an_upload_stopped_and_resumed_reports_each_byte_it_sent(kind, servers, tmp_path):
+    """bytes_on_wire is the sum of what uploads report to `progress`. An upload of N bytes
+    that a stop request interrupts (as the agent's stop or a window's end does, between two
+    writes) and that a new session resumes from what the server holds must report N in all
+    where the protocol answers every write before the session ends (SMB, SFTP). SMB counted
+    a write only when its answer came, so the writes still in flight when the stop came
+    reached the server uncounted, and the resume started after them: 38.6 MiB reported for a
+    40 MiB file sent from zero. FTP sends on a data connection the server may still be
+    reading when the next session asks for the staged size: at least N, never less."""
+    server = servers.get(kind)
+    loc = server.new_location()
+    data = os.urandom(12 * MiB)
+    name, mtime = "C_VOL-b001.spf", 1_700_000_000_000_000_000
+    counted: list[int] = []
+
+    def stop_after_5_mib(n: int) -> None:
+        counted.append(n)
+        if sum(counted) >= 5 * MiB:
+            raise Interrupted("the agent is stopping")
+
+    stop_after_5_mib.chunk = 512 * 1024  # type: ignore[attr-defined]  # several writes in flight at once
+    t = a_target(tmp_path, loc)
+    try:
+        with pytest.raises(Interrupted):
+            t.upload(name, io.BytesIO(data), len(data), mtime, stop_after_5_mib)
+    finally:
+        t.close()
+    first = sum(counted)
+    assert 5 * MiB <= first < len(data)
+    t = a_target(tmp_path, loc)  # the next attempt: a new session, resuming from the staged bytes
+    try:
+        t.upload(name, io.BytesIO(data), len(data), mtime, counted.append)
+        t.publish(name, len(data), mtime, hashlib.md5(data).hexdigest())
+    finally:
+        t.close()
+    assert server.files(loc, "j")[name] == data
+    assert sum(counted) - first < len(data), "the second attempt did not resume: it sent everything again"
+    assert sum(counted) >= len(data), f"{sum(counted)} bytes reported on the wire for an upload of {len(data)}"
+    if kind != "ftp":
+        assert sum(counted) == len(data), f"{sum(counted)} bytes reported on the wire for an upload of {len(data)}"

@@ -180,9 +180,12 @@ class SmbTarget(RemoteFileTarget):
                 def settle_one() -> None:
                     request, receive, at, data = pending.popleft()
                     done = receive(request)
+                    again = 0
                     while done < len(data):  # short: write the rest before anything else counts
+                        again += len(data) - done  # the rest goes over the wire once more
                         done += fd.write(data[done:], at + done)
-                    progress(len(data))
+                    if again:
+                        progress(again)
 
                 conn = fd.connection
                 try:
@@ -199,6 +202,10 @@ class SmbTarget(RemoteFileTarget):
                         grow = charge * 2 if _credits(conn) < IN_FLIGHT * charge else charge
                         pending.append((conn.send(message, sid, tid, credit_request=grow), receive, pos, data))
                         pos += len(data)
+                        # Counted when sent, not when answered: a write still in flight when the
+                        # transfer stops may reach the server, and the resume starts after it,
+                        # so counting at the answer left it out of bytes_on_wire.
+                        progress(len(data))
                         if len(pending) >= IN_FLIGHT:
                             settle_one()
                     while pending:
