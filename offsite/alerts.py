@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from .config.options import AGENT_OPTIONS, JOB_OPTIONS
 from .units import format_duration
 
 NAMES = ("job-error", "lag", "queue", "source-inactive", "target-space", "deletes-held",
@@ -21,14 +22,14 @@ HISTORY = 200  # events kept in the book, newest last
 
 @dataclass(frozen=True)
 class Limits:
-    """A job's thresholds; None is "off"."""
+    """A job's thresholds; None is "off". The defaults are the options' (config/options.py)."""
 
-    max_lag: float | None = 26 * 3600.0
-    max_pending_files: int | None = None
-    max_pending_bytes: int | None = None
-    inactive_after: float | None = None
-    min_free: int | None = None
-    retry_for: float = 600.0
+    max_lag: float | None = JOB_OPTIONS["max_lag"].value
+    max_pending_files: int | None = JOB_OPTIONS["max_pending_files"].value
+    max_pending_bytes: int | None = JOB_OPTIONS["max_pending_bytes"].value
+    inactive_after: float | None = JOB_OPTIONS["inactive_after"].value
+    min_free: int | None = JOB_OPTIONS["min_free"].value
+    retry_for: float = AGENT_OPTIONS["retry_for"].value
 
 
 @dataclass(frozen=True)
