@@ -1,7 +1,7 @@
 """agent.toml: parsed once into frozen, typed objects.
 
 Each option is declared once (name, parser, default, secret, README text); the declarations
-drive validation, secret resolution and redaction.
+drive validation, secret resolution, redaction and the README's configuration tables.
 Unknown keys, wrong types and impossible values raise ConfigError naming the file, the key
 path and what is allowed: the agent never starts on a config it does not fully understand.
 
@@ -11,6 +11,7 @@ The package, one concern a module:
 - model.py     the parsed objects: Config, AgentSettings, Location, Job, NotifySettings, Secret
 - load.py      finding and reading agent.toml; the parser
 - folders.py   where each job writes; jobs that would share or nest target folders are refused
+- doc.py       the README's configuration tables, rendered from the declarations
 
 This module re-exports what the rest of offsite imports: `from offsite.config import Job`.
 """

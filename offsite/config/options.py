@@ -4,8 +4,8 @@ This is the one place each option's default is written, as a user would write it
 "off", 8, true); `Opt.value` is that default as the program uses it (30.0, None, 8, True),
 and the rest of offsite (model.py, alerts.py) reads defaults from here. The parser (load.py)
 validates against these declarations, resolves secrets and paths, and refuses unknown keys.
-`help` and `shown` are the README's text for each option: its meaning, and its default where
-`default` cannot say it.
+`help` and `shown` are README text: doc.py renders the README's configuration tables from
+them, and tests/test_config_doc.py fails when the README and these declarations differ.
 Keys the parser reads itself (a job's `location`, `target` and `windows`, notify's `urls`)
 are declared below as README-only rows (`Row`).
 """
