@@ -3,6 +3,7 @@ repository, its `Macrium Repository Information.txt` included, through a synthet
 merge, a new backup definition and a Reflect X file still being written, across a SIGKILL."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -68,8 +69,21 @@ def test_a_site_manager_repository_is_mirrored_with_its_information_file(kind, s
     wait_until(caught_up, timeout=60, what="the synthetic full, the merge and the new information file")
     agent.kill()  # SIGKILL while the unfinished image waits for its trailer
     agent = start_agent()
-    time.sleep(3)  # the file is older than settle: only the missing trailer holds it back
+
+    def held_back() -> bool:
+        # The restarted agent (its own status, not the killed one's) has looked at the source
+        # and the target, and holds the unfinished image back as the one file still being
+        # written: the file is older than settle, so only the missing trailer can hold it.
+        sent = [p for p in server.files(loc, "job1") if p.startswith("PC2/")]
+        assert not sent, f"sent without its trailer: {sent}"
+        st = site.status()
+        job = st["jobs"][0]
+        return st["agent"]["pid"] == agent.proc.pid and job["state"] != "starting" and job["waiting_files"] == 1
+
+    wait_until(held_back, timeout=60, what="the restarted agent to look and hold the unfinished image back")
     assert not any(p.startswith("PC2/") for p in server.files(loc, "job1"))
+    queued = json.loads(site.offsite("queue", "list", "--json").stdout)
+    assert not [i for i in queued if i["path"].startswith("PC2/")]  # not on its way either
     with open(unfinished, "ab") as f:
         f.write(TRAILER)
     wait_until(mirrored, timeout=60, what="the finished Reflect X image")
