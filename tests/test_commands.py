@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 from conftest import finished_file, wait_until
 from offsite.queue import WorkQueue
@@ -17,8 +16,14 @@ def items(site):
     return json.loads(r.stdout)
 
 
+def reconciliations(agent) -> int:
+    """How many full looks (source walked, target listed, every group planned) the agent
+    has logged so far."""
+    return agent.output().count("job job1: reconciled: ")
+
+
 def test_queue_commands_with_the_agent_running(site, start_agent):
-    site.config(job=CLOSED)
+    site.config(job=CLOSED, agent='rescan = "1s"')  # a full replan every second
     finished_file(site.source / "C_VOL-b001.spf", 100)
     finished_file(site.source / "C_VOL-b001-i001-cd.spi", 100)
     agent = start_agent()
@@ -32,7 +37,10 @@ def test_queue_commands_with_the_agent_running(site, start_agent):
 
     r = site.offsite("queue", "drop", str(daily["id"]))
     assert r.returncode == 0 and "dropped item" in r.stderr
-    time.sleep(1.5)  # replans do not bring it back
+    # Replans do not bring it back: two full reconciliations logged after the drop (the
+    # first may have been under way when the drop was made), each planning the volume anew.
+    after_drop = reconciliations(agent)
+    wait_until(lambda: reconciliations(agent) >= after_drop + 2, what="two replans after the drop")
     assert [i["path"] for i in items(site)] == ["C_VOL-b001.spf"]
     plan = json.loads(site.offsite("plan", "job1", "--json").stdout)
     assert [u["path"] for u in plan["uploads"]] == ["C_VOL-b001.spf"]
