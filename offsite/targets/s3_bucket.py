@@ -1,0 +1,163 @@
+"""One S3 bucket through boto3: the requests every part of the `s3` target is built on.
+
+Owns the boto3 client (one per location and credentials, shared by every session of the
+process: boto3 clients are thread-safe, and making one costs tens of milliseconds of CPU),
+the translation of botocore's errors into offsite's (the one place that knows S3's error
+codes), the location's options for every object written (server-side encryption, storage
+class, object lock), and the plain requests: get, put with its Content-MD5, head, delete, a
+paged listing and a server-side copy.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import threading
+from typing import Any, Callable, Mapping
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
+
+from ..errors import PermanentError, TransientError
+
+_CLIENTS: dict[tuple, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+MiB = 1024 * 1024
+COPY_LIMIT = 5 * 1024 * MiB  # the largest object one CopyObject copies
+
+_AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationHeaderMalformed", "InvalidToken",
+         "ExpiredToken", "InvalidClientTokenId"}
+_TRANSIENT = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
+              "Throttling", "ThrottlingException", "503", "500", "502", "504"}
+
+
+class Bucket:
+    """A location's bucket: its client once connected, and requests that raise only
+    TransientError and PermanentError."""
+
+    def __init__(self, options: Mapping[str, Any], pool: int) -> None:
+        self.o = options
+        self.name: str = options["bucket"]
+        self.pool = pool  # connections the client keeps: as many as requests in flight at once
+        self.client: Any = None  # a boto3 client (untyped), set by connect()
+
+    def connect(self) -> None:
+        """Take the location's client, made on first use; PermanentError if it cannot be."""
+        secret = self.o.get("secret_access_key")
+        extra = {}
+        if self.o.get("endpoint"):
+            # Many S3-compatible stores reject boto3's default CRC checksums (boto3 1.36+).
+            extra = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+        cfg = Config(s3={"addressing_style": self.o.get("addressing_style") or "auto"},
+                     retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=30, read_timeout=120,
+                     max_pool_connections=self.pool, **extra)
+        key = (self.o.get("endpoint"), self.o.get("region"), self.o.get("addressing_style"),
+               self.o.get("access_key_id"), secret)
+        try:
+            with _CLIENTS_LOCK:
+                if key not in _CLIENTS:
+                    _CLIENTS[key] = boto3.client(
+                        "s3", endpoint_url=self.o.get("endpoint"), region_name=self.o.get("region"),
+                        aws_access_key_id=self.o.get("access_key_id"),
+                        aws_secret_access_key=secret.reveal() if secret else None, config=cfg)
+                self.client = _CLIENTS[key]
+        except (BotoCoreError, ValueError) as e:
+            raise PermanentError(f"cannot set up the S3 client: {e}") from None
+
+    def call(self, what: str, fn: Callable, missing_ok: bool = False, **kw):
+        """One request, its failure translated; None for a missing key when `missing_ok`."""
+        try:
+            return fn(**kw)
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if missing_ok and (code in ("NoSuchKey", "404", "NoSuchUpload", "NotFound") or status == 404):
+                return None
+            if code == "NoSuchBucket":
+                raise PermanentError(f"the bucket {self.name} does not exist") from None
+            if code in _AUTH:
+                raise PermanentError(f"authentication failed for bucket {self.name}: {code}") from None
+            if code in ("AccessDenied", "403") or status == 403:
+                raise PermanentError(f"access denied on {what} in bucket {self.name}") from None
+            if code in _TRANSIENT or (status or 0) >= 500:
+                raise TransientError(f"{what} in bucket {self.name}: {code or status}") from None
+            raise PermanentError(f"{what} failed in bucket {self.name}: {code} {e.response.get('Error', {}).get('Message', '')}".rstrip()) from None
+        except NoCredentialsError:
+            raise PermanentError("no S3 credentials: set access_key_id and secret_access_key, or the "
+                                 "standard AWS environment variables or files") from None
+        except EndpointConnectionError:
+            raise TransientError(f"cannot connect to {self.o.get('endpoint') or 'S3'}") from None
+        except (BotoCoreError, OSError) as e:
+            raise TransientError(f"{what} in bucket {self.name}: {e}") from None
+
+    # ---------------------------------------------------------------- requests
+    def keys(self, prefix: str) -> list[dict]:
+        """Every object under `prefix`, as ListObjectsV2 describes it."""
+        out: list[dict] = []
+        token = None
+        while True:
+            kw: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
+            if token:
+                kw["ContinuationToken"] = token
+            page = self.call("the listing", self.client.list_objects_v2, **kw)
+            out += page.get("Contents", [])
+            if not page.get("IsTruncated"):
+                return out
+            token = page["NextContinuationToken"]
+
+    def get(self, key: str) -> bytes | None:
+        r = self.call(key, self.client.get_object, missing_ok=True, Bucket=self.name, Key=key)
+        return None if r is None else r["Body"].read()
+
+    def put(self, key: str, data: bytes, **extra) -> None:
+        """One PUT with its Content-MD5, which the server checks: size and bytes are proven."""
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        self.call(key, self.client.put_object, Bucket=self.name, Key=key, Body=data, ContentMD5=md5,
+                  **self.sse(), **extra)
+
+    def head(self, key: str) -> dict | None:
+        return self.call(key, self.client.head_object, missing_ok=True, Bucket=self.name, Key=key)
+
+    def delete(self, key: str, what: str | None = None) -> None:
+        """Remove one object; a missing one is fine (S3 says nothing)."""
+        self.call(what or key, self.client.delete_object, Bucket=self.name, Key=key)
+
+    def copy(self, src: str, dst: str, size: int, **extra) -> None:
+        """A server-side copy; past 5 GB (one CopyObject's limit) boto3's managed copy, in parts."""
+        if size < COPY_LIMIT:
+            self.call(dst, self.client.copy_object, Bucket=self.name, Key=dst,
+                      CopySource={"Bucket": self.name, "Key": src}, **self.sse(), **extra)
+        else:
+            self.call(dst, self.client.copy, CopySource={"Bucket": self.name, "Key": src}, Bucket=self.name,
+                      Key=dst, ExtraArgs={**self.sse(), **extra})
+
+    # ---------------------------------------------------------------- object options
+    def sse(self) -> dict:
+        """Server-side encryption, asked for on every object written (records included)."""
+        out: dict[str, str] = {}
+        if self.o.get("sse"):
+            out["ServerSideEncryption"] = self.o["sse"]
+            if self.o.get("sse_kms_key_id"):
+                out["SSEKMSKeyId"] = self.o["sse_kms_key_id"]
+        return out
+
+    def sse_text(self) -> str:
+        key = self.o.get("sse_kms_key_id")
+        return f"sse {self.o.get('sse')}" + (f" with key {key}" if key else "")
+
+    def object_extra(self) -> dict:
+        """What a backup file's object carries besides encryption: storage class, object lock."""
+        extra: dict[str, Any] = {}
+        if self.o.get("storage_class"):
+            extra["StorageClass"] = self.o["storage_class"]
+        if self.o.get("object_lock_days"):
+            until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.o["object_lock_days"])
+            extra.update(ObjectLockMode="COMPLIANCE", ObjectLockRetainUntilDate=until)
+        return extra
