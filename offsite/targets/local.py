@@ -9,10 +9,11 @@ fsync only where a promise needs it: the data before the rename, so a power loss
 leaves a short file under a final name. Files under CHECKPOINT bytes keep no checkpoint
 (they start over), and the rename itself is not synced: if a power loss undoes it, the
 file is simply missing, and the reconciliation at start sends it again.
+
+The bin (moves by rename, restores that never replace) is local_bin.py's.
 """
 from __future__ import annotations
 
-import builtins
 import errno
 import os
 import shutil
@@ -27,17 +28,13 @@ from .base import (
     BIN_DIR,
     OWNER_FILE,
     PROBE_NAME,
-    Binned,
     Progress,
-    Target,
-    binned,
-    binned_name,
-    check_day,
     check_relpath,
     chunk_size,
     staging_stem,
     stale_staging,
 )
+from .local_bin import LocalBin
 
 CHUNK = 1024 * 1024  # small enough for a smooth throttle; copy_file_range keeps it cheap
 CHECKPOINT = 16 * 1024 * 1024
@@ -52,7 +49,7 @@ _NO_FAST_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errn
                  getattr(errno, "ENOTSUP", -1)}
 
 
-class LocalTarget(Target):
+class LocalTarget(LocalBin):
     resumable = True
     resume_min_size = CHECKPOINT  # smaller files keep no checkpoint: they start over
     keeps_mtime = True
@@ -300,70 +297,6 @@ class LocalTarget(Target):
             except OSError:
                 break
             folder = folder.parent
-
-    # -- the bin
-    def _binned(self, relpath: str, day: str, version: int = 1) -> Path:
-        return self.bin.joinpath(check_day(day), *binned_name(check_relpath(relpath), version).split("/"))
-
-    def to_bin(self, relpath: str, day: str) -> None:
-        final = self.root.joinpath(*check_relpath(relpath).split("/"))
-        try:
-            if not os.path.lexists(final):
-                return  # gone already
-            version = 1
-            while os.path.lexists(dest := self._binned(relpath, day, version)):
-                version += 1  # the day's earlier copies stay; this one goes beside them
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(final, dest)
-            except FileNotFoundError:
-                return
-            self._prune(final.parent)
-        except OSError as e:
-            raise self._error(e, relpath) from None
-
-    def bin_list(self) -> builtins.list[Binned]:
-        out: builtins.list[Binned] = []
-        if not self.bin.is_dir():
-            return out
-        try:
-            for day in sorted(os.listdir(self.bin)):
-                top = self.bin / day
-                for dirpath, _dirs, files in os.walk(top, onerror=_raise):
-                    rel = Path(dirpath).relative_to(top).as_posix()
-                    for name in files:
-                        path = f"{rel}/{name}" if rel != "." else name
-                        out.append(binned(day, path, os.lstat(os.path.join(dirpath, name)).st_size))
-        except OSError as e:
-            raise self._error(e, "the bin") from None
-        return out
-
-    def from_bin(self, relpath: str, day: str, version: int = 1) -> None:
-        src = self._binned(relpath, day, version)
-        final = self.root.joinpath(*relpath.split("/"))
-        try:
-            if not src.is_file():
-                raise PermanentError(f"the bin holds no {relpath} of {day}")
-            if os.path.lexists(final):
-                raise PermanentError(f"{relpath} is on the target already: it is not overwritten")
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, final)  # fails, rather than replace, when a file appeared meanwhile
-                src.unlink()
-            except OSError as e:
-                if e.errno == errno.EEXIST:
-                    raise PermanentError(f"{relpath} is on the target already: it is not overwritten") from None
-                os.rename(src, final)  # no hard links (FAT, exFAT); Windows' rename never replaces
-        except OSError as e:
-            raise self._error(e, relpath) from None
-
-    def purge_bin(self, day: str) -> None:
-        try:
-            shutil.rmtree(self.bin / check_day(day))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise self._error(e, f"the bin's {day}") from None
 
     def tidy(self, keep: Collection[str]) -> None:
         try:
