@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,8 +75,17 @@ def test_a_day_of_backups_arrives_complete_and_in_chain_order(site, start_agent)
     assert staged(site) == []
 
 
+RECONCILED = re.compile(r"job job1: reconciled: (\d+) backup file\(s\) at the source, (\d+) on the target")
+
+
+def looks(agent, since: int = 0) -> list[tuple[int, int]]:
+    """The agent's full looks logged after the first `since` characters of its output: (backup
+    files at the source, files on the target) for each."""
+    return [(int(a), int(b)) for a, b in RECONCILED.findall(agent.output()[since:])]
+
+
 def test_daily_only_mode_ends_with_base_and_dailies(site, start_agent):
-    site.config(job='mode = "daily-only"')
+    site.config(job='mode = "daily-only"', agent='rescan = "1s"')
     im = ImageManager(inc_size=1000)
     events = im.start() + im.run(dt.timedelta(days=3))
     write_events(site.source, events)
@@ -83,8 +93,16 @@ def test_daily_only_mode_ends_with_base_and_dailies(site, start_agent):
     expected = expected_selection(site, Rules(mode="daily-only"))
     assert set(expected) == {p for p in final_paths(events) if p.endswith("-cd.spi") or p.endswith("-cd.md5")
                              or p.startswith("C_VOL-b001.")}
-    wait_until(lambda: set(site.target_files()) == set(expected), what="dailies on the target")
-    time.sleep(1.5)  # nothing else follows
+    at_source = len(final_paths(events))
+    assert at_source > len(expected)  # the intra-dailies the mode leaves alone are there too
+    wait_until(lambda: set(site.target_files()) >= set(expected), what="dailies on the target")
+    # Nothing else follows: a full look made after the last daily landed, that walked every
+    # file at the source (intra-dailies included) and listed the target, planned every
+    # group afresh and queued nothing.
+    mark = len(agent.output())
+    wait_until(lambda: looks(agent, mark), what="a full look after the dailies landed")
+    assert looks(agent, mark)[0] == (at_source, len(expected))
+    assert json.loads(site.offsite("queue", "list", "--json").stdout) == []
     assert set(site.target_files()) == set(expected)
     assert agent.stop() == 0
 
@@ -300,7 +318,7 @@ def test_status_and_sync_with_the_agent_running(site, start_agent):
 
 
 def test_sync_without_an_agent_and_sighup_reload(site, start_agent):
-    site.config(job='windows = [{ days = ["mon"], start = "00:00", end = "00:01" }]')
+    site.config(job='windows = [{ days = ["mon"], start = "00:00", end = "00:01" }]', agent='rescan = "1s"')
     fresh = site.source / "C_VOL-b001.spf"
     fresh.write_bytes(b"x" * 5000)
     r = site.offsite("sync", "job1", "--json")  # written a moment ago: not settled yet
@@ -312,8 +330,20 @@ def test_sync_without_an_agent_and_sighup_reload(site, start_agent):
     assert json.loads(r.stdout)["result"]["files_sent"] == 1
     (site.source / "C_VOL-b001-i001-cd.spi").write_bytes(b"y" * 10)
     agent = start_agent()
-    time.sleep(1.5)
+
+    def held_for_the_window() -> bool:
+        # The agent (its own status) saw the new file settle and queued it, and it waits.
+        assert "C_VOL-b001-i001-cd.spi" not in site.target_files(), "sent while its window is closed"
+        st = site.status()
+        job = st["jobs"][0]
+        return st["agent"]["pid"] == agent.proc.pid and job["state"] == "waiting" and job["pending_files"] == 1
+
+    wait_until(held_for_the_window, what="the new file queued and held for the window")
+    mark = len(agent.output())
+    wait_until(lambda: len(looks(agent, mark)) >= 2, what="two more full looks with the window closed")
     assert "C_VOL-b001-i001-cd.spi" not in site.target_files()  # window closed
+    queued = json.loads(site.offsite("queue", "list", "--json").stdout)
+    assert [(i["path"], i["state"], i["attempts"]) for i in queued] == [("C_VOL-b001-i001-cd.spi", "ready", 0)]
     site.config()  # no windows now
     agent.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "C_VOL-b001-i001-cd.spi" in site.target_files(), what="the reloaded config to apply")
