@@ -7,9 +7,10 @@ import json
 import time
 
 import pytest
-
 from conftest import Site, TargetWatcher, finished_file, wait_until
 from imagemanager import ImageManager, write_events
+from test_recovery import resume_overlap
+
 from offsite.selection import Rules, SourceFile, plan
 
 MiB = 1024 * 1024
@@ -98,6 +99,12 @@ def test_a_server_stopped_in_the_middle_of_an_upload_is_ridden_out(servers, site
     assert published(server, loc)["C_VOL-b001.spf"] == big.read_bytes()
     assert json.loads(site.offsite("queue", "list", "--json").stdout) == []
     assert site.job_status()["error"] is None
+    last = wait_until(lambda: (ls := site.job_status()["last_sync"]) and ls, what="the sync's result")
+    assert last["ok"] and last["sent"] == ["C_VOL-b001.spf"] and last["bytes_sent"] == 80 * MiB
+    # Ridden out, not started over: the upload went on from what the server held (16 MiB or
+    # more), so the wire carried the file once and at most what was in flight when it stopped.
+    sent, wire, most = last["bytes_sent"], last["bytes_on_wire"], resume_overlap("sftp", 20e6, 80 * MiB)
+    assert sent <= wire <= sent + most, f"{wire} bytes on the wire for {sent} bytes sent (at most {sent + most})"
     assert agent.stop() == 0
 
 
