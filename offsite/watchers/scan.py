@@ -1,51 +1,34 @@
 """The source view: every backup file in a managed folder, and whether it is complete.
 
-A file is complete (ready) when the platform's signals say so (reference/backup-files.md
-section 4):
-- a ShadowProtect .md5 sidecar whose first line is complete (32 hex digits, ` *`, the
-  image's name, a line end): it is written in one go once the image is finished, so the
-  sidecar and its image are complete at once, not a quiet period later;
-- a ShadowProtect image whose complete .md5 sidecar exists;
-- otherwise, its size and mtime have not changed for the job's `settle` period; a file seen
-  for the first time whose mtime is already older than `settle` counts as settled;
-- a Reflect X file also needs its closing trailer; on Windows the file must open with
-  writes denied to others.
-Events only say where to look; `scan()` walks the whole folder and repairs what events
-missed. Absence is not evidence (SPEC section 8): a file missed by a listing is unknown
-until an error-free listing of its folder at least `settle` later confirms it gone, and
-everything under a folder that fails to read (EIO, EACCES, ESTALE, ...) is unknown until it
-reads again (`unreadable`, `is_unknown`). Symbolic links are never followed and never replicated. The view remembers which
-paths changed (added, modified, removed, became complete) until `take_changed()`, so the
-agent's work after an event is proportional to the change, not to the folder.
+Whether a file is complete is ready.py's rules; the view keeps their clock: a file is
+settled when its size and mtime have not changed for the job's `settle` period, and a file
+seen for the first time whose mtime is already older than `settle` counts as settled.
+Events only say where to look; `scan()` walks the whole folder (listing.py) and repairs
+what events missed. Absence is not evidence (SPEC section 8): a file missed by a listing is
+unknown until an error-free listing of its folder at least `settle` later confirms it gone,
+and everything under a folder that fails to read (EIO, EACCES, ESTALE, ...) is unknown until
+it reads again (`unreadable`, `is_unknown`). Symbolic links are never followed and never
+replicated. The view remembers which paths changed (added, modified, removed, became
+complete) until `take_changed()`, so the agent's work after an event is proportional to the
+change, not to the folder.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..backupfiles import (
-    EXCLUDED_FOLDERS,
-    MACRIUM_TRAILER,
-    BackupFile,
-    Role,
-    classify,
-    is_excluded,
-    needs_macrium_trailer,
-)
+from ..backupfiles import BackupFile, Role, classify, is_excluded
 from ..selection import SourceFile
-from ..system import write_denied_to_others
+from .listing import describe_error, listed, walk
+from .ready import is_complete
 
 log = logging.getLogger(__name__)
 
-AGENT_DIR, OWNER_FILE = ".offsite", "owner"  # an offsite job folder's mark (targets/base.py)
 RETRY_UNREADABLE = 10.0  # seconds between looks at a folder that failed to read
-_MD5_LINE = re.compile(rb"^([0-9a-fA-F]{32}) \*([^\r\n]+)\r?\n")
 
 
 @dataclass
@@ -149,7 +132,7 @@ class SourceView:
         errors: dict[str, str] = {}
         folders: set[str] = set()
         changed = False
-        for rel, st in self._walk(self.root, "", errors, folders):
+        for rel, st in walk(self.root, "", self.family, errors, folders, self.unreadable):
             seen.add(rel)
             changed |= self._observe(rel, st, mono, wall_ns)
         self.unreadable, self.folders = errors, folders
@@ -177,7 +160,7 @@ class SourceView:
                 st = os.lstat(path)
             except FileNotFoundError:
                 st = None
-                if rel in self.unreadable and self._listed(rel):
+                if rel in self.unreadable and listed(self.root, rel):
                     continue  # listed, yet not there when looked at: unknown still
                 self.unreadable.pop(rel, None)
             except OSError as e:
@@ -203,7 +186,7 @@ class SourceView:
             if st is not None and stat.S_ISDIR(st.st_mode):
                 errors: dict[str, str] = {}
                 folders: set[str] = set()
-                for r, s in self._walk(path, rel, errors, folders):
+                for r, s in walk(path, rel, self.family, errors, folders, self.unreadable):
                     seen.add(r)
                     changed |= self._observe(r, s, mono, wall_ns)
                 for r in [r for r in self.unreadable if r == rel or r.startswith(prefix)]:
@@ -282,16 +265,6 @@ class SourceView:
                     self._cannot_read(rel, OSError(2, "listed by its folder, but no such file when looked at"))
         return changed
 
-    def _listed(self, rel: str) -> bool:
-        """Does the listing of `rel`'s folder show its name? (An error counts as yes.)"""
-        folder, _, name = rel.rpartition("/")
-        try:
-            return name in os.listdir(self.root.joinpath(*folder.split("/")) if folder else self.root)
-        except FileNotFoundError:
-            return False
-        except OSError:
-            return True
-
     def _absent(self, rel: str, listings: dict[str, set[str] | None]) -> bool | None:
         parts = rel.split("/")
         for i in range(len(parts) - 1, -1, -1):
@@ -327,48 +300,6 @@ class SourceView:
         self.touch({rel}, mono, wall_ns)
 
     # -- internals
-    def _walk(self, top: Path, rel_top: str, errors: dict[str, str], folders: set[str]):
-        try:
-            it = list(os.scandir(top))
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            errors[rel_top] = describe_error(e)
-            if rel_top not in self.unreadable:
-                log.warning("%s: cannot be read (%s); nothing under it is deleted offsite until it reads again",
-                            top, errors[rel_top])
-            return
-        folders.add(rel_top.casefold() or ".")
-        for de in it:
-            rel = f"{rel_top}/{de.name}" if rel_top else de.name
-            try:
-                st = de.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                # Gone between the listing and the look, as files do while ImageManager cleans
-                # up; unless the folder still lists it: a share that lists what it cannot open.
-                try:
-                    still = de.name in os.listdir(top)
-                except OSError:
-                    still = True
-                if still:
-                    errors[rel] = "listed by its folder, but no such file when looked at (ENOENT)"
-                continue
-            except OSError as e:
-                errors[rel] = describe_error(e)
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if de.name.casefold() in EXCLUDED_FOLDERS or de.name.startswith("."):
-                    continue
-                if os.path.lexists(os.path.join(de.path, AGENT_DIR, OWNER_FILE)):
-                    continue  # an offsite target folder inside the source: never copied into itself
-                yield from self._walk(Path(de.path), rel, errors, folders)
-            elif stat.S_ISREG(st.st_mode):
-                yield rel, st
-            elif classify(rel, self.family) is not None:
-                # A backup file's name that is a symbolic link (or a device): never followed
-                # nor sent, and not the file's absence either.
-                errors[rel] = "not a regular file (a symbolic link?)"
-
     def _observe(self, rel: str, st: os.stat_result, mono: float, wall_ns: int) -> bool:
         e = self.entries.get(rel)
         if e is None:
@@ -405,18 +336,7 @@ class SourceView:
         for rel in sorted(self._unready, key=lambda r: self.entries[r].file.role is not Role.MD5):
             e = self.entries[rel]
             f = e.file
-            path = self.root / rel
-            if f.role is Role.MD5:
-                done = _complete_sidecar(path, f.stem) or mono - e.changed_at >= self.settle
-            elif f.role is Role.IMAGE and f.family == "shadowprotect" and (f.chain, f.stem) in self._sidecars:
-                done = True
-            else:
-                done = mono - e.changed_at >= self.settle
-            if not done:
-                continue
-            if needs_macrium_trailer(rel) and not _has_trailer(path, e.size):
-                continue
-            if not write_denied_to_others(path):
+            if not is_complete(rel, f, self.root / rel, e.size, mono - e.changed_at >= self.settle, self._sidecars):
                 continue
             e.ready = True
             self._unready.discard(rel)
@@ -425,35 +345,3 @@ class SourceView:
                 self._sidecars.add((f.chain, f.stem))
             changed = True
         return changed
-
-
-def _complete_sidecar(path: Path, stem: str) -> bool:
-    """Is this .md5 sidecar's first line whole: 32 hex digits, ' *', its image's name, a line
-    end? (reference/backup-files.md section 4)"""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    m = _MD5_LINE.match(head)
-    if not m:
-        return False
-    name = m.group(2).decode("utf-8", "replace").strip()
-    return name[: name.rfind(".")].casefold() == stem if "." in name else False
-
-
-def _has_trailer(path: Path, size: int) -> bool:
-    if size < len(MACRIUM_TRAILER):
-        return False
-    try:
-        with open(path, "rb") as f:
-            f.seek(size - len(MACRIUM_TRAILER))
-            return f.read(len(MACRIUM_TRAILER)) == MACRIUM_TRAILER
-    except OSError:
-        return False
-
-
-def describe_error(e: OSError) -> str:
-    """'Input/output error (EIO)': the words and the code an administrator searches for."""
-    code = errno.errorcode.get(e.errno or 0)
-    return f"{e.strerror or e}" + (f" ({code})" if code else "")
