@@ -3,9 +3,9 @@ Apprise mailto:// URL) and JSON webhook (a real HTTP server), the heartbeat, `no
 and secrets that never show. Each alert is raised by a real condition of a running agent."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import time
 
 import pytest
 from conftest import finished_file, wait_until
@@ -61,11 +61,27 @@ def no_secret_anywhere(site, *outputs: str, secrets: tuple[str, ...]) -> None:
             assert s not in text
 
 
+def judged_twice_more(site) -> None:
+    """Wait until the agent has written its status twice more: it judges the alerts (and the
+    daily summary) right before each write, so the second was judged after this call."""
+    status = site.state / "status.json"
+    seen = [status.stat().st_mtime_ns]
+
+    def written() -> bool:
+        now = status.stat().st_mtime_ns
+        if now != seen[-1]:
+            seen.append(now)
+        return len(seen) >= 3
+
+    wait_until(written, what="the agent to judge its alerts twice more")
+
+
 def test_a_job_in_error_is_mailed_and_posted_once_and_cleared_once_with_the_heartbeat(site, start_agent, smtp, http,
                                                                                        servers):
     server = servers.get("sftp")
     loc = server.new_location()
-    site.config(target=loc, agent='retry_for = "5s"', extra=notify_toml(smtp, http))
+    # rescan 2s: once retries for retry_for gave up, the next round of them starts soon.
+    site.config(target=loc, agent='retry_for = "5s"\nrescan = "2s"', extra=notify_toml(smtp, http))
     finished_file(site.source / "C_VOL-b001.spf", 1000)
     agent = start_agent()
     wait_until(lambda: "C_VOL-b001.spf" in server.files(loc, "job1"), what="the first file")
@@ -80,7 +96,15 @@ def test_a_job_in_error_is_mailed_and_posted_once_and_cleared_once_with_the_hear
         assert fail[0].method == "POST" and b"job1" in fail[0].body
         st = site.job_status()
         assert [a["name"] for a in st["alerts"]] == ["job-error"] and "was refused" in st["alerts"][0]["message"]
-        time.sleep(3)  # still failing: nothing more is sent (repeat is 24h)
+        # Still failing: nothing more is sent (repeat is 24h). The alert started at the end of
+        # the first round of retries; wait for a second round to give up (a whole retry_for
+        # of failures after the alert) and for the alerts to be judged after it.
+        wait_until(lambda: agent.output().count("did not help") >= 2, timeout=60,
+                   what="a second round of retries to give up")
+        judged_twice_more(site)
+        book = json.loads((site.state / "alerts.json").read_text())
+        events = [e["kind"] for e in book["history"] if (e["job"], e["alert"]) == ("job1", "job-error")]
+        assert events == ["start"]  # not cleared and started again in between
         assert alerts_sent(smtp, http, "job-error") == (["ALERT"], ["ALERT"])
     finally:
         server.restart()
@@ -234,7 +258,12 @@ def test_the_daily_summary_is_sent_once_a_day(site, start_agent, http):
     assert "job job1:" in summary[0]["message"] and "Active alerts: none" in summary[0]["message"]
     assert agent.stop() == 0
     agent = start_agent()  # the same day: not again
-    wait_until(lambda: site.job_status()["state"] == "idle", what="idle")
-    time.sleep(2)
+    wait_until(lambda: (st := site.status())["agent"]["pid"] == agent.proc.pid and st["jobs"][0]["state"] == "idle",
+               what="the new agent idle")
+    judged_twice_more(site)  # the summary's time was judged, with the job looked at
     assert agent.stop() == 0
+    # Whatever the new agent queued was either delivered (and logged) or still waiting at
+    # its stop (and said so): neither.
+    assert "daily summary" not in agent.output()
+    assert "still waiting to be sent" not in agent.output()
     assert len([h for h in http.of("/hook/") if "daily summary" in h.json()["title"]]) == 1
