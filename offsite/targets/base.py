@@ -3,8 +3,9 @@
 A target is one job's folder at one location: `<location path>/<folder>/`. Everything the
 agent keeps there for itself lives in `<folder>/.offsite/` (the owner ID and staged
 uploads); nothing is written outside the job's folder. Every method raises only offsite's
-errors: TransientError (retry), PermanentError (needs a person), Interrupted (stopped at a
-resumable point); library exceptions are translated inside each target module.
+errors (upload() aside: an OSError reading its source), and each method's docstring names
+them (see `Target`); library exceptions are translated inside each target module. Also here: the helpers every target shares (safe
+paths and bin days, staging names, the bin's versioned names, MD5 answers).
 """
 from __future__ import annotations
 
@@ -125,7 +126,23 @@ def check_relpath(relpath: str) -> str:
 
 
 class Target(abc.ABC):
-    """One job's folder on one location."""
+    """One job's folder on one location.
+
+    Errors (offsite/errors.py), whatever the target type, as each method's docstring says:
+    - TransientError: will probably heal (connection lost, timeout, server busy, a staged
+      copy that must be sent again); the caller retries with backoff.
+    - PermanentError: needs a person (authentication, host key, a missing location or
+      bucket, permission, a path refused as unsafe, a bin entry missing or a file in the way).
+      TargetFull, its subclass: no room left; from the methods that write, and only where
+      the protocol says so (local disk, SFTP, FTP, SMB; never S3).
+    - Interrupted: never a target's own; what a caller's callback raises (upload()'s
+      `progress`, read_back()'s `sink`) passes through unchanged.
+    No target raises OwnerMismatch (owner.py compares the IDs) or SourceError (the caller's).
+    Every method but describe(), endpoint() and close() is called on an open target.
+    Each contract method is abstract, so a target type that lacks one fails when it is
+    made, not when the method is first needed; endpoint(), remote_md5() and free_space()
+    are capabilities with a default ("none here").
+    """
 
     # Capabilities, declared by each target rather than discovered by type checks.
     resumable: ClassVar[bool] = False  # an interrupted upload continues from its staged bytes
@@ -136,102 +153,153 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def describe(self) -> str:
-        """Where this target writes, without secrets: for messages."""
+        """Where this target writes, without secrets: for messages. Never raises."""
 
     def endpoint(self) -> tuple[str, int] | None:
         """The server's host and port, for a cheap reachability probe; None for a target
-        with no server of its own (a local or mounted drive)."""
+        with no server of its own (a local or mounted drive). Never raises."""
         return None
 
     @abc.abstractmethod
     def open(self, create: bool = True) -> None:
         """Connect and authenticate; the location path must exist (PermanentError if not);
         create the job folder and its agent folder when missing (unless `create` is False:
-        then a missing job folder lists as empty and nothing is written)."""
+        then a missing job folder lists as empty and nothing is written).
+
+        Raises TransientError (no connection, timeout) and PermanentError (authentication,
+        host key or certificate, missing location or bucket, permission; TargetFull when the
+        agent folder cannot be created for lack of room)."""
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Release connections; never raises."""
+        """Release connections. Never raises."""
 
     @abc.abstractmethod
     def read_back(self, relpath: str, sink: Callable[[bytes], None]) -> bool:
         """Stream a published file's bytes to `sink`, in order (for `offsite verify`); False
-        when there is no such file. Never changes the target."""
+        when there is no such file. Never changes the target.
+
+        Raises TransientError (the connection or the read broke), PermanentError (refused,
+        an unsafe path); what `sink` raises passes through."""
 
     def remote_md5(self, relpath: str) -> str | None:
         """The MD5 of a published file as the server computes it now from what it stores (FTP
         HASH or XMD5, SFTP check-file); None where the server offers no such thing. For
-        `offsite verify`: an answer the server computed, without reading the file back."""
+        `offsite verify`: an answer the server computed, without reading the file back.
+
+        Where a server is asked (FTP, SFTP): TransientError (the connection broke),
+        PermanentError (an unsafe path; SFTP: refused); a server that will not hash this
+        file answers None."""
         return None
 
     def free_space(self) -> int | None:
         """Free bytes where the target's protocol reports them (local, SMB, SFTP with the
-        statvfs extension); None where it cannot tell."""
+        statvfs extension); None where it cannot tell.
+
+        Raises TransientError and PermanentError (local, SMB: the question failed); SFTP
+        answers None instead."""
         return None
 
     @abc.abstractmethod
     def tidy(self, keep: Collection[str]) -> None:
         """Remove every staged upload (S3: and multipart upload) of a file not in `keep` (the
         relative paths still queued to upload): what an interrupted run left of files that
-        vanished since. Called while no session of the job uploads."""
+        vanished since. Called while no session of the job uploads.
+
+        Raises TransientError and PermanentError."""
 
     @abc.abstractmethod
     def list(self) -> dict[str, RemoteFile]:
         """Every published file under the job folder by '/'-separated relative path; never
         anything under the agent folder, never a staged upload, and never anything under a
-        subfolder that holds its own `.offsite/owner` (another job's folder)."""
+        subfolder that holds its own `.offsite/owner` (another job's folder), whose paths it
+        sets in `foreign`.
+
+        Raises TransientError and PermanentError (a folder that cannot be listed)."""
 
     @abc.abstractmethod
     def to_bin(self, relpath: str, day: str) -> None:
         """Move a published file into the bin, `.offsite/deleted/<day>/<relpath>`: the one way
         the agent removes a backup file from its final name (SPEC section 8). When the bin
         already holds that path for that day, this copy goes beside it as the next version
-        (binned_name): nothing is ever lost. A file already gone counts as moved."""
+        (binned_name): nothing is ever lost. A file already gone counts as moved.
+
+        Raises TransientError, PermanentError (refused; an unsafe path or day; TargetFull
+        where the day's folder cannot be created for lack of room)."""
 
     @abc.abstractmethod
     def bin_list(self) -> builtins.list[Binned]:
-        """Every file in the bin."""
+        """Every file in the bin.
+
+        Raises TransientError and PermanentError (the bin cannot be listed)."""
 
     @abc.abstractmethod
     def from_bin(self, relpath: str, day: str, version: int = 1) -> None:
-        """Move a file of the bin back under its final name. PermanentError when a file is
-        there already (never overwritten) or when the bin holds no such file."""
+        """Move a file of the bin back under its final name.
+
+        Raises PermanentError when a file is there already (never overwritten), when the bin
+        holds no such file, for an unsafe path or day, or when refused (TargetFull where a
+        folder cannot be created for lack of room); TransientError."""
 
     @abc.abstractmethod
     def purge_bin(self, day: str) -> None:
-        """Remove one day of the bin, whole; a day already gone is fine."""
+        """Remove one day of the bin, whole; a day already gone is fine.
+
+        Raises TransientError, PermanentError (refused, or not a day: YYYY-MM-DD)."""
 
     @abc.abstractmethod
     def read_owner(self) -> str | None:
-        """The owner ID stored in the agent folder, or None when there is none."""
+        """The owner ID stored in the agent folder, or None when there is none.
+
+        Raises TransientError and PermanentError."""
 
     @abc.abstractmethod
     def write_owner(self, owner: str) -> None:
-        """Store the owner ID atomically, replacing any other."""
+        """Store the owner ID atomically, replacing any other.
+
+        Raises TransientError, PermanentError (TargetFull where the disk or share is full)."""
 
     @abc.abstractmethod
     def upload(self, relpath: str, src: BinaryIO, size: int, mtime_ns: int, progress: Progress) -> int:
         """Stage `size` bytes of `src` for `relpath`, resuming staged bytes of the same source
         version where the target is resumable. Returns the bytes actually sent. Nothing shows
-        under the final name until publish()."""
+        under the final name until publish().
+
+        Raises TransientError (connection lost; the source ended early), PermanentError
+        (refused, an unsafe path; TargetFull: no room, and the local target gives the
+        staged bytes back), and Interrupted, or whatever else `progress` raises. An OSError
+        reading `src` is not translated alike: S3 lets it through as it is (the caller takes
+        it for the source's); the other targets read the source inside their own error
+        translation and report it as theirs (TransientError or PermanentError)."""
 
     @abc.abstractmethod
     def publish(self, relpath: str, size: int, mtime_ns: int, md5: str | None = None) -> None:
         """Check the staged upload is complete (size, and the MD5 of the bytes read from the
         source, `md5`, where the protocol can prove it) and move it to its final name in one
         step, replacing an older version. A staged copy that does not match is removed and
-        a TransientError raised: the next attempt sends it again from the start."""
+        a TransientError raised: the next attempt sends it again from the start.
+
+        Raises TransientError (nothing or not all of it staged, not as sent, connection
+        lost) and PermanentError (refused, an unsafe path; TargetFull where a folder cannot
+        be created for lack of room)."""
 
     @abc.abstractmethod
     def discard(self, relpath: str) -> None:
-        """Remove whatever is staged for `relpath`; nothing staged is fine."""
+        """Remove whatever is staged for `relpath`; nothing staged is fine.
+
+        Raises TransientError and PermanentError."""
 
     @abc.abstractmethod
     def delete(self, relpath: str) -> None:
         """Remove a published file at once, without the bin (keep_deleted = "off"); a file
-        already gone counts as deleted."""
+        already gone counts as deleted.
+
+        Raises TransientError and PermanentError (refused, an unsafe path)."""
 
     @abc.abstractmethod
     def probe(self) -> None:
         """Write, publish (rename) and delete a probe under the agent folder: the check
-        `offsite check` and every sync rely on."""
+        `offsite check` and every sync rely on.
+
+        Raises TransientError and PermanentError (refused, read back otherwise than written,
+        S3: server-side encryption refused or not applied; TargetFull: no room)."""

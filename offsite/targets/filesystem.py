@@ -47,7 +47,9 @@ class Entry:
 
 
 class RemoteFileTarget(Target):
-    """A target on a remote file system; subclasses provide the primitives below."""
+    """A target on a remote file system; subclasses provide the primitives below, which
+    raise only TransientError and PermanentError (TargetFull where the server says it is
+    full): the contract's errors (base.Target) are theirs."""
 
     resumable = True
     CHUNK = 1024 * 1024
