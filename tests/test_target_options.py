@@ -53,10 +53,38 @@ def test_sftp_accept_new_host_key_remembers_it(servers, tmp_path):
     t.close()
 
 
-def test_sftp_with_compression(servers, tmp_path):
-    t = target(tmp_path, servers.get("sftp").new_location() | {"compress": True})
-    roundtrip(t)
-    t.close()
+def test_sftp_with_compression(servers, tmp_path, monkeypatch):
+    """compress = true: the SSH session agrees on zlib both ways, and what an upload writes
+    goes through it (paramiko's compressor sees the file's bytes and sends far fewer);
+    without the option, the session agrees on none."""
+    from paramiko.compress import ZlibCompressor
+
+    through = {"in": 0, "out": 0}
+    compress = ZlibCompressor.__call__
+
+    def counted(self, data: bytes) -> bytes:
+        out = compress(self, data)
+        through["in"] += len(data)
+        through["out"] += len(out)
+        return out
+
+    monkeypatch.setattr(ZlibCompressor, "__call__", counted)
+    sftp = servers.get("sftp")
+    t = target(tmp_path, sftp.new_location() | {"compress": True})
+    try:
+        transport = t.client.get_transport()
+        agreed = (transport.local_compression, transport.remote_compression)
+        assert all(c in ("zlib@openssh.com", "zlib") for c in agreed), f"compress = true, yet the session agreed on {agreed}"
+        roundtrip(t, data=b"x" * MiB)  # as compressible as a file gets
+    finally:
+        t.close()
+    assert through["in"] >= MiB and through["out"] < through["in"] // 10, through
+    plain = target(tmp_path, sftp.new_location())
+    try:
+        transport = plain.client.get_transport()
+        assert (transport.local_compression, transport.remote_compression) == ("none", "none")
+    finally:
+        plain.close()
 
 
 @pytest.mark.parametrize("user", ["WORKGROUP\\srvtest", "srvtest@WORKGROUP"])
