@@ -13,15 +13,21 @@ from offsite.state import StateDir
 
 
 def test_an_unreadable_file_is_an_error_for_that_file_only(site, monkeypatch):
+    """The file that fails to read fails alone: other chains go on. The later file of its own
+    chain waits (never published before it), and once it reads again and is retried, both
+    are published, in chain order."""
     site.config()
-    for name in ("C_VOL-b001.spf", "C_VOL-b001-i001-cd.spi", "D_VOL-b001.spf", "D_VOL-b001-i001-cd.spi"):
+    names = ("C_VOL-b001.spf", "C_VOL-b001-i001-cd.spi", "C_VOL-b001-i002-cd.spi",
+             "D_VOL-b001.spf", "D_VOL-b001-i001-cd.spi")
+    for name in names:
         (site.source / name).write_bytes(name.encode())
         os.utime(site.source / name, (time.time() - 60, time.time() - 60))
     unreadable = str(site.source / "C_VOL-b001-i001-cd.spi")
+    denied = [True]
     real_open = builtins.open
 
     def deny(path, *a, **kw):
-        if str(path) == unreadable and "r" in (a[0] if a else kw.get("mode", "r")):
+        if denied[0] and str(path) == unreadable and "r" in (a[0] if a else kw.get("mode", "r")):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *a, **kw)
 
@@ -31,16 +37,31 @@ def test_an_unreadable_file_is_an_error_for_that_file_only(site, monkeypatch):
     state.ensure()
     queue = WorkQueue(state.queue_dir)
     runner = JobRunner(cfg.jobs[0], cfg.agent, queue, state, threading.BoundedSemaphore(1))
-    reply = {}
-    runner.request(Request("sync", reply=reply.update))
-    runner.step()
-    queue.close()
-    assert set(site.target_files()) == {"C_VOL-b001.spf", "D_VOL-b001.spf", "D_VOL-b001-i001-cd.spi"}
-    failed = [i for i in queue.items() if i.state == "failed"]
-    assert [i.path for i in failed] == ["C_VOL-b001-i001-cd.spi"]
-    assert "cannot read" in failed[0].last_error and "Permission denied" in failed[0].last_error
-    assert reply["result"]["files_sent"] == 3 and not reply["result"]["ok"]
-    assert runner.error is None  # the job itself is not in error
+    try:
+        reply = {}
+        runner.request(Request("sync", reply=reply.update))
+        runner.step()
+        assert set(site.target_files()) == {"C_VOL-b001.spf", "D_VOL-b001.spf", "D_VOL-b001-i001-cd.spi"}, \
+            "a file was published before the earlier file of its chain that fails to read"
+        failed = [i for i in queue.items() if i.state == "failed"]
+        assert [i.path for i in failed] == ["C_VOL-b001-i001-cd.spi"]
+        assert "cannot read" in failed[0].last_error and "Permission denied" in failed[0].last_error
+        waiting = {i.path: i.state for i in queue.items() if i.state != "failed"}
+        assert waiting == {"C_VOL-b001-i002-cd.spi": "ready"}  # held back, not failed with it
+        assert reply["result"]["files_sent"] == 3 and not reply["result"]["ok"]
+        assert runner.error is None  # the job itself is not in error
+
+        denied[0] = False  # the file reads again, and a person retries it ('offsite queue retry')
+        assert queue.retry([failed[0].id]) == 1
+        reply = {}
+        runner.request(Request("sync", reply=reply.update))
+        runner.step()
+        assert reply["result"]["ok"], reply["result"]
+        assert reply["result"]["sent"] == ["C_VOL-b001-i001-cd.spi", "C_VOL-b001-i002-cd.spi"]  # chain order
+        assert set(site.target_files()) == set(names) and queue.items() == []
+    finally:
+        runner.sessions.close()
+        queue.close()
 
 
 def test_a_job_is_starting_until_it_has_looked_at_its_source_and_target(site):
