@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping
 
 from .backupfiles import BackupFile, Level, Role, classify
+from .config.options import JOB_OPTIONS
 from .deletions import WINDOW, Decision, decide, explain
 
 MONTHLY_LEVELS = (Level.MONTHLY, Level.ROLLING)
@@ -25,12 +26,12 @@ MTIME_SLACK = 2_000_000_000  # FAT and SMB keep modification times to 2 s at wor
 class Rules:
     """The parts of a job that decide what is sent and deleted."""
 
-    mode: str = "all"
-    include_intra_daily: bool = False
-    replicate_base: bool = True
-    mirror_deletes: bool = True
-    family: str = "auto"
-    max_deletes: int = 100
+    mode: str = JOB_OPTIONS["mode"].value  # the defaults are the options' (config/options.py)
+    include_intra_daily: bool = JOB_OPTIONS["include_intra_daily"].value
+    replicate_base: bool = JOB_OPTIONS["replicate_base"].value
+    mirror_deletes: bool = JOB_OPTIONS["mirror_deletes"].value
+    family: str = JOB_OPTIONS["family"].value
+    max_deletes: int = JOB_OPTIONS["max_deletes"].value
 
     @classmethod
     def of(cls, job) -> "Rules":

@@ -12,6 +12,7 @@ import random
 from typing import Callable
 
 from .backupfiles import classify, md5_sidecar, sidecar_md5
+from .state import StateDir
 from .targets import Target
 
 MISSING = "missing on the target"
@@ -74,3 +75,18 @@ def verify(target: Target, family: str, recorded: dict[str, tuple[int, str, floa
             "finished": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "files_checked": len(paths), "bytes_read": read, "hashed_by_server": by_server, "unrecorded": unrecorded,
             "mismatches": bad}
+
+
+def record(state: StateDir, job: str, result: dict) -> dict:
+    """Keep a verify's result as the job's `last_verify` (verify.json), whoever ran it: the
+    agent's `verify_every` or `offsite verify`. Returns it as kept, with the job's name."""
+    kept = {"job": job, **result}
+    state.update_json("verify.json", lambda d: d.__setitem__(job, kept))
+    return kept
+
+
+def last(state: StateDir, job: str) -> dict | None:
+    """The job's `last_verify`, as `record` kept it."""
+    kept = state.read_json("verify.json", {})
+    found = kept.get(job) if isinstance(kept, dict) else None
+    return found if isinstance(found, dict) else None

@@ -6,7 +6,8 @@ import datetime as dt
 import itertools
 import random
 
-from offsite.agent.dispatcher import Dispatch, backoff
+from offsite.agent.dispatcher import Dispatch
+from offsite.agent.trouble import backoff
 from offsite.backupfiles import classify
 from offsite.queue import QueueItem
 

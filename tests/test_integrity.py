@@ -10,7 +10,8 @@ import os
 import pytest
 from conftest import finished_file, wait_until
 
-from offsite.agent.transfer import CORRUPT, HashingReader
+from offsite.agent.hashing import HashingReader
+from offsite.agent.transfer import CORRUPT
 from offsite.backupfiles import sidecar_md5
 
 MiB = 1024 * 1024
@@ -98,6 +99,25 @@ def test_an_image_that_no_longer_matches_its_sidecar_is_not_published_and_raises
     assert (site.target / "C_VOL-b001.spf").read_bytes() == good
     wait_until(lambda: site.job_status()["alerts"] == [], what="the alert to clear")
     assert agent.stop() == 0
+
+
+def test_status_without_an_agent_shows_the_damaged_image_a_standalone_sync_met(site):
+    """One status builder: `offsite status --json` with no agent running lists the
+    source-corrupt alert the agent would raise, from what the standalone sync recorded."""
+    site.config()
+    image = finished_file(site.source / "C_VOL-b001.spf", 300_000)
+    finished_file(site.source / "C_VOL-b001.md5", data=b"0" * 32 + b" *C_VOL-b001.spf\r\n")  # not its MD5
+    finished_file(site.source / "D_VOL-b001.spf", 1000)
+    r = site.offsite("sync", "job1")
+    assert r.returncode == 1 and CORRUPT in r.stderr, r.stderr
+    st = site.offsite("status", "--json")
+    assert st.returncode == 1  # the last sync failed
+    job = json.loads(st.stdout)["jobs"][0]
+    assert [a["name"] for a in job["alerts"]] == ["source-corrupt"], job["alerts"]
+    assert "C_VOL-b001.spf" in job["alerts"][0]["message"] and job["failed_files"] == 1
+    assert image.exists() and set(site.target_files()) == {"D_VOL-b001.spf"}
+    plain = site.offsite("status")
+    assert "ALERT source-corrupt" in plain.stdout, plain.stdout
 
 
 def test_a_big_file_is_hashed_on_its_own_thread_with_the_same_result():

@@ -152,6 +152,13 @@ class Planner:
         self.view.done_with(path)
         self.touched({path})
 
+    def undeleted(self, back: dict[str, int], asked: Collection[str]) -> None:
+        """`offsite undelete` put these files (path -> size) back on the target."""
+        if self.target_files is not None:
+            for path, size in back.items():
+                self.target_files[path] = self.target_files.get(path) or RemoteFile(size)
+            self.touched(asked)
+
     def deleting(self, path: str) -> None:
         """A mirrored deletion is about to be made: an image counts toward max_deletes from now,
         recorded before the deletion, so a kill right after it cannot lose the count (a

@@ -89,17 +89,3 @@ def undelete(target, state: StateDir, job, paths: list[str], day: str | None) ->
         state.update_json("dropped.json", keep)
         out.append({"path": path, "day": b.day, "size": b.size, "ok": True, "error": None})
     return out
-
-
-def take_over(job, state: StateDir) -> str:
-    """`offsite reinit`: write this job's owner ID into its target folder, replacing another's.
-    Returns the target's description."""
-    from ..targets import make_target
-
-    target = make_target(job)
-    target.open()
-    try:
-        target.write_owner(state.owner_id(job.name) or state.new_owner_id(job.name))
-        return target.describe()
-    finally:
-        target.close()

@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import random
 import threading
 from typing import Any, Callable
 
 from ..backupfiles import classify
 from ..queue import QueueItem
-
-BACKOFF_FIRST = 2.0
-BACKOFF_MAX = 120.0
 
 Entry = tuple[int, tuple, int]  # (0 upload | 1 delete, key in chain, item id)
 
@@ -253,9 +249,3 @@ class Dispatch:
             out.append(item_id)
         self._publishing.update(out)
         return [self._payload[i] for i in out]
-
-
-def backoff(failures: int, rng: random.Random | None = None) -> float:
-    """Seconds to wait after the n-th consecutive transient failure: exponential, jittered."""
-    base = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** max(0, failures - 1)))
-    return base * (0.5 + (rng or random).random() / 2)

@@ -24,6 +24,7 @@ from ..errors import LockedError, OffsiteError
 from ..queue import WorkQueue, count_rows
 from ..state import Hashes, StateDir
 from ..system import folder_state
+from ..verify import last as last_verify
 from ..watchers import SourceWatcher
 from . import control
 from .job import JobRunner, Request
@@ -263,12 +264,11 @@ class Agent:
         except psutil.Error:
             rss = None
         jobs = [r.status(now) for r in self.runners.values()]
-        verified = self.state.read_json("verify.json", {})  # the agent's verifies and `offsite verify`'s
-        for st in jobs:
-            st["last_verify"] = verified.get(st["name"]) if isinstance(verified, dict) else None
+        for st in jobs:  # the agent's verifies and `offsite verify`'s
+            st["last_verify"] = last_verify(self.state, st["name"])
         if running and self.watch is not None:
             try:
-                self.watch.tick(jobs, {name: r.facts() for name, r in self.runners.items()}, now)
+                self.watch.tick(jobs, {st["name"]: self.runners[st["name"]].facts(st) for st in jobs}, now)
             except OffsiteError as e:
                 log.error("%s", e)
             except Exception:  # a bug in alerting must never stop replication

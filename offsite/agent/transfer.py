@@ -9,106 +9,31 @@ any later staged files right behind it, so no thread ever waits for another's tu
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue as stdqueue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, NamedTuple, cast
+from enum import Enum
+from typing import BinaryIO, Callable, Iterator, NamedTuple, cast
 
 from .. import crashpoints
 from ..backupfiles import classify, md5_sidecar, sidecar_md5
 from ..config import Job
-from ..errors import Interrupted, PermanentError, SourceError, TransientError
+from ..errors import Interrupted, OwnerMismatch, PermanentError, SourceError, TransientError
+from ..owner import check_owner
 from ..queue import QueueItem
+from ..state import StateDir
 from ..targets import Target, make_target
 from .dispatcher import Dispatch
+from .hashing import HashingReader
 from .throttle import Throttle
 
 log = logging.getLogger(__name__)
 
 
 CORRUPT = "the image at the source does not match its .md5 sidecar: the backup itself is damaged"
-
-
-class HashingReader:
-    """The source file as the target reads it, with the MD5 of every byte of the file: bytes
-    read in order are hashed as they pass; a gap (an upload resumed at an offset, S3 parts
-    read out of order) is read once more from the file, so a resumed upload is checked as
-    fully as a whole one. No fileno(): the local target then copies through read(), not
-    the kernel, so every byte is seen."""
-
-    PIPELINE_FROM = 8 * 1024 * 1024  # files this big are hashed on a thread of their own
-
-    def __init__(self, f, size: int) -> None:
-        self.f, self.size = f, size
-        self.md5 = hashlib.md5()
-        self.hashed = 0  # bytes [0, hashed) are in the digest
-        self.bytes_reread = 0  # read a second time to fill gaps (for tests and the bench)
-        # MD5 runs beside the copy on another core (hashlib lets go of the GIL): the bench
-        # showed hashing inline cost a local copy a third of its speed.
-        self._chunks: stdqueue.Queue[bytes | None] | None = None
-        self._hasher: threading.Thread | None = None
-        if size >= self.PIPELINE_FROM:
-            self._chunks = stdqueue.Queue(maxsize=16)
-            self._hasher = threading.Thread(target=self._hash_loop, name="md5", daemon=True)
-            self._hasher.start()
-
-    def _hash_loop(self) -> None:
-        assert self._chunks is not None
-        while (chunk := self._chunks.get()) is not None:
-            self.md5.update(chunk)
-
-    def _update(self, data: bytes) -> None:
-        if self._chunks is not None:
-            self._chunks.put(data)
-        else:
-            self.md5.update(data)
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        return self.f.seek(pos, whence)
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def read(self, n: int = -1) -> bytes:
-        pos = self.f.tell()
-        if pos > self.hashed:
-            self._fill(pos)
-            self.f.seek(pos)
-        data = self.f.read(n)
-        if pos == self.hashed:
-            self._update(data)
-            self.hashed += len(data)
-        elif pos < self.hashed < pos + len(data):
-            self._update(data[self.hashed - pos:])
-            self.hashed = pos + len(data)
-        return data
-
-    def _fill(self, upto: int) -> None:
-        self.f.seek(self.hashed)
-        while self.hashed < upto:
-            chunk = self.f.read(min(1 << 20, upto - self.hashed))
-            if not chunk:
-                break
-            self._update(chunk)
-            self.hashed += len(chunk)
-            self.bytes_reread += len(chunk)
-
-    def hexdigest(self) -> str:
-        """The MD5 of the whole file (what was not read yet is read now)."""
-        if self.hashed < self.size:
-            self._fill(self.size)
-        self.close()
-        return self.md5.hexdigest()
-
-    def close(self) -> None:
-        """End the hashing thread (also when the upload failed half-way)."""
-        if self._chunks is not None and self._hasher is not None:
-            self._chunks.put(None)
-            self._hasher.join()
-            self._chunks = None
 
 
 @dataclass
@@ -127,11 +52,25 @@ class Task:
     mirrored: bool = False  # a deletion mirrored from the source: looked up there right before
 
 
+class Kind(Enum):
+    """What became of a task, as a transfer thread reports it."""
+
+    PUBLISHED = "published"  # under its final name
+    DELETED = "deleted"  # off the target (into the bin, unless keep_deleted is off)
+    PRESENT = "present"  # a mirrored deletion's file is at the source after all: not deleted
+    UNKNOWN = "unknown"  # a mirrored deletion's look-up at the source failed: not deleted
+    SKIPPED = "skipped"  # gone at the source before it was sent
+    CHANGED = "changed"  # another version than planned at the source, or written meanwhile
+    INTERRUPTED = "interrupted"  # the agent stopping, or the window closing
+    CORRUPT = "corrupt"  # the image does not match its .md5 sidecar
+    UNREADABLE = "unreadable"  # the source file fails to read
+    FAILED = "failed"  # the target failed (error: the OffsiteError)
+    IDLE = "idle"  # the thread is done with the task, whatever became of it
+
+
 class Outcome(NamedTuple):
-    # published | deleted | present | unknown | skipped | changed | interrupted | failed | unreadable | corrupt
-    # | idle
-    kind: str
-    task: Task | None
+    kind: Kind
+    task: Task
     error: Exception | None = None
 
 
@@ -140,8 +79,9 @@ class Sessions:
     `max_connections` slots while it is open."""
 
     def __init__(self, job: Job, slots: threading.BoundedSemaphore, stopping: threading.Event,
-                 check_owner: Callable[[Target], None]) -> None:
-        self.job, self.slots, self.stopping, self.check_owner = job, slots, stopping, check_owner
+                 state: StateDir) -> None:
+        self.job, self.slots, self.stopping, self.state = job, slots, stopping, state
+        self.owner = "unknown"  # the target folder's owner ID, as the last check found it: ok | mismatch
         self._free: list[Target] = []
         self._lock = threading.Lock()
         self._owner_lock = threading.Lock()
@@ -163,7 +103,11 @@ class Sessions:
             target.open()
             with self._owner_lock:
                 if not self._owner_checked:  # the round's first session
-                    self.check_owner(target)
+                    try:
+                        self.owner = check_owner(target, self.state, self.job.name, claim=True)
+                    except OwnerMismatch:
+                        self.owner = "mismatch"
+                        raise
                     self._owner_checked = True
         except BaseException:
             self.slots.release()
@@ -174,6 +118,21 @@ class Sessions:
     def checkin(self, target: Target) -> None:
         with self._lock:
             self._free.append(target)
+
+    @contextmanager
+    def session(self, reuse: bool = True) -> Iterator[Target]:
+        """A session for a few calls: given back after (closed instead unless `reuse`), and
+        closed when a call fails."""
+        target = self.checkout()
+        try:
+            yield target
+        except BaseException:
+            self.drop(target)
+            raise
+        if reuse:
+            self.checkin(target)
+        else:
+            self.drop(target)
 
     def drop(self, target: Target) -> None:
         """A session that failed, or one not to be reused: closed, its slot given back at once."""
@@ -201,8 +160,6 @@ class Transfers:
         self._tasks: stdqueue.SimpleQueue[Task | None] = stdqueue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self.running: dict[int, Task] = {}  # item id -> task, while a thread works on it
-        self.backoff: float | None = None  # the wait after this round's first transient failure
-        self.alone = False  # one transfer at a time for the rest of the round (the target was full)
 
     def submit(self, task: Task, most: int) -> None:
         self.running[task.item.id] = task
@@ -234,16 +191,16 @@ class Transfers:
                     self.sessions.drop(target)
             except Interrupted:
                 self.dispatch.hold(task.item.id)
-                self.results.put(Outcome("interrupted", task))
+                self.results.put(Outcome(Kind.INTERRUPTED, task))
             except (TransientError, PermanentError) as e:  # could not open a session
                 self.dispatch.hold(task.item.id)
-                self.results.put(Outcome("failed", task, e))
+                self.results.put(Outcome(Kind.FAILED, task, e))
             except Exception as e:  # noqa: BLE001 - a bug fails the item, never the thread silently
                 log.exception("job %s: unexpected error on %s", self.job.name, task.item.path)
                 self.dispatch.hold(task.item.id)
-                self.results.put(Outcome("failed", task, PermanentError(f"unexpected error: {e}")))
+                self.results.put(Outcome(Kind.FAILED, task, PermanentError(f"unexpected error: {e}")))
             finally:
-                self.results.put(Outcome("idle", task))
+                self.results.put(Outcome(Kind.IDLE, task))
 
     def _work(self, target: Target, task: Task) -> bool:
         """Run one task (and publish what its success lets through); False when the session
@@ -253,28 +210,29 @@ class Transfers:
             if task.item.op == "delete":
                 if task.mirrored:
                     seen = self._still_gone(task.item.path)
-                    if seen != "gone":
+                    if seen is not None:
                         self.dispatch.hold(task.item.id)
-                        self.results.put(Outcome(seen, task, SourceError(seen) if seen != "present" else None))
+                        why = SourceError("its look-up at the source failed right before the deletion: not deleted")
+                        self.results.put(Outcome(seen, task, why if seen is Kind.UNKNOWN else None))
                         return True
                 self._remove(target, task)
                 crashpoints.reach("deleted")  # off the target, not yet off the queue
                 self.dispatch.finished(task.item.id)
-                self.results.put(Outcome("deleted", task))
+                self.results.put(Outcome(Kind.DELETED, task))
                 return True
             for path in task.room:  # staged by later files of its chain: room for this one
                 target.discard(path)
             kind = self._stage(target, task)
-            if kind == "corrupt":
+            if kind is Kind.CORRUPT:
                 self.dispatch.hold(task.item.id)
-                self.results.put(Outcome("corrupt", task, SourceError(CORRUPT)))
+                self.results.put(Outcome(Kind.CORRUPT, task, SourceError(CORRUPT)))
                 return True
-            if kind == "changed":
+            if kind is Kind.CHANGED:
                 self.dispatch.hold(task.item.id)
-                self.results.put(Outcome("changed", task))
+                self.results.put(Outcome(Kind.CHANGED, task))
                 return True
-            if kind == "skipped":
-                self.results.put(Outcome("skipped", task))
+            if kind is Kind.SKIPPED:
+                self.results.put(Outcome(Kind.SKIPPED, task))
                 run = self.dispatch.finished(task.item.id)
             else:
                 crashpoints.reach("staged")  # staged whole, not yet published
@@ -288,27 +246,27 @@ class Transfers:
                         crashpoints.reach("binned")  # the old copy in the bin, the new one not yet out
                     target.publish(t.item.path, t.size, t.mtime_ns, t.md5)
                     crashpoints.reach("published")  # under its final name, not yet off the queue
-                    self.results.put(Outcome("published", t))
+                    self.results.put(Outcome(Kind.PUBLISHED, t))
                     later = self.dispatch.finished(t.item.id)
                 run = later
             return True
         except Interrupted:
             self.dispatch.hold(current.item.id)
-            self.results.put(Outcome("interrupted", current))
+            self.results.put(Outcome(Kind.INTERRUPTED, current))
             return True
         except SourceError as e:
             self.dispatch.hold(current.item.id)
-            self.results.put(Outcome("unreadable", current, e))
+            self.results.put(Outcome(Kind.UNREADABLE, current, e))
             return True
         except (TransientError, PermanentError) as e:
             self.dispatch.hold(current.item.id)
-            self.results.put(Outcome("failed", current, e))
+            self.results.put(Outcome(Kind.FAILED, current, e))
             return False
 
-    def _still_gone(self, path: str) -> str:
+    def _still_gone(self, path: str) -> Kind | None:
         """Absence is not evidence: right before a mirrored deletion, the file is looked up at
-        the source once more. 'gone' only for "no such file"; 'present' when it is there;
-        any other error makes it 'unknown', and nothing is deleted."""
+        the source once more. None (gone) only for "no such file"; PRESENT when it is there;
+        any other error makes it UNKNOWN, and nothing is deleted."""
         where = self.job.source.joinpath(*path.split("/"))
         try:
             os.lstat(where)
@@ -317,9 +275,9 @@ class Transfers:
         except OSError as e:
             log.warning("job %s: %s could not be looked up at the source (%s): not deleted on the target",
                         self.job.name, path, e.strerror or e)
-            return "unknown"
+            return Kind.UNKNOWN
         else:
-            return "present"
+            return Kind.PRESENT
         try:  # "no such file", and its folder's listing agrees (a share can list what it cannot open)
             listed = where.name in os.listdir(where.parent)
         except FileNotFoundError:
@@ -327,8 +285,8 @@ class Transfers:
         except OSError as e:
             log.warning("job %s: the folder of %s could not be listed (%s): not deleted on the target",
                         self.job.name, path, e.strerror or e)
-            return "unknown"
-        return "unknown" if listed else "gone"
+            return Kind.UNKNOWN
+        return Kind.UNKNOWN if listed else None
 
     @staticmethod
     def _remove(target: Target, task: Task) -> None:
@@ -338,21 +296,22 @@ class Transfers:
         else:
             target.delete(task.item.path)
 
-    def _stage(self, target: Target, task: Task) -> str:
-        """Upload the planned version of the file to staging: 'staged', 'skipped' (gone at
-        the source) or 'changed' (another version than planned, or written meanwhile)."""
+    def _stage(self, target: Target, task: Task) -> Kind | None:
+        """Upload the planned version of the file to staging: None once staged, SKIPPED (gone
+        at the source), CHANGED (another version than planned, or written meanwhile) or
+        CORRUPT (not what its .md5 sidecar says)."""
         path = task.item.path
         src = self.job.source.joinpath(*path.split("/"))
         try:
             f = open(src, "rb")
         except FileNotFoundError:
-            return "skipped"
+            return Kind.SKIPPED
         except OSError as e:
             raise SourceError(f"cannot read {src} ({e.strerror})") from None
         with f:
             st = os.fstat(f.fileno())
             if (st.st_size, st.st_mtime_ns) != (task.size, task.mtime_ns):
-                return "changed"
+                return Kind.CHANGED
 
             def progress(n: int) -> None:
                 task.wire += n
@@ -381,11 +340,11 @@ class Transfers:
             after = None
         if after is None or (after.st_size, after.st_mtime_ns) != (task.size, task.mtime_ns):
             target.discard(path)
-            return "changed"
+            return Kind.CHANGED
         if expected and digest != expected:
             target.discard(path)  # nothing of it is published, nor kept to resume from
-            return "corrupt"
-        return "staged"
+            return Kind.CORRUPT
+        return None
 
     def _expected_md5(self, path: str) -> str | None:
         """A ShadowProtect image's MD5 as its .md5 sidecar at the source gives it, if any."""

@@ -12,20 +12,15 @@ import socket
 import time
 
 from .. import alerts
-from ..alerts import Book, Event, Facts, Limits
-from ..config import Config, Job
+from ..alerts import Book, Event, Facts
+from ..config import Config
 from ..notify import Notifier
 from ..state import StateDir
 from ..units import format_duration
+from .report import limits_of
 
 log = logging.getLogger(__name__)
 UNHEALTHY = ("job-error", "owner-mismatch")  # a job with one of these is not healthy
-
-
-def limits_of(job: Job, retry_for: float) -> Limits:
-    return Limits(max_lag=job.max_lag, max_pending_files=job.max_pending_files,
-                  max_pending_bytes=job.max_pending_bytes, inactive_after=job.inactive_after,
-                  min_free=job.min_free, retry_for=retry_for)
 
 
 class Watch:
@@ -57,7 +52,7 @@ class Watch:
         return self.notifier is not None and self.notifier.delivering()
 
     # ---------------------------------------------------------------- each second
-    def tick(self, jobs: list[dict], facts: dict[str, dict], now: dt.datetime) -> None:
+    def tick(self, jobs: list[dict], facts: dict[str, Facts], now: dt.datetime) -> None:
         held: dict[tuple[str, str], str] = {}
         judged = {""}
         by_name = {j.name: j for j in self.config.jobs}
@@ -67,15 +62,7 @@ class Watch:
             if job is None or st["state"] == "starting":
                 continue  # not looked at yet: its alerts stay as they were
             judged.add(name)
-            f = Facts(state=st["state"], error=facts[name].get("error"), trouble=facts[name].get("trouble"),
-                      trouble_since=facts[name].get("trouble_since"), owner=st["owner"],
-                      held_deletes=st["held_deletes"], held_reason=st["held_reason"],
-                      pending_files=st["pending_files"], pending_bytes=st["pending_bytes"],
-                      lag_seconds=st["lag_seconds"], newest_source=facts[name].get("newest_source"),
-                      free_bytes=st.get("target_free_bytes"), target=facts[name].get("target", ""),
-                      corrupt=facts[name].get("corrupt", ()), changed=facts[name].get("changed", ()),
-                      unreadable=tuple(sorted((facts[name].get("unreadable") or {}).items())),
-                      verify_bad=tuple(m["path"] for m in (st.get("last_verify") or {}).get("mismatches", [])))
+            f = facts[name]
             for alert, message in alerts.conditions(name, f, limits_of(job, self.config.agent.retry_for),
                                                     now).items():
                 held[(name, alert)] = message

@@ -79,6 +79,12 @@ def summary(items: Iterable[QueueItem]) -> dict:
     return {"pending_files": c[0], "pending_bytes": c[1], "failed_files": c[2]}
 
 
+def oldest_upload(items: Iterable[QueueItem]) -> int | None:
+    """The modification time (ns) of the oldest file still to send among `items`, failed
+    ones included: what a job's lag is measured from."""
+    return min((it.mtime_ns for it in items if it.op == "upload" and it.mtime_ns), default=None)
+
+
 def _count(c: list[int], it: QueueItem, sign: int) -> None:
     if it.state == "failed":
         c[2] += sign
@@ -192,12 +198,9 @@ class WorkQueue:
             return {"pending_files": c[0], "pending_bytes": c[1], "failed_files": c[2]}
 
     def oldest_upload(self, job: str) -> int | None:
-        """The modification time (ns) of the job's oldest file still to send, failed ones
-        included: what the job's lag is measured from."""
+        """`oldest_upload(self.items(job))`."""
         with self._lock:
-            items = self._items
-            return min((it.mtime_ns for i in self._by_job.get(job, ())
-                        if (it := items[i]).op == "upload" and it.mtime_ns), default=None)
+            return oldest_upload(self._items[i] for i in self._by_job.get(job, ()))
 
     def get(self, item_id: int) -> QueueItem | None:
         with self._lock:
