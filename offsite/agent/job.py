@@ -117,7 +117,7 @@ class JobRunner:
     def live(self) -> Live:
         """What the job knows beyond its queue, for status and the alert rules."""
         rnd, t = self._round, self.trouble
-        tasks = [x for x in list(rnd.run.running.values()) if x.item.op == "upload"] if rnd is not None else []
+        tasks = [x for x in list(rnd.running.values()) if x.item.op == "upload"] if rnd is not None else []
         decision = self.plan.decision
         return Live(
             phase="error" if t.error else ("syncing" if rnd is not None and rnd.picked else "idle"),

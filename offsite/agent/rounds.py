@@ -8,7 +8,8 @@ acknowledgements, the source view and the plan are changed here, on its thread, 
 the transfer threads (transfer.py), which only report `Outcome`s.
 
 An item in flight is a `Task`: the dispatcher (dispatcher.py) holds it, in chain order, from
-`started` until it is `finished` or held; `Transfers.running` lists those a thread works on.
+`started` until it is `finished` or held (and its chain's order with it); the round's
+`running` lists those a thread works on; the queue holds its durable state (leased).
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Round:
                  run: Transfers, width: int, trouble: Trouble, tally: Tally) -> None:
         self.job, self.queue, self.plan, self.view, self.dispatch = job, queue, plan, view, dispatch
         self.run, self.width, self.trouble, self.tally = run, width, trouble, tally
+        self.running: dict[int, Task] = {}  # item id -> task, while a thread works on it
         self.picked = False  # an item was started this round: the job is syncing
         self.backoff: float | None = None  # the wait after this round's first transient failure
         self.alone = False  # one transfer at a time for the rest of the round (the target was full)
@@ -58,12 +60,13 @@ class Round:
     # ---------------------------------------------------------------- starting work
     def fill(self, now: Now) -> None:
         """Start items until the job's `transfers` run (one, after the target was full)."""
-        while len(self.run.running) < (1 if self.alone else self.width):
+        while len(self.running) < (1 if self.alone else self.width):
             task = self._next(now.local)
             if task is None:
                 return
             task.alone = self.alone
-            self.run.submit(task, self.width)
+            self.running[task.item.id] = task
+            self.run.submit(task, min(self.width, len(self.running)))
 
     def _next(self, now: dt.datetime) -> Task | None:
         """The next item the dispatcher lets start, leased, as a task; None when none can."""
@@ -108,7 +111,7 @@ class Round:
 
     # ---------------------------------------------------------------- outcomes
     def busy(self) -> bool:
-        return bool(self.run.running)
+        return bool(self.running)
 
     def take(self, timeout: float, now: Now) -> bool:
         """Apply the outcomes the threads reported (waiting up to `timeout` for the first);
@@ -128,7 +131,7 @@ class Round:
     def apply(self, o: Outcome, now: Now) -> bool:
         task = o.task
         if o.kind is Kind.IDLE:
-            self.run.running.pop(task.item.id, None)
+            self.running.pop(task.item.id, None)
             return False
         self.tally.on_wire(task.wire)
         task.wire = 0

@@ -159,11 +159,10 @@ class Transfers:
         self.results: stdqueue.SimpleQueue[Outcome] = stdqueue.SimpleQueue()
         self._tasks: stdqueue.SimpleQueue[Task | None] = stdqueue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self.running: dict[int, Task] = {}  # item id -> task, while a thread works on it
 
-    def submit(self, task: Task, most: int) -> None:
-        self.running[task.item.id] = task
-        if len(self._threads) < min(most, len(self.running)):
+    def submit(self, task: Task, threads: int) -> None:
+        """Hand `task` to a thread, starting one while fewer than `threads` run."""
+        if len(self._threads) < threads:
             t = threading.Thread(target=self._loop, name=f"transfer-{self.job.name}-{len(self._threads)}",
                                  daemon=True)
             self._threads.append(t)
