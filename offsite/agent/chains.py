@@ -29,6 +29,7 @@ from ..selection import (
     Rules,
     Sent,
     decide_plans,
+    plan,
     plan_group,
     without_dropped,
 )
@@ -320,3 +321,25 @@ class Planner:
             doc = self.state.read_json(name, {}) if stamp is not None else {}
             self._docs[name] = doc.get(self.job.name, {}) if isinstance(doc, dict) else {}
         return self._docs[name]
+
+
+def preview(job: Job, state: StateDir, view: SourceView, listing: dict[str, RemoteFile], foreign: Collection[str],
+            keeps_mtime: bool, case_sensitive: bool) -> Plan:
+    """`offsite plan`: the whole plan the agent would make from this look at the source and
+    the target, with what it knows besides them: what it sent (the versions a changed file
+    is told apart by), what a person accepted or dropped, and its recent deletions. Nothing
+    under a folder that fails to read, nothing into another job's folder on the target, names
+    compared as the target compares them."""
+    dropped = state.read_json("dropped.json", {}).get(job.name, {})
+    hashes = Hashes(state.root, readonly=True)
+    sent = {p: Sent(*v) for p, v in hashes.versions(job.name).items()}
+    hashes.close()
+    accepted = {p: tuple(v) for p, v in state.read_json("accepted.json", {}).get(job.name, {}).items()}
+    recent = state.read_json("mirrored.json", {}).get(job.name, {})
+    away = tuple(f + "/" for f in foreign)
+    source = {k: v for k, v in view.snapshot().items() if not (away and k.startswith(away))}
+    unknown = {k for k in (*listing, *source) if view.is_unknown(k)}
+    return without_dropped(plan(source, listing, Rules.of(job), keeps_mtime, sent=sent,
+                                recent=recent if isinstance(recent, dict) else {}, accepted=accepted,
+                                unknown=unknown, folders=view.folders, fold_case=not case_sensitive,
+                                now=time.time()), dropped, view.entries)

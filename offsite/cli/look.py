@@ -9,6 +9,7 @@ import sys
 import time
 
 from ..agent import report
+from ..agent.chains import preview
 from ..agent.throttle import Throttle
 from ..config import Config
 from ..errors import (
@@ -19,7 +20,6 @@ from ..errors import (
     UsageError,
 )
 from ..owner import check_owner
-from ..selection import Rules, Sent, plan, without_dropped
 from ..state import Hashes
 from ..targets import make_target
 from ..units import format_bytes, format_duration, parse_duration
@@ -140,25 +140,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         listing = target.list()
     finally:
         target.close()
-    state = state_of(cfg)
-    dropped = state.read_json("dropped.json", {}).get(job.name, {})
-    # What the agent knows besides the source and the target: what it sent (the versions a
-    # changed file is told apart by), what a person accepted, and its recent deletions.
-    hashes = Hashes(state.root, readonly=True)
-    sent = {p: Sent(*v) for p, v in hashes.versions(job.name).items()}
-    hashes.close()
-    accepted = {p: tuple(v) for p, v in state.read_json("accepted.json", {}).get(job.name, {}).items()}
-    recent_ = state.read_json("mirrored.json", {}).get(job.name, {})
-    # As the agent plans: nothing under a folder that fails to read, nothing into another
-    # job's folder on the target, names compared as the target compares them.
-    foreign = tuple(f + "/" for f in target.foreign)
-    source = {k: v for k, v in view.snapshot().items() if not (foreign and k.startswith(foreign))}
-    unknown = {k for k in (*listing, *source) if view.is_unknown(k)}
-    p = without_dropped(plan(source, listing, Rules.of(job), target.keeps_mtime, sent=sent,
-                                     recent=recent_ if isinstance(recent_, dict) else {}, accepted=accepted,
-                                     unknown=unknown, folders=view.folders, fold_case=not target.case_sensitive,
-                                     now=time.time()),
-                                dropped, view.entries)
+    p = preview(job, state_of(cfg), view, listing, target.foreign, target.keeps_mtime, target.case_sensitive)
     uploads, deletes = p.uploads, p.deletes
     sizes = {u: view.entries[u].size for u in uploads}
     if args.json:

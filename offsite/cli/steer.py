@@ -11,11 +11,11 @@ import signal
 import socket
 import sys
 import threading
-import time
 
 from .. import logs, notify
 from ..agent import control
-from ..agent.job import JobRunner, Request
+from ..agent.alone import sync_once
+from ..agent.job import JobRunner
 from ..agent.service import Agent
 from ..config import Config
 from ..errors import (
@@ -102,30 +102,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
                            threading.BoundedSemaphore(cfg.agent.max_connections))
         if sys.stderr.isatty():
             runner.on_progress = ProgressBar().update
-        result: dict = {}
-        runner.request(Request("sync", args.allow_deletes, result.update, accept_changes=args.accept_changes))
         previous = {s: signal.signal(s, lambda *_: runner.stop()) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            runner.step()
-            # Absence is not evidence: a file the target holds and this one listing missed is
-            # gone only when a listing `settle` later misses it too. Look again, then, once.
-            due = runner.view.first_missed([p for p in runner.view.unknown_paths()
-                                            if p in (runner.plan.target_files or {})])
-            if due is not None and not runner.stopping.is_set():
-                runner.stopping.wait(max(0.0, due + cfg.agent.settle - time.monotonic()))
-                if not runner.stopping.is_set():
-                    runner.request(Request("sync", args.allow_deletes, result.update,
-                                           accept_changes=args.accept_changes))
-                    runner.step()
+            result = sync_once(runner, args.allow_deletes, args.accept_changes, cfg.agent.settle)
         finally:
-            runner.close()
             for s, h in previous.items():
                 signal.signal(s, h)
             if sys.stderr.isatty():
                 sys.stderr.write("\n")
-    if runner.stopping.is_set():
-        result["ok"] = False
-        result["error"] = "interrupted; the transfer resumes at the next sync"
     return _print_sync(job.name, result, args.json)
 
 
