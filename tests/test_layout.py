@@ -96,3 +96,21 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
     fake = ROOT / "targets" / "local.py"
     tree_imports = imports(fake) | {"offsite.agent.job"}
     assert any(layer(d) > layer(name_of(fake)) for d in tree_imports)
+
+
+def test_the_readme_names_real_functions_on_a_files_way():
+    """README, "Development": every function named on the way of a new file exists."""
+    import re
+
+    text = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    way = text[text.index("How one new backup file travels"):]
+    way = way[:way.index("\n\n")]
+    source = "\n".join(p.read_text(encoding="utf-8") for p in modules())
+    named = set(re.findall(r"`([A-Za-z_.]+)`", way))
+    assert len(named) > 20
+    for name in sorted(named):
+        *owner, last = name.split(".")
+        if owner and owner[-1][0].isupper() and owner[-1] not in ("Kind",):
+            assert re.search(rf"^class {owner[-1]}\b", source, re.M), f"README names {name}: no class {owner[-1]}"
+        if last[0].islower():
+            assert re.search(rf"def {last}\b", source), f"README names {name}: no function {last}"
