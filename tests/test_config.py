@@ -388,12 +388,21 @@ def test_every_key_the_readme_documents_has_a_malformed_case():
     assert not missing, f"documented keys with no malformed case in BAD: {missing}"
 
 
-@pytest.mark.xfail(strict=True, reason="config/load.py resolves a secret option (heartbeat_url) without its "
-                   "own parser, so any string is taken for the heartbeat URL")
-def test_a_heartbeat_url_that_is_not_http_is_refused(folder, capsys):
-    path = write(folder, GOOD_JOB + '[notify]\nheartbeat_url = "ftp://example.net/ping"\n')
+@pytest.mark.parametrize("form", ["inline", "env", "file"])
+def test_a_heartbeat_url_that_is_not_http_is_refused_in_every_form(folder, capsys, monkeypatch, form):
+    url = "ftp://user:hunter2-secret@example.net/ping"
+    if form == "inline":
+        line = f'heartbeat_url = "{url}"'
+    elif form == "env":
+        monkeypatch.setenv("OFFSITE_TEST_HEARTBEAT", url)
+        line = 'heartbeat_url_env = "OFFSITE_TEST_HEARTBEAT"'
+    else:
+        (folder / "hb.txt").write_text(url + "\n")
+        line = 'heartbeat_url_file = "hb.txt"'
+    path = write(folder, GOOD_JOB + f"[notify]\n{line}\n")
     assert main(["-c", str(path), "check"]) == 2
-    assert "notify.heartbeat_url: must be an http:// or https:// URL" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "notify.heartbeat_url: must be an http:// or https:// URL" in err and "hunter2-secret" not in err
 
 
 def test_inline_secret_needs_an_owner_only_file(folder, capsys):

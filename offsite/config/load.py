@@ -113,7 +113,13 @@ class _Parser:
         out: dict[str, Any] = {}
         for name, opt in decl.items():
             if opt.secret:
-                out[name] = self.secret(raw, name, key)
+                out[name] = found = self.secret(raw, name, key)
+                if found is not None:  # checked like any value, never echoed
+                    try:
+                        opt.parse(found.reveal())
+                    except ValueError as e:
+                        why = str(e) if found.reveal() not in str(e) else "is not a valid value"
+                        raise self.fail(f"{key}.{name}", why) from None
                 continue
             if name not in raw:
                 if opt.default is REQUIRED:
