@@ -285,6 +285,7 @@ LOCATION_BAD = [
     ("sftp", "password", "5", NON_EMPTY),
     ("sftp", "known_hosts", "5", NON_EMPTY),
     ("sftp", "host_key", "5", NON_EMPTY),
+    ("sftp", "host_key", '"AAAAC3NzaC1lZDI1NTE5"', "must look like 'ssh-ed25519 AAAA...'"),
     ("sftp", "accept_new_host_key", '"yes"', "must be true or false"),
     ("sftp", "compress", '"yes"', "must be true or false"),
     *((kind, key, value, message) for kind in ("ftp", "ftps") for key, value, message in (
@@ -299,6 +300,7 @@ LOCATION_BAD = [
     ("s3", "prefix", "5", NON_EMPTY),
     ("s3", "region", "5", NON_EMPTY),
     ("s3", "endpoint", "5", NON_EMPTY),
+    ("s3", "endpoint", '"minio.local:9000"', "must be an http:// or https:// URL"),
     ("s3", "access_key_id", "5", NON_EMPTY),
     ("s3", "secret_access_key", "5", NON_EMPTY),
     ("s3", "storage_class", "5", NON_EMPTY),

@@ -23,6 +23,7 @@ from .parsers import (
     count,
     duration,
     host,
+    host_key,
     hostport,
     http_url,
     integer,
@@ -128,7 +129,7 @@ TARGET_OPTIONS: dict[str, dict[str, Opt]] = {
         "known_hosts": Opt(string, path=True,
                            help="an OpenSSH `known_hosts` file with the server's key; `known_hosts` or "
                                 "`host_key`, not both"),
-        "host_key": Opt(string, help="the server's key, as in `known_hosts`: `ssh-ed25519 AAAA...`"),
+        "host_key": Opt(host_key, help="the server's key, as in `known_hosts`: `ssh-ed25519 AAAA...`"),
         "accept_new_host_key": Opt(boolean, False,
                                    help="host keys are verified; a server whose key is unknown is refused "
                                         "unless this is `true` (its key is then added to `known_hosts`, when "
@@ -147,7 +148,7 @@ TARGET_OPTIONS: dict[str, dict[str, Opt]] = {
         "bucket": Opt(string, REQUIRED, help="the bucket"),
         "prefix": Opt(string_or_empty, "", shown="none", help="the key prefix the jobs' folders go under"),
         "region": Opt(string, help="the bucket's region"),
-        "endpoint": Opt(string, help="the URL of an S3-compatible store (absent: AWS)"),
+        "endpoint": Opt(http_url, help="the URL of an S3-compatible store (absent: AWS)"),
         "addressing_style": Opt(choice("auto", "path", "virtual"), "auto", help=_codes(("auto", "path", "virtual"))),
         "access_key_id": Opt(string,
                              help="with `secret_access_key`, the store's access key; both absent: boto3's "

@@ -6,6 +6,7 @@ declarations (options.py) pair each option with one of these.
 """
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import PurePosixPath
 from typing import Any, Callable
@@ -139,3 +140,19 @@ def relative_folder(v: Any) -> str:
     ):
         raise ValueError(f"must be a relative folder name without '..' (got {v!r})")
     return "/".join(parts)
+
+
+def host_key(v: Any) -> str:
+    """An SSH host key as known_hosts writes it: 'ssh-ed25519 AAAA...', with or without the
+    host name in front (checked here for its shape; the key itself when a session opens)."""
+    parts = string(v).split()
+    if len(parts) >= 3 and not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        parts = parts[1:]
+    try:
+        ok = len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-", "sk-")) \
+            and bool(base64.b64decode(parts[1], validate=True))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError("must look like 'ssh-ed25519 AAAA...' (a line of known_hosts, with or without the host)")
+    return v
