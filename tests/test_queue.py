@@ -266,3 +266,33 @@ def test_acknowledged_rows_are_cleared(tmp_path):
 def test_reading_a_missing_queue_is_empty(tmp_path):
     assert read_items(tmp_path / "nothing") == []
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+NEWER_OF_FAILED = """
+import os
+import signal
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from offsite.queue import WorkQueue
+from test_queue import die_after_rows
+q = WorkQueue(Path(sys.argv[2]))
+it = q.put("j", "upload", "C_VOL-b001.spf", 10, 10)
+q.lease(it.id)
+q.fail(it.id, "does not match its .md5", "source-corrupt")
+die_after_rows(q._conn(), 2)  # killed inside the write of a second row, if there is one
+q.put("j", "upload", "C_VOL-b001.spf", 20, 20)  # a newer version of the failed file
+os.kill(os.getpid(), signal.SIGKILL)  # else right after it
+"""
+
+
+def test_a_newer_version_of_a_failed_file_is_one_write(tmp_path):
+    """Killed in the middle of queuing a newer version of a failed file, the queue holds the
+    old version failed with its cause, or the new one ready: never a failed item that has
+    lost its cause and error (which nothing would retry but a person)."""
+    proc = subprocess.run([sys.executable, "-c", NEWER_OF_FAILED, str(Path(__file__).parent), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    [it] = reopened(tmp_path).values()
+    assert it[3:] in [(10, 10, "failed", 1, "does not match its .md5", None, "source-corrupt"),
+                      (20, 20, "ready", 1, None, None, None)], it

@@ -223,11 +223,11 @@ class WorkQueue:
                 same_version = it.op == op and (it.size, it.mtime_ns) == (size, mtime_ns)
                 if same_version:
                     return it
-                if it.op == op:  # a newer version of the same file
-                    it = self._update(replace(it, size=size, mtime_ns=mtime_ns, last_error=None, cause=None))
-                    if it.state == "failed":
-                        self.release(it.id, count_attempt=False)
-                    return self._items[it.id]
+                if it.op == op:  # a newer version of the same file; a failed one is ready again
+                    again = {"state": "ready", "next_attempt": None} if it.state == "failed" else {}
+                    it = replace(it, size=size, mtime_ns=mtime_ns, last_error=None, cause=None, **again)
+                    self._write(it, AckStatus.ready)  # one commit: never failed without its cause
+                    return self._store(it)
                 self._ack(it.id)  # the newer event wins: upload then delete, or the reverse
             item = QueueItem(id=0, job=job, op=op, path=path, size=size, state="ready",
                              enqueued=now_iso(), mtime_ns=mtime_ns)
@@ -335,11 +335,6 @@ class WorkQueue:
         with self._q.tran_lock, self._conn() as conn:
             conn.execute(f"UPDATE {_TABLE} SET data = ?, status = ? WHERE _id = ?",
                          (self._q._serializer.dumps(_data(it)), int(status), it.id))  # type: ignore[call-overload]
-
-    def _update(self, it: QueueItem) -> QueueItem:
-        self._q.update(_data(it), id=it.id)
-        return self._store(it)
-
 
     def _ack(self, item_id: int) -> None:
         self._q.ack(id=item_id)
