@@ -59,17 +59,25 @@ class Round:
 
     # ---------------------------------------------------------------- starting work
     def fill(self, now: Now) -> None:
-        """Start items until the job's `transfers` run (one, after the target was full)."""
-        while len(self.running) < (1 if self.alone else self.width):
-            task = self._next(now.local)
-            if task is None:
+        """Start items until the job's `transfers` run (one, after the target was full). Items
+        found stale on the way (gone at the source, or written again) are set aside, and
+        their groups planned again only once picking is over; then picking goes on."""
+        while True:
+            again: set[str] = set()
+            while len(self.running) < (1 if self.alone else self.width):
+                task = self._next(now.local, again)
+                if task is None:
+                    break
+                task.alone = self.alone
+                self.running[task.item.id] = task
+                self.run.submit(task, min(self.width, len(self.running)))
+            if not again:
                 return
-            task.alone = self.alone
-            self.running[task.item.id] = task
-            self.run.submit(task, min(self.width, len(self.running)))
+            self.plan.touched(again)
 
-    def _next(self, now: dt.datetime) -> Task | None:
-        """The next item the dispatcher lets start, leased, as a task; None when none can."""
+    def _next(self, now: dt.datetime, again: set[str]) -> Task | None:
+        """The next item the dispatcher lets start, leased, as a task; None when none can.
+        Stale items are taken out of the dispatcher's index and their paths added to `again`."""
         while True:
             it = self.dispatch.pick(self.queue.get, self.plan.blockers, now)
             if it is None:
@@ -86,10 +94,11 @@ class Round:
                     self.dispatch.discard(it.id)
                     stats.files_skipped += 1
                     log.info("job %s: %s vanished at the source before it was sent; skipped", self.job.name, it.path)
-                    self.plan.touched({it.path})
+                    again.add(it.path)
                     continue
-                if not e.ready:  # written again since it was planned
-                    self.plan.touched({it.path})
+                if not e.ready:  # written again since it was planned: planned again, after picking
+                    self.dispatch.discard(it.id)
+                    again.add(it.path)
                     continue
                 task.size, task.mtime_ns = e.size, e.mtime_ns
                 task.replaces = it.path in self.plan.target_files  # its copy goes to the bin first

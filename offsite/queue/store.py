@@ -224,8 +224,9 @@ class WorkQueue:
                 if same_version:
                     return it
                 if it.op == op:  # a newer version of the same file; a failed one is ready again
-                    again = {"state": "ready", "next_attempt": None} if it.state == "failed" else {}
-                    it = replace(it, size=size, mtime_ns=mtime_ns, last_error=None, cause=None, **again)
+                    failed = it.state == "failed"
+                    it = replace(it, size=size, mtime_ns=mtime_ns, last_error=None, cause=None,
+                                 state="ready", next_attempt=None if failed else it.next_attempt)
                     self._write(it, AckStatus.ready)  # one commit: never failed without its cause
                     return self._store(it)
                 self._ack(it.id)  # the newer event wins: upload then delete, or the reverse
