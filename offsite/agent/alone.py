@@ -17,10 +17,12 @@ def sync_once(runner: JobRunner, allow_deletes: bool, accept_changes: bool, sett
     """The sync's answer, as the agent gives it to `offsite sync` (ok, error, held, result,
     waiting_files, changed); ok False when it was stopped (runner.stop) before the end."""
     result: dict = {}
+    runner.stop_reason = "the sync was interrupted"
 
     def turn() -> None:
         runner.request(Request("sync", allow_deletes, result.update, accept_changes=accept_changes))
         runner.step()
+        runner.remember()
 
     try:
         turn()

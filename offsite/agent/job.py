@@ -85,6 +85,8 @@ class JobRunner:
         self._next_rescan = 0.0
         self._source_missing = False
         self._source_unreadable: str | None = None  # the source folder itself fails to read
+        self.stop_reason = "the agent stopped"  # what a stop is, in the last sync's result
+        self._known: dict | None = None  # what was last left for status without an agent
 
     @property
     def error(self) -> str | None:
@@ -137,6 +139,12 @@ class JobRunner:
         """What the alert rules read of this job, beside its status entry `st`."""
         return report.facts(st, self.live(), self.queue.failed(self.job.name))
 
+    def remember(self) -> None:
+        """Leave what status without an agent cannot otherwise know, when it changed."""
+        if (known := report.known(self.live())) != self._known:
+            report.remember(self.state, self.job.name, known)
+            self._known = known
+
     def _unreadable(self) -> dict[str, str]:
         """Source folders (and files) that fail to read: relative path ("" the source itself)
         -> the error."""
@@ -152,6 +160,7 @@ class JobRunner:
             except Exception as e:  # noqa: BLE001 - a bug must not kill the job silently
                 log.exception("job %s: unexpected error", self.job.name)
                 self.trouble.permanent_failure(f"unexpected error: {e}", time.monotonic())
+            self.remember()
             self.wake.wait(0.5)
             self.wake.clear()
         self.close()
@@ -376,7 +385,7 @@ class JobRunner:
         left = self.queue.summary(self.job.name)["pending_files"]
         gave_up = self.trouble.end_pass()
         result = report.judge(
-            stats, now, left=left, stopped=self.stopping.is_set(),
+            stats, now, left=left, stopped=self.stop_reason if self.stopping.is_set() else None,
             window_closed=not forced and not windows.is_open(self.job.windows, now),
             failed=bool(self.trouble.error or gave_up or (left and self.trouble.transient)),
             changed=len(self.plan.changed), unreadable=self._unreadable(), source=self.job.source)

@@ -146,14 +146,15 @@ class Tally:
                 "eta": round((t.size - t.done) / share) if share else None}
 
 
-def judge(stats: SyncStats, now: dt.datetime, *, left: int, stopped: bool, window_closed: bool, failed: bool,
+def judge(stats: SyncStats, now: dt.datetime, *, left: int, stopped: str | None, window_closed: bool, failed: bool,
           changed: int, unreadable: Mapping[str, str], source: Path) -> dict:
     """The result of a pass of work that just ended ("Last Synchronization Results"). It is
     ok when it did its work: errors met on the way and healed by a retry are listed, but do
-    not fail it. `failed`: the job is in error, or gave up on transient failures, or ends
-    with work left and trouble unhealed."""
+    not fail it. `stopped`: what stopped it ("the agent stopped"), if anything did. `failed`:
+    the job is in error, or gave up on transient failures, or ends with work left and
+    trouble unhealed."""
     if left and stopped:
-        stats.error(f"the agent stopped with {left} file(s) still to do")
+        stats.error(f"{stopped} with {left} file(s) still to do")
         stats.ok = False
     elif left and window_closed:
         stats.error(f"the window closed with {left} file(s) still to do")
@@ -199,13 +200,41 @@ class Live:
 
     @classmethod
     def offline(cls, job: Job, results: Mapping, successes: Mapping, owner_id: str | None,
-                queue_error: str | None) -> Live:
-        """What the state directory tells of a job no agent runs: its last sync's result."""
+                queue_error: str | None, known: Mapping, changed: int) -> Live:
+        """What the state directory tells of a job no agent runs: its last sync's result, and
+        what the last runner of the job knew when it stopped (`known`, see `KNOWN`)."""
         last = results.get(job.name)
         ok = bool(last and last.get("ok"))
-        return cls(phase="error" if (last and not ok) or queue_error else "idle", error=queue_error,
-                   owner="ok" if owner_id else "unset", last_sync=last,
-                   last_success=successes.get(job.name, epoch(last["finished"]) if ok and last else None))
+        error = queue_error or known.get("error")
+        return cls(phase="error" if (last and not ok) or error else "idle", error=error,
+                   owner=known.get("owner") or ("ok" if owner_id else "unset"), last_sync=last,
+                   last_success=successes.get(job.name, epoch(last["finished"]) if ok and last else None),
+                   held_deletes=known.get("held_deletes") or 0, held_reason=known.get("held_reason"),
+                   bin_bytes=known.get("bin_bytes"), bin_files=known.get("bin_files") or 0, changed_files=changed)
+
+
+# What a job's runner leaves in the state directory (known.json) for status without an agent:
+# what the state directory cannot tell otherwise. Written when it changes.
+KNOWN = ("owner", "error", "held_deletes", "held_reason", "bin_bytes", "bin_files")
+
+
+def known(live: Live) -> dict:
+    return {k: getattr(live, k) for k in KNOWN}
+
+
+def remember(state: StateDir, job: str, facts: dict) -> None:
+    state.update_json("known.json", lambda d: d.__setitem__(job, facts))
+
+
+def taken_over(state: StateDir, job: str) -> None:
+    """`offsite reinit` without an agent: the folder is the job's now, and the error its owner
+    ID gave is over (any other shows again at the next sync)."""
+    def clear(d: dict) -> None:
+        entry = d.get(job)
+        if isinstance(entry, dict):
+            d[job] = {**entry, "owner": "ok", "error": None}
+
+    state.update_json("known.json", clear)
 
 
 def status(job: Job, counts: dict, oldest_ns: int | None, live: Live, now: dt.datetime) -> dict:
@@ -279,11 +308,15 @@ def offline(cfg: Config, state: StateDir, now: dt.datetime) -> dict:
     except OffsiteError as e:  # status must still answer when the queue is unreadable
         items, queue_error = [], str(e)
     results, successes = state.read_json("results.json", {}), state.read_json("success.json", {})
+    kept = state.read_json("known.json", {})
     book = Book.of(state.read_json("alerts.json", {}))
     jobs = []
     for job in cfg.jobs:
         mine = [i for i in items if i.job == job.name]
-        live = Live.offline(job, results, successes, state.owner_id(job.name), queue_error)
+        entry = kept.get(job.name) if isinstance(kept, dict) else None
+        live = Live.offline(job, results, successes, state.owner_id(job.name), queue_error,
+                            entry if isinstance(entry, dict) else {},
+                            sum(1 for i in mine if i.state == "failed" and i.cause == CHANGED_CAUSE))
         st = status(job, summary(mine), oldest_upload(mine), live, now)
         st["last_verify"] = last_verify(state, job.name)
         known = book.of_job(job.name)

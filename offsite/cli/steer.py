@@ -13,7 +13,7 @@ import sys
 import threading
 
 from .. import logs, notify
-from ..agent import control
+from ..agent import control, report
 from ..agent.alone import sync_once
 from ..agent.job import JobRunner
 from ..agent.service import Agent
@@ -224,6 +224,7 @@ def cmd_reinit(args: argparse.Namespace) -> int:
     else:
         with Writer(cfg) as w:
             where = take_over(job, w.state)
+            report.taken_over(w.state, job.name)
     print(f"{job.name}: this job now owns {where}", file=sys.stderr)
     return EXIT_OK
 
