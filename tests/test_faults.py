@@ -389,7 +389,7 @@ def test_a_slow_link_is_not_a_dead_one(kind, faulty, site, start_agent):
     that long: no timeout, no retry, no byte sent twice; the status shows the progress."""
     f = faulty(kind)
     f.config('retry_for = "2m"')
-    f.proxy.slow(f.size / 20)  # the file would take 20 s, a chunk (a part's piece) far less than TIMEOUT
+    f.proxy.slow(2 * MiB)  # 24 s for the file: a write of a MiB takes half a second, far less than TIMEOUT
     agent = start_agent()
     f.watcher.start()
     seen: set[int] = set()
@@ -399,10 +399,11 @@ def test_a_slow_link_is_not_a_dead_one(kind, faulty, site, start_agent):
         t = site.job_status()["transfer"]
         if t and t["path"] == NAME and 0 < t["done"] < t["total"]:
             seen.add(t["done"])
-        return len(seen) >= 2
+        # Slow for a third of the file: far longer than TIMEOUT, with bytes moving all along.
+        return len(seen) >= 2 and f.proxy.up_bytes >= f.size // 3
 
-    wait_until(progress, timeout=60, what="the transfer's progress in the status")
-    f.proxy.clear()  # seen going on, slowly: the rest at full speed
+    wait_until(progress, timeout=90, what="the transfer's progress in the status, a third of the file through")
+    f.proxy.clear()  # the rest at full speed
     f.finish()
     last = wait_until(lambda: (ls := site.job_status()["last_sync"]) and ls["files_sent"] == 1 and ls,
                       what="the sync's result")
