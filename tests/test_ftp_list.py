@@ -28,7 +28,7 @@ from conftest import toml_value, wait_until
 from servers import PASSWORD, free_port
 
 from offsite import config
-from offsite.errors import Interrupted
+from offsite.errors import Interrupted, PermanentError
 from offsite.targets import make_target
 
 MiB = 1024 * 1024
@@ -72,7 +72,13 @@ def gnu_ls(name: str, is_dir: bool, size: int) -> str:
     return f"{mode} admin administrators {size} {when} {name}"
 
 
-FORMATS = {"proftpd": proftpd, "pyftpdlib": pyftpdlib, "vsftpd": vsftpd, "iis-unix": iis, "gnu-ls": gnu_ls}
+def iis_dos(name: str, is_dir: bool, size: int) -> str:
+    # IIS FTP's default "Directory listing style: MS-DOS" (IIS 6 has no MLSD).
+    return f"12-01-26  06:58PM       {'<DIR>         ' if is_dir else f'{size:>14}'} {name}"
+
+
+FORMATS = {"proftpd": proftpd, "pyftpdlib": pyftpdlib, "vsftpd": vsftpd, "iis-unix": iis, "gnu-ls": gnu_ls,
+           "iis-dos": iis_dos}
 
 # A job folder as a tree: path -> size for files, None for folders.
 TREE = {
@@ -165,6 +171,16 @@ def test_a_list_only_server_is_listed_from_its_ls_lines(fmt, total, tmp_path):
     assert t.foreign == frozenset({"other"})  # never listed, never touched
     assert [b.path for b in t.bin_list()] == ["C_VOL-b000.spf"] and t.bin_list()[0].size == 4096
     assert server.commands[0] == "MLSD /backups/job1" and server.commands[1].startswith("LIST ")
+
+
+def test_a_listing_line_of_no_known_format_is_an_error_never_an_empty_folder(tmp_path):
+    """Absence is not evidence: a folder whose listing cannot be read is not empty (the agent
+    would send everything again, and a changed file would replace its offsite copy)."""
+    t = ftp_target(tmp_path, {"type": "ftp", "host": "127.0.0.1", "port": 21, "path": "/backups",
+                              "username": "u", "password": "p"})
+    t.ftp = ListOnlyServer("/backups/job1", lambda name, is_dir, size: f"{name};{size};modify=20261201")
+    with pytest.raises(PermanentError, match="has a line offsite cannot read"):
+        t.list()
 
 
 # ------------------------------------------------------------------ real servers without MLSD
@@ -385,3 +401,16 @@ def test_the_agent_over_a_server_without_mlsd_sends_each_file_once_and_keeps_a_c
     reply = sync()
     assert reply["changed"] == ["C_VOL-b001-i001-cd.spi"] and reply["result"]["files_sent"] == 0
     assert (on_target / "C_VOL-b001-i001-cd.spi").read_bytes() == kept  # the offsite copy as it was
+
+
+@pytest.fixture(scope="module")
+def stock_pyftpd(tmp_path_factory):
+    """Stock pyftpdlib without MLSD: LIST takes its whole argument as a path (RFC 959), so
+    `LIST -a /path` is 550; the target then lists inside the folder."""
+    s = PyftpdlibWithoutMLSD(tmp_path_factory.mktemp("stock-pyftpdlib-without-mlsd"), ls_options=False)
+    yield s
+    s.stop()
+
+
+def test_a_server_that_takes_list_options_as_a_path_is_listed_all_the_same(stock_pyftpd, tmp_path):
+    test_the_agent_over_a_server_without_mlsd_sends_each_file_once_and_keeps_a_changed_one(stock_pyftpd, tmp_path)

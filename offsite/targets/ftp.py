@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ftplib
 import io
+import re
 import socket
 import ssl
 from datetime import datetime, timezone
@@ -174,15 +175,27 @@ class FtpTarget(RemoteFileTarget):
         return out
 
     def _list_unix(self, path: str) -> list[Entry]:
+        """The classic LIST, on servers without MLSD. `-a`, or ProFTPD hides `.offsite` (and
+        another job's folder would pass for ours). A server that reads `-a <path>` as one path
+        answers 550: then the listing is taken inside the folder. A folder that exists never
+        lists as empty because its listing could not be had or read (absence is not evidence)."""
         self._binary = False
         lines: list[str] = []
-        self._call(path, self.conn.retrlines, f"LIST -a {path}", lines.append, missing_ok=True)
+        if self._call(path, self.conn.retrlines, f"LIST -a {path}", lines.append, missing_ok=True) is None:
+            if not self._is_dir(path):  # no such folder: nothing in it (and the CWD made, if it is)
+                return []
+            lines = []
+            if self._call(path, self.conn.retrlines, "LIST -a", lines.append, missing_ok=True) is None:
+                lines = []
+                self._call(path, self.conn.retrlines, "LIST", lines.append)
         out = []
         for line in lines:
-            parts = line.split(None, 8)  # mode links owner group size month day time|year name
-            if len(parts) < 9 or parts[8] in (".", ".."):
-                continue
-            out.append(Entry(parts[8], parts[0].startswith("d"), int(parts[4]) if parts[4].isdigit() else 0))
+            entry = _list_line(line)
+            if entry is None:
+                raise PermanentError(f"the listing of {path} on {self.describe_server()} has a line offsite cannot "
+                                     f"read ({line[:120]!r}); the server's listing format is not supported")
+            if entry.name not in (".", ".."):
+                out.append(entry)
         return out
 
     def _mkdir(self, path: str) -> None:
@@ -278,3 +291,22 @@ def _mtime(modify: str | None) -> int | None:
     except ValueError:
         return None
     return int(t.timestamp()) * 1_000_000_000
+
+
+_DOS = re.compile(r"^\d{2}-\d{2}-\d{2,4}\s+\d{1,2}:\d{2}\s*(?:[AaPp][Mm])?\s+(<DIR>|\d+)\s+(.+)$")
+
+
+def _list_line(line: str) -> Entry | None:
+    """One line of a LIST answer: Unix `ls -l` style (ProFTPD, vsftpd, pyftpdlib, most NAS)
+    or MS-DOS style (IIS's default); "total N" and blank lines give an empty name. None for
+    a line of neither kind."""
+    if not line.strip() or re.match(r"^total \d+$", line.strip()):
+        return Entry(".", True, 0)
+    parts = line.split(None, 8)  # mode links owner group size month day time|year name
+    if len(parts) == 9 and parts[0][:1] in "-dlbcps" and parts[4].isdigit():
+        return Entry(parts[8], parts[0].startswith("d"), int(parts[4]))
+    m = _DOS.match(line)
+    if m:
+        is_dir = m.group(1) == "<DIR>"
+        return Entry(m.group(2), is_dir, 0 if is_dir else int(m.group(1)))
+    return None
