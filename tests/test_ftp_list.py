@@ -183,6 +183,19 @@ def test_a_listing_line_of_no_known_format_is_an_error_never_an_empty_folder(tmp
         t.list()
 
 
+def test_a_folder_that_answers_mlsd_with_550_is_an_error_never_empty(tmp_path):
+    class Refusing(ListOnlyServer):
+        def mlsd(self, path: str = "", facts=()):
+            self.commands.append(f"MLSD {path}")
+            raise ftplib.error_perm(f"550 {path}: Permission denied")
+
+    t = ftp_target(tmp_path, {"type": "ftp", "host": "127.0.0.1", "port": 21, "path": "/backups",
+                              "username": "u", "password": "p"})
+    t.ftp = Refusing("/backups/job1", proftpd)
+    with pytest.raises(PermanentError, match="cannot be listed"):
+        t.list()
+
+
 # ------------------------------------------------------------------ real servers without MLSD
 
 PYFTPDLIB_WITHOUT_MLSD = textwrap.dedent("""

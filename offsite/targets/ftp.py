@@ -163,9 +163,13 @@ class FtpTarget(RemoteFileTarget):
         self._binary = False
         try:
             rows = self._call(path, lambda: list(self.conn.mlsd(path, facts=["type", "size", "modify"])),
-                              missing_ok=True) or []
+                              missing_ok=True)
         except PermanentError:
             return self._list_unix(path)  # no MLSD (vsftpd): the classic LIST
+        if rows is None:  # 550: no such folder, or one that cannot be listed (never taken as empty)
+            if self._is_dir(path):
+                raise PermanentError(f"the folder {path} on {self.describe_server()} cannot be listed")
+            rows = []
         out = []
         for name, facts in rows:
             kind = facts.get("type", "file")
