@@ -412,6 +412,22 @@ def test_a_slow_link_is_not_a_dead_one(kind, faulty, site, start_agent):
     assert agent.stop() == 0
 
 
+def test_ftp_over_a_link_slower_than_a_block_per_timeout_does_not_time_out(faulty, site, start_agent):
+    """FTP sends each block in pieces, each bounded by the timeout: a 1 MiB block at 256 KiB/s
+    takes 4 s, more than the 3 s timeout here (below about 280 kbps with the real 30 s), yet
+    bytes move all along: no timeout, no retry."""
+    f = faulty("ftp")
+    f.config('retry_for = "2m"')
+    f.proxy.slow(256 * 1024)
+    agent = start_agent()
+    wait_until(lambda: f.proxy.up_bytes >= 3 * MiB, timeout=60, what="3 MiB through the slow link")
+    errors = [line for line in agent.output().splitlines() if "retrying in" in line]
+    f.proxy.clear()
+    wait_until(f.published, timeout=60, what="the file published")
+    assert errors == [], errors
+    assert agent.stop() == 0
+
+
 # ------------------------------------------------------------------ kills at the named crash points
 
 def crash_run(site, point: str) -> subprocess.CompletedProcess:

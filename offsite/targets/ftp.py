@@ -23,7 +23,8 @@ from .filesystem import Entry, RemoteFileTarget
 
 TIMEOUT = 30.0
 HASH_TIMEOUT = 3600.0  # the server reads the whole file before it answers
-BLOCK = 1024 * 1024
+BLOCK = 1024 * 1024  # read from the source at once
+SEND = 64 * 1024  # sent at once: the timeout bounds each send
 
 
 class _FTP_TLS(ftplib.FTP_TLS):
@@ -219,9 +220,25 @@ class FtpTarget(RemoteFileTarget):
                 offset = 0  # no resume on this server: start over
         src.seek(offset)
         reader = _Limited(src, size - offset)
-        self._call(path, self.conn.storbinary, f"STOR {path}", reader, blocksize=chunk_size(progress, BLOCK),
-                   callback=lambda block: progress(len(block)), rest=offset or None)
+        self._call(path, self._store, f"STOR {path}", reader, chunk_size(progress, BLOCK), progress, offset or None)
         return size - offset
+
+    def _store(self, cmd: str, src: BinaryIO, block: int, progress: Progress, rest: int | None) -> str:
+        """ftplib's storbinary, but each send() at most SEND bytes: the socket's timeout bounds
+        a whole sendall(), so a block of 1 MiB timed out on a link slower than 1 MiB per
+        timeout although bytes moved all along (below about 280 kbps)."""
+        self.conn.voidcmd("TYPE I")
+        self._binary = True
+        with self.conn.transfercmd(cmd, rest) as data:
+            while buf := src.read(block):
+                view = memoryview(buf)
+                for at in range(0, len(view), SEND):
+                    piece = view[at:at + SEND]
+                    data.sendall(piece)
+                    progress(len(piece))
+            if isinstance(data, ssl.SSLSocket):
+                data.unwrap()  # as storbinary: the TLS layer closed before the reply
+        return self.conn.voidresp()
 
     def _rename(self, src: str, dst: str) -> None:
         self._call(dst, self.conn.rename, src, dst)  # a server that will not replace: filesystem._move
