@@ -334,6 +334,22 @@ def test_a_transfer_that_stalls_is_given_up_and_resumed(kind, faulty, site, star
     assert agent.stop() == 0
 
 
+def test_a_stalled_sftp_transfer_says_it_timed_out(faulty, site, start_agent):
+    """paramiko raises socket.timeout() with no message: the error the operator reads (the
+    sync's result, the queue, alerts) still says what happened."""
+    f = faulty("sftp")
+    f.config('retry_for = "2m"')
+    f.proxy.stall(after=CUT)
+    agent = start_agent()
+    f.watcher.start()
+    f.finish()
+    last = wait_until(lambda: (ls := site.job_status()["last_sync"]) and ls["files_sent"] == 1 and ls,
+                      what="the sync's result")
+    assert last["errors"] and all(not e.rstrip().endswith(":") for e in last["errors"]), last["errors"]
+    assert any("timed out" in e for e in last["errors"]), last["errors"]
+    assert agent.stop() == 0
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_connections_reset_mid_transfer_are_retried_and_resumed(kind, faulty, site, start_agent):
     f = faulty(kind)

@@ -38,6 +38,21 @@ def chunk_size(progress: Progress, default: int) -> int:
     return max(1, min(default, getattr(progress, "chunk", default)))
 
 
+def cause(e: BaseException) -> str:
+    """What an exception says, never nothing: a socket timeout or a closed connection is often
+    raised without a message, and "... broke during X: " tells the operator nothing."""
+    text = str(e).strip()
+    if text:
+        return text
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, ConnectionResetError):
+        return "the connection was reset"
+    if isinstance(e, (EOFError, ConnectionAbortedError, BrokenPipeError)):
+        return "the connection was closed"
+    return type(e).__name__
+
+
 def staging_stem(relpath: str) -> str:
     """A short, safe name for a file's staged upload, whatever its real name."""
     return hashlib.sha256(relpath.encode("utf-8")).hexdigest()[:32]

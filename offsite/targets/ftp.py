@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable, Mapping
 
 from ..errors import PermanentError, TargetFull, TransientError
-from .base import Progress, chunk_size, md5_hex
+from .base import Progress, cause, chunk_size, md5_hex
 from .filesystem import Entry, RemoteFileTarget
 
 TIMEOUT = 30.0
@@ -116,7 +116,7 @@ class FtpTarget(RemoteFileTarget):
             raise TransientError(f"the connection to {where} was refused") from None
         except (OSError, EOFError, ftplib.Error) as e:
             ftp.close()
-            raise TransientError(f"cannot connect to {where}: {e}") from None
+            raise TransientError(f"cannot connect to {where}: {cause(e)}") from None
         self.ftp = ftp
 
     def close(self) -> None:
@@ -141,7 +141,7 @@ class FtpTarget(RemoteFileTarget):
         except ftplib.error_temp as e:
             raise TransientError(f"{what} on {self.describe_server()}: {_reply(e)}") from None
         except (OSError, EOFError, ftplib.Error) as e:
-            raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {e}") from None
+            raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {cause(e)}") from None
 
     # ---------------------------------------------------------------- primitives
     def _size(self, path: str) -> int | None:

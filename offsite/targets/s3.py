@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError
 
 from ..errors import PermanentError, TransientError
 from ..selection import RemoteFile
-from .base import AGENT_DIR, BIN_DIR, OWNER_FILE, PROBE_NAME, Progress, check_relpath
+from .base import AGENT_DIR, BIN_DIR, OWNER_FILE, PROBE_NAME, Progress, cause, check_relpath
 from .s3_bin import S3Bin
 from .s3_bucket import Bucket
 from .s3_multipart import MAX_PARTS, MIN_PART, PARALLEL_PARTS, Multipart, part_size
@@ -101,7 +101,7 @@ class S3Target(S3Bin):
             for chunk in r["Body"].iter_chunks(1 << 20):
                 sink(chunk)
         except (BotoCoreError, OSError) as e:
-            raise TransientError(f"reading {relpath} back from {self.describe()} broke: {e}") from None
+            raise TransientError(f"reading {relpath} back from {self.describe()} broke: {cause(e)}") from None
         finally:
             r["Body"].close()
         return True

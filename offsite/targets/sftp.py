@@ -20,7 +20,7 @@ import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, int64
 
 from ..errors import PermanentError, TargetFull, TransientError
-from .base import Progress, chunk_size, md5_hex
+from .base import Progress, cause, chunk_size, md5_hex
 from .filesystem import Entry, RemoteFileTarget
 
 _SLOW_CIPHERS = ["aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]
@@ -99,7 +99,7 @@ class SftpTarget(RemoteFileTarget):
                 raise PermanentError(
                     f"the host key of {where} is unknown: add it to known_hosts, give host_key, "
                     "or set accept_new_host_key = true") from None
-            raise TransientError(f"SSH connection to {where} failed: {e}") from None
+            raise TransientError(f"SSH connection to {where} failed: {cause(e)}") from None
         except (socket.timeout, TimeoutError):
             client.close()
             raise TransientError(f"the connection to {where} timed out") from None
@@ -155,7 +155,7 @@ class SftpTarget(RemoteFileTarget):
         except PermissionError:
             raise PermanentError(f"permission denied on {what} on {self.describe_server()}") from None
         except (socket.timeout, TimeoutError, ConnectionError) as e:
-            raise TransientError(f"{what} on {self.describe_server()}: {e}") from None
+            raise TransientError(f"{what} on {self.describe_server()}: {cause(e)}") from None
         except OSError as e:
             transport = self.client.get_transport() if self.client else None
             if transport is None or not transport.is_active():
@@ -163,9 +163,9 @@ class SftpTarget(RemoteFileTarget):
             # SFTP v3 reports most server-side errors, a full disk among them, as "Failure".
             if e.errno == errno.ENOSPC:
                 raise TargetFull(f"the disk of {self.describe_server()} is full while writing {what}") from None
-            raise PermanentError(f"{what} failed on {self.describe_server()}: {e}") from None
+            raise PermanentError(f"{what} failed on {self.describe_server()}: {cause(e)}") from None
         except (paramiko.SSHException, EOFError) as e:
-            raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {e}") from None
+            raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {cause(e)}") from None
 
     # ---------------------------------------------------------------- primitives
     def _stat(self, path: str):

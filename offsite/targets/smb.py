@@ -23,7 +23,7 @@ from smbprotocol.exceptions import (
 )
 
 from ..errors import PermanentError, TargetFull, TransientError
-from .base import Progress, chunk_size
+from .base import Progress, cause, chunk_size
 from .filesystem import Entry, RemoteFileTarget
 
 CHUNK = 4 * 1024 * 1024
@@ -102,7 +102,7 @@ class SmbTarget(RemoteFileTarget):
             raise TransientError(f"cannot connect to {where}: {_tail(e)}") from None
         except (SMBException, OSError) as e:
             self.close()
-            raise TransientError(f"the SMB session with {where} failed: {e}") from None
+            raise TransientError(f"the SMB session with {where} failed: {cause(e)}") from None
 
     def close(self) -> None:
         if not self.connected:
@@ -135,7 +135,7 @@ class SmbTarget(RemoteFileTarget):
                 raise PermanentError(f"permission denied on {what} on {self.describe_server()}") from None
             raise PermanentError(f"{what} failed on {self.describe_server()}: {e.strerror}") from None
         except (SMBException, OSError, ValueError) as e:
-            raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {e}") from None
+            raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {cause(e)}") from None
 
     # ---------------------------------------------------------------- primitives
     def _size(self, path: str) -> int | None:
