@@ -98,7 +98,7 @@ class FtpTarget(RemoteFileTarget):
             ftp.login(self.o["username"], password.reveal() if password else "")
             if isinstance(ftp, ftplib.FTP_TLS):
                 ftp.prot_p()
-            ftp.set_pasv(bool(self.o.get("passive", True)))
+            ftp.set_pasv(bool(self.o["passive"]))  # the parser fills it in (config/options.py)
             ftp.voidcmd("TYPE I")
             self._binary = True
             self._hash_cmd = _hash_command(ftp)

@@ -55,7 +55,7 @@ class Bucket:
         if self.o.get("endpoint"):
             # Many S3-compatible stores reject boto3's default CRC checksums (boto3 1.36+).
             extra = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
-        cfg = Config(s3={"addressing_style": self.o.get("addressing_style") or "auto"},
+        cfg = Config(s3={"addressing_style": self.o["addressing_style"]},  # filled in by the parser
                      retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=30, read_timeout=120,
                      max_pool_connections=self.pool, **extra)
         key = (self.o.get("endpoint"), self.o.get("region"), self.o.get("addressing_style"),
