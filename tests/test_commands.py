@@ -5,6 +5,7 @@ import json
 import os
 
 from conftest import finished_file, wait_until
+
 from offsite.queue import WorkQueue
 
 CLOSED = 'windows = [{ days = ["mon"], start = "00:00", end = "00:01" }]'

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from conftest import toml_table, wait_until
 from servers import free_port
 

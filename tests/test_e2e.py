@@ -20,6 +20,7 @@ from pathlib import Path
 
 from conftest import Site, TargetWatcher, wait_until
 from imagemanager import ImageManager, write_events
+
 from offsite.selection import Rules, SourceFile, plan
 from offsite.state import StateDir
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_until
 
 INFO = "Macrium Repository Information.txt"

@@ -13,7 +13,6 @@ import time
 from collections import Counter
 
 import pytest
-
 from test_targets import Remote
 
 PRIMITIVES = ("_size", "_is_dir", "_listdir", "_mkdir", "_write", "_rename", "_remove", "_set_mtime",

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_until
+
 from offsite.agent.throttle import MAX_CHUNK, MIN_CHUNK, Throttle
 
 

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import finished_file, wait_until
 
 MiB = 1024 * 1024
