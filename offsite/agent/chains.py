@@ -21,7 +21,7 @@ from collections.abc import Collection
 from ..backupfiles import Role, classify
 from ..config import Job
 from ..deletions import WINDOW, Decision
-from ..queue import QueueItem, WorkQueue
+from ..queue import CHANGED, QueueItem, WorkQueue
 from ..selection import (
     MONTHLY_LEVELS,
     Plan,
@@ -40,7 +40,6 @@ from .dispatcher import Dispatch
 
 log = logging.getLogger(__name__)
 
-CHANGED = "source-changed"
 CHANGED_ERROR = ("changed at the source after it was sent (a ShadowProtect file is written once and never "
                  "changed: damaged, or tampered with); the copy offsite is kept as it is. If the change is "
                  "intended, 'offsite queue retry {id}' sends it, the offsite copy going to the bin")

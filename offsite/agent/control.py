@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..errors import OffsiteError, UsageError
-from ..queue import QueueItem, WorkQueue
+from ..queue import CHANGED, QueueItem, WorkQueue
 from ..state import StateDir
 
 
@@ -19,14 +19,14 @@ def retry(queue: WorkQueue, state: StateDir, ids: list[int] | None) -> list[Queu
         # Not the files changed at the source: "retry every failed file" after a read error
         # is routine, accepting a tampered backup must never be (sync --accept-changes, or
         # queue retry ID, a person naming the file).
-        chosen = [i for i in items if i.state == "failed" and i.cause != "source-changed"]
+        chosen = [i for i in items if i.state == "failed" and i.cause != CHANGED]
     else:
         known = {i.id: i for i in items}
         missing = [i for i in ids if i not in known]
         if missing:
             raise UsageError(f"no queue item with ID {missing[0]}")
         chosen = [known[i] for i in ids]
-    accept(state, [(i.job, i.path, i.size, i.mtime_ns) for i in chosen if i.cause == "source-changed"])
+    accept(state, [(i.job, i.path, i.size, i.mtime_ns) for i in chosen if i.cause == CHANGED])
     queue.retry(i.id for i in chosen)
     return chosen
 

@@ -18,13 +18,12 @@ from .. import alerts
 from ..alerts import Book, Facts, Limits
 from ..config import Config, Job
 from ..errors import OffsiteError
-from ..queue import QueueItem, oldest_upload, read_items, summary
+from ..queue import CHANGED, CORRUPT, QueueItem, oldest_upload, read_items, summary
 from ..state import StateDir
 from ..verify import last as last_verify
 from ..windows import is_open, next_opening
 
 LISTED = 100  # paths kept in a result's "sent" and "deleted" lists (SPEC section 6)
-CORRUPT_CAUSE, CHANGED_CAUSE = "source-corrupt", "source-changed"
 
 
 def iso(t: dt.datetime | None) -> str | None:
@@ -284,8 +283,8 @@ def facts(st: dict, live: Live, failed: Iterable[QueueItem]) -> Facts:
         owner=st["owner"], held_deletes=st["held_deletes"], held_reason=st["held_reason"],
         pending_files=st["pending_files"], pending_bytes=st["pending_bytes"], lag_seconds=st["lag_seconds"],
         newest_source=live.newest_source, free_bytes=st.get("target_free_bytes"), target=live.target,
-        corrupt=tuple(sorted(i.path for i in failed if i.cause == CORRUPT_CAUSE)),
-        changed=tuple(sorted(i.path for i in failed if i.cause == CHANGED_CAUSE)),
+        corrupt=tuple(sorted(i.path for i in failed if i.cause == CORRUPT)),
+        changed=tuple(sorted(i.path for i in failed if i.cause == CHANGED)),
         unreadable=tuple(sorted(live.unreadable.items())),
         verify_bad=tuple(m["path"] for m in verified.get("mismatches", [])) if isinstance(verified, dict) else (),
     )
@@ -316,7 +315,7 @@ def offline(cfg: Config, state: StateDir, now: dt.datetime) -> dict:
         entry = kept.get(job.name) if isinstance(kept, dict) else None
         live = Live.offline(job, results, successes, state.owner_id(job.name), queue_error,
                             entry if isinstance(entry, dict) else {},
-                            sum(1 for i in mine if i.state == "failed" and i.cause == CHANGED_CAUSE))
+                            sum(1 for i in mine if i.state == "failed" and i.cause == CHANGED))
         st = status(job, summary(mine), oldest_upload(mine), live, now)
         st["last_verify"] = last_verify(state, job.name)
         known = book.of_job(job.name)

@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from ..config import Job
 from ..errors import OffsiteError, TargetFull, TransientError
-from ..queue import QueueItem, WorkQueue
+from ..queue import CORRUPT, QueueItem, WorkQueue
 from ..selection import RemoteFile
 from ..watchers import SourceView
 from .chains import Planner
@@ -222,7 +222,7 @@ class Round:
         msg = f"{task.item.path}: {e}"
         log.error("job %s: %s; it is not sent until the image is restored and retried "
                   "('offsite queue retry %d')", self.job.name, msg, task.item.id)
-        self.queue.fail(task.item.id, str(e), "source-corrupt")
+        self.queue.fail(task.item.id, str(e), CORRUPT)
         self.tally.failure(msg, now.local)
         return False
 

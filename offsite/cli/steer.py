@@ -26,7 +26,7 @@ from ..errors import (
     UsageError,
 )
 from ..owner import take_over
-from ..queue import read_items
+from ..queue import CHANGED, read_items
 from ..targets import make_target
 from ..units import format_bytes
 from .common import (
@@ -162,7 +162,7 @@ def cmd_queue_retry(args: argparse.Namespace) -> int:
     reply = _queue_change(cfg, {"op": "retry", "ids": None if args.failed else [args.id]})
     print(f"{len(reply['items'])} item(s) ready to run again", file=sys.stderr)
     if args.failed:
-        changed = [i for i in read_items(state_of(cfg).queue_dir) if i.cause == "source-changed"]
+        changed = [i for i in read_items(state_of(cfg).queue_dir) if i.cause == CHANGED]
         if changed:
             print(f"{len(changed)} file(s) changed at the source after they were sent were left as they are "
                   f"(source-changed): 'offsite queue retry ID' or 'offsite sync JOB --accept-changes' sends them",

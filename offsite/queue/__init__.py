@@ -4,6 +4,15 @@ One writer, the process that holds the state directory's lock, opens it with `Wo
 anyone else reads it with `read_items`, through SQLite opened read-only, which never
 changes the writer's work (persist-queue resets in-flight items on open: #132, #152).
 """
-from .store import QueueItem, WorkQueue, count_rows, oldest_upload, read_items, summary
+from .store import (
+    CHANGED,
+    CORRUPT,
+    QueueItem,
+    WorkQueue,
+    count_rows,
+    oldest_upload,
+    read_items,
+    summary,
+)
 
-__all__ = ["QueueItem", "WorkQueue", "count_rows", "oldest_upload", "read_items", "summary"]
+__all__ = ["CHANGED", "CORRUPT", "QueueItem", "WorkQueue", "count_rows", "oldest_upload", "read_items", "summary"]

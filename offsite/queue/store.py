@@ -28,6 +28,10 @@ _STATES = {AckStatus.inited: "ready", AckStatus.ready: "ready", AckStatus.unack:
            AckStatus.ack_failed: "failed"}
 
 
+CHANGED = "source-changed"  # a failed item's cause (the alert that tells a person): changed after it was sent
+CORRUPT = "source-corrupt"  # ...: an image that does not match its .md5 sidecar
+
+
 @dataclass(frozen=True)
 class QueueItem:
     id: int
@@ -41,7 +45,7 @@ class QueueItem:
     enqueued: str = ""  # ISO 8601 with offset
     next_attempt: str | None = None
     mtime_ns: int | None = None
-    cause: str | None = None  # a failed item's alert: "source-changed" or "source-corrupt"
+    cause: str | None = None  # a failed item's alert: CHANGED or CORRUPT
 
     def to_json(self) -> dict:
         d = asdict(self)
