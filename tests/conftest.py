@@ -38,6 +38,20 @@ def run_offsite(cfg: Path, *args: str, timeout: float = 120, env: dict | None = 
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def opened_target(tmp_path: Path, opts: dict, job: str = ""):
+    """The target of a job on these location options, opened: what one transfer session holds."""
+    from offsite import config
+    from offsite.targets import make_target
+
+    (tmp_path / "src").mkdir(exist_ok=True)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(toml_table("t", opts) + f"\n[[jobs]]\nname = 'j'\nsource = '{tmp_path / 'src'}'\nlocation = 't'\n{job}")
+    os.chmod(cfg, 0o600)
+    t = make_target(config.load(cfg).jobs[0])
+    t.open()
+    return t
+
+
 def finished_file(path: Path, size: int | None = None, data: bytes | None = None, age: float = 60) -> Path:
     """A backup file written `age` seconds ago (a minute: it has settled): random bytes, or `data`."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,12 +11,11 @@ import os
 import time
 
 import pytest
-from conftest import finished_file, toml_table, wait_until
+from conftest import finished_file, opened_target, wait_until
 
-from offsite import config
 from offsite.agent.throttle import Throttle
 from offsite.errors import Interrupted
-from offsite.targets import make_target, s3, smb
+from offsite.targets import s3, smb
 from offsite.targets.sftp import SftpTarget
 
 MiB = 1024 * 1024
@@ -154,17 +153,6 @@ def test_a_60_second_outage_the_transfer_goes_on_soon_after_the_server_returns(s
     assert sent <= wire <= sent + most, f"{wire} bytes on the wire for {sent} bytes sent (at most {sent + most})"
 
 
-def a_target(tmp_path, opts: dict):
-    """The target of a job on these location options, opened: what one transfer session holds."""
-    (tmp_path / "src").mkdir(exist_ok=True)
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(toml_table("t", opts) + f"\n[[jobs]]\nname = 'j'\nsource = '{tmp_path / 'src'}'\nlocation = 't'\n")
-    os.chmod(cfg, 0o600)
-    t = make_target(config.load(cfg).jobs[0])
-    t.open()
-    return t
-
-
 @pytest.mark.parametrize("kind", ["smb", "sftp", "ftp"])
 def test_an_upload_stopped_and_resumed_reports_each_byte_it_sent(kind, servers, tmp_path):
     """bytes_on_wire is the sum of what uploads report to `progress`. An upload of N bytes
@@ -187,7 +175,7 @@ def test_an_upload_stopped_and_resumed_reports_each_byte_it_sent(kind, servers, 
             raise Interrupted("the agent is stopping")
 
     stop_after_5_mib.chunk = 512 * 1024  # type: ignore[attr-defined]  # several writes in flight at once
-    t = a_target(tmp_path, loc)
+    t = opened_target(tmp_path, loc)
     try:
         with pytest.raises(Interrupted):
             t.upload(name, io.BytesIO(data), len(data), mtime, stop_after_5_mib)
@@ -195,7 +183,7 @@ def test_an_upload_stopped_and_resumed_reports_each_byte_it_sent(kind, servers, 
         t.close()
     first = sum(counted)
     assert 5 * MiB <= first < len(data)
-    t = a_target(tmp_path, loc)  # the next attempt: a new session, resuming from the staged bytes
+    t = opened_target(tmp_path, loc)  # the next attempt: a new session, resuming from the staged bytes
     try:
         t.upload(name, io.BytesIO(data), len(data), mtime, counted.append)
         t.publish(name, len(data), mtime, hashlib.md5(data).hexdigest())

@@ -6,10 +6,9 @@ import io
 import os
 
 import pytest
-from conftest import toml_table
+from conftest import opened_target, toml_table
 
 from offsite import config
-from offsite.targets import make_target
 from offsite.targets.s3 import MAX_PARTS, part_size
 from offsite.targets.smb import parse_unc
 
@@ -17,13 +16,7 @@ MiB = 1024 * 1024
 
 
 def target(tmp_path, opts: dict):
-    (tmp_path / "src").mkdir(exist_ok=True)
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(toml_table("t", opts) + f"\n[[jobs]]\nname = 'j'\nsource = '{tmp_path / 'src'}'\nlocation = 't'\nmode = 'all'\n")
-    os.chmod(cfg, 0o600)
-    t = make_target(config.load(cfg).jobs[0])
-    t.open()
-    return t
+    return opened_target(tmp_path, opts, "mode = 'all'\n")
 
 
 def roundtrip(t, name="C_VOL-b001.spf", data=b"x" * 1000):

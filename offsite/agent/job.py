@@ -131,23 +131,23 @@ class JobRunner:
             transfer=self.tally.transfer(tasks, time.monotonic()), free_bytes=self.upkeep.free_bytes,
             counters=dict(self.tally.counters), newest_source=self.plan.newest_source, target=self.where)
 
-    def status(self, now: dt.datetime) -> dict:
+    def status(self, now: dt.datetime, live: Live | None = None) -> dict:
         return report.status(self.job, self.queue.summary(self.job.name), self.queue.oldest_upload(self.job.name),
-                             self.live(), now)
+                             live or self.live(), now)
 
-    def facts(self, st: dict) -> report.Facts:
+    def facts(self, st: dict, live: Live | None = None) -> report.Facts:
         """What the alert rules read of this job, beside its status entry `st`."""
-        return report.facts(st, self.live(), self.queue.failed(self.job.name))
+        return report.facts(st, live or self.live(), self.queue.failed(self.job.name))
 
     def remember(self) -> None:
-        """Leave what status without an agent cannot otherwise know, when it changed."""
-        if (known := report.known(self.live())) != self._known:
-            report.remember(self.state, self.job.name, known)
-            self._known = known
+        """Leave what status without an agent cannot know (not via live(): it samples the rate)."""
+        d, tally = self.plan.decision, self.tally
+        self._known = report.remember(self.state, self.job.name, self._known, owner=self.sessions.owner,
+                                      error=self.trouble.error, held_deletes=d.held, held_reason=d.reason,
+                                      bin_bytes=tally.bin_bytes, bin_files=tally.bin_files)
 
     def _unreadable(self) -> dict[str, str]:
-        """Source folders (and files) that fail to read: relative path ("" the source itself)
-        -> the error."""
+        """Source folders and files that fail to read: relative path ("" the source) -> error."""
         if self._source_unreadable:
             return {"": self._source_unreadable}
         return dict(list(self.view.unreadable.items()))

@@ -201,7 +201,7 @@ class Live:
     def offline(cls, job: Job, results: Mapping, successes: Mapping, owner_id: str | None,
                 queue_error: str | None, known: Mapping, changed: int) -> Live:
         """What the state directory tells of a job no agent runs: its last sync's result, and
-        what the last runner of the job knew when it stopped (`known`, see `KNOWN`)."""
+        what the last runner of the job knew when it stopped (`known`: JobRunner.remember)."""
         last = results.get(job.name)
         ok = bool(last and last.get("ok"))
         error = queue_error or known.get("error")
@@ -212,17 +212,13 @@ class Live:
                    bin_bytes=known.get("bin_bytes"), bin_files=known.get("bin_files") or 0, changed_files=changed)
 
 
-# What a job's runner leaves in the state directory (known.json) for status without an agent:
-# what the state directory cannot tell otherwise. Written when it changes.
-KNOWN = ("owner", "error", "held_deletes", "held_reason", "bin_bytes", "bin_files")
-
-
-def known(live: Live) -> dict:
-    return {k: getattr(live, k) for k in KNOWN}
-
-
-def remember(state: StateDir, job: str, facts: dict) -> None:
-    state.update_json("known.json", lambda d: d.__setitem__(job, facts))
+def remember(state: StateDir, job: str, last: dict | None, **facts: object) -> dict:
+    """known.json: what a job's runner knows and the state directory cannot otherwise tell
+    (owner, error, held deletions, the bin), for status without an agent; written only when
+    it differs from `last`, what was written before. Returns what is written now."""
+    if facts != last:
+        state.update_json("known.json", lambda d: d.__setitem__(job, facts))
+    return facts
 
 
 def taken_over(state: StateDir, job: str) -> None:

@@ -263,12 +263,13 @@ class Agent:
             rss = psutil.Process().memory_info().rss
         except psutil.Error:
             rss = None
-        jobs = [r.status(now) for r in self.runners.values()]
+        lives = {name: r.live() for name, r in self.runners.items()}  # one look at each job per write
+        jobs = [r.status(now, lives[name]) for name, r in self.runners.items()]
         for st in jobs:  # the agent's verifies and `offsite verify`'s
             st["last_verify"] = last_verify(self.state, st["name"])
         if running and self.watch is not None:
             try:
-                self.watch.tick(jobs, {st["name"]: self.runners[st["name"]].facts(st) for st in jobs}, now)
+                self.watch.tick(jobs, {st["name"]: self.runners[st["name"]].facts(st, lives[st["name"]]) for st in jobs}, now)
             except OffsiteError as e:
                 log.error("%s", e)
             except Exception:  # a bug in alerting must never stop replication
