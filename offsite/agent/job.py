@@ -63,7 +63,7 @@ class JobRunner:
         self.rewatch = threading.Event()  # the source folder was gone: its watch is dead
         self.on_progress: Callable[[str, int, int], None] | None = None  # path, done, total
         self.dispatch = Dispatch(job.family, max_waiting=2 * self.transfers)
-        self.sessions = Sessions(job, slots, self.stopping, state)
+        self.sessions = Sessions(job, slots, self.stopping, state, job.streams or settings.streams)
         self._own_hashes = hashes is None
         self.hashes = hashes if hashes is not None else Hashes(state.root)  # the MD5 of each file published
         self.plan = Planner(job, queue, self.view, self.dispatch, state, self.hashes, self.keeps_mtime,

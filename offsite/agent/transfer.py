@@ -28,6 +28,7 @@ from ..state import StateDir
 from ..targets import Target, make_target
 from .dispatcher import Dispatch
 from .hashing import HashingReader
+from .streams import stage_ranged, wanted
 from .throttle import Throttle
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,9 @@ class Sessions:
     `max_connections` slots while it is open."""
 
     def __init__(self, job: Job, slots: threading.BoundedSemaphore, stopping: threading.Event,
-                 state: StateDir) -> None:
+                 state: StateDir, streams: int = 1) -> None:
         self.job, self.slots, self.stopping, self.state = job, slots, stopping, state
+        self.streams = streams  # sessions one big file may use at once (streams.py)
         self.owner = "unknown"  # the target folder's owner ID, as the last check found it: ok | mismatch
         self._free: list[Target] = []
         self._lock = threading.Lock()
@@ -109,6 +111,24 @@ class Sessions:
                         self.owner = "mismatch"
                         raise
                     self._owner_checked = True
+        except BaseException:
+            self.slots.release()
+            raise
+        self.opened += 1
+        return target
+
+    def spare(self) -> Target | None:
+        """Another session for a stream of a file already under way, if one is free or a
+        slot is free right now; None rather than waiting (the file goes on with fewer).
+        Raises TransientError and PermanentError (it could not be opened)."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        if not self.slots.acquire(blocking=False):
+            return None
+        try:
+            target = make_target(self.job)
+            target.open()
         except BaseException:
             self.slots.release()
             raise
@@ -312,12 +332,16 @@ class Transfers:
             if (st.st_size, st.st_mtime_ns) != (task.size, task.mtime_ns):
                 return Kind.CHANGED
 
+            counting = threading.Lock()  # several streams of one file report at once
+
             def progress(n: int) -> None:
-                task.wire += n
-                task.done += n
+                with counting:
+                    task.wire += n
+                    task.done += n
+                    done = task.done
                 self.throttle.consume(n, self.stopping)
                 if self.on_progress:
-                    self.on_progress(path, task.done, task.size)
+                    self.on_progress(path, done, task.size)
                 if self.stopping.is_set():
                     raise Interrupted("the agent is stopping")
                 if not self.may_send():
@@ -325,14 +349,21 @@ class Transfers:
 
             progress.chunk = self.throttle.chunk()  # type: ignore[attr-defined]
             expected = self._expected_md5(path)
-            reader = HashingReader(f, task.size)  # every file: its hash is recorded for verify
-            try:
-                target.upload(path, cast(BinaryIO, reader), task.size, task.mtime_ns, progress)
-                digest = task.md5 = reader.hexdigest()
-            except OSError as e:
-                raise SourceError(f"cannot read {src} ({e.strerror})") from None
-            finally:
-                reader.close()
+            if wanted(target, self.sessions.streams, task.size):
+                try:
+                    digest = task.md5 = stage_ranged(target, self.sessions, self.sessions.streams, src, f,
+                                                     path, task.size, task.mtime_ns, progress)
+                except OSError as e:
+                    raise SourceError(f"cannot read {src} ({e.strerror})") from None
+            else:
+                reader = HashingReader(f, task.size)  # every file: its hash is recorded for verify
+                try:
+                    target.upload(path, cast(BinaryIO, reader), task.size, task.mtime_ns, progress)
+                    digest = task.md5 = reader.hexdigest()
+                except OSError as e:
+                    raise SourceError(f"cannot read {src} ({e.strerror})") from None
+                finally:
+                    reader.close()
         try:
             after = os.stat(src)
         except OSError:

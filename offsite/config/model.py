@@ -48,6 +48,7 @@ class AgentSettings:
     bandwidth: float | None
     retry_for: float
     transfers: int
+    streams: int
     metrics: str | None
 
 
@@ -97,6 +98,7 @@ class Job:
     bandwidth: float | None
     windows: tuple[Window, ...]
     transfers: int | None = JOB_OPTIONS["transfers"].value  # None: the agent's
+    streams: int | None = JOB_OPTIONS["streams"].value  # None: the agent's
     max_lag: float | None = JOB_OPTIONS["max_lag"].value
     max_pending_files: int | None = JOB_OPTIONS["max_pending_files"].value
     max_pending_bytes: int | None = JOB_OPTIONS["max_pending_bytes"].value

@@ -92,6 +92,9 @@ AGENT_OPTIONS: dict[str, Opt] = {
     "transfers": Opt(integer(1, 64), 4,
                      help="files in flight per job, each on its own target session (within "
                           "`max_connections`); a job may set its own"),
+    "streams": Opt(integer(1, 16), 4,
+                   help="sessions one big file (64 MiB or more) is written over at once on SFTP, SMB "
+                        "and FTP (where the server allows), within `max_connections`; a job may set its own"),
     "bandwidth": Opt(parse_bandwidth, "off",
                      help="cap shared by all jobs without their own: `100Mbps`, `12MB/s`, `512KiB/s` ..."),
     "retry_for": Opt(duration(0), "10m",
@@ -191,6 +194,7 @@ JOB_OPTIONS: dict[str, Opt] = {
     "family": Opt(choice(*FAMILIES), "auto", help=_codes(FAMILIES)),
     "bandwidth": Opt(parse_bandwidth, None, shown="the global cap", help="this job's own cap"),
     "transfers": Opt(integer(1, 64), None, shown="`[agent] transfers`", help="files in flight for this job"),
+    "streams": Opt(integer(1, 16), None, shown="`[agent] streams`", help="sessions one big file is written over"),
     # Alert thresholds (SPEC section 6); "off" disables one.
     "max_lag": Opt(off_or(duration(1)), "26h",
                    help="alert `lag` when the oldest file not yet offsite is older than this (`off` disables)"),

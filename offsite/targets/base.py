@@ -207,6 +207,12 @@ class Target(abc.ABC):
         file answers None."""
         return None
 
+    def ranges(self) -> bool:
+        """May several sessions write byte ranges of one staged file at once (ranged.py:
+        SFTP, SMB, FTP where the server writes at an offset without truncating)? False:
+        a file goes over one session. Where asked (FTP): TransientError."""
+        return False
+
     def free_space(self) -> int | None:
         """Free bytes where the target's protocol reports them (local, SMB, SFTP with the
         statvfs extension); None where it cannot tell.

@@ -205,7 +205,7 @@ class RemoteFileTarget(Target):
         check_relpath(relpath)
         staged = self._staged(relpath, size, mtime_ns)
         name = posixpath.basename(staged)
-        self._discard_others(relpath, keep=name)
+        self._discard_others(relpath, keep=(name,))
         if self._staged_sizes is not None:
             offset = self._staged_sizes.get(name, 0)
         else:
@@ -276,9 +276,9 @@ class RemoteFileTarget(Target):
             self._staged_sizes.pop(posixpath.basename(staged), None)
 
     def discard(self, relpath: str) -> None:
-        self._discard_others(relpath, keep=None)
+        self._discard_others(relpath, keep=())
 
-    def _discard_others(self, relpath: str, keep: str | None) -> None:
+    def _discard_others(self, relpath: str, keep: Collection[str]) -> None:
         stem = staging_stem(relpath) + "-"
         if self._staged_sizes is not None:
             names = list(self._staged_sizes)
@@ -287,7 +287,7 @@ class RemoteFileTarget(Target):
         else:
             return
         for name in names:
-            if name.startswith(stem) and name != keep:
+            if name.startswith(stem) and name not in keep:
                 self._remove(posixpath.join(self.staging, name))
                 if self._staged_sizes is not None:
                     self._staged_sizes.pop(name, None)

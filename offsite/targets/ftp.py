@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ftplib
 import io
+import posixpath
 import re
 import socket
 import ssl
@@ -19,7 +20,8 @@ from typing import Any, BinaryIO, Callable, Mapping
 
 from ..errors import PermanentError, TargetFull, TransientError
 from .base import Progress, cause, chunk_size, md5_hex
-from .filesystem import Entry, RemoteFileTarget
+from .filesystem import Entry
+from .ranged import RangedTarget, probe_ranges
 
 TIMEOUT = 30.0
 HASH_TIMEOUT = 3600.0  # the server reads the whole file before it answers
@@ -53,8 +55,11 @@ class _Limited(io.RawIOBase):
         return data
 
 
-class FtpTarget(RemoteFileTarget):
+class FtpTarget(RangedTarget):
     keeps_mtime = False  # MFMT is not universal; sizes decide
+    # Servers found to write at a REST offset without cutting the file there (pyftpdlib;
+    # ProFTPD with AllowStoreRestart on), or not: asked once per server and agent run.
+    _ranges_ok: dict[tuple, bool] = {}
 
     def __init__(self, options: Mapping[str, Any], folder: str, tls: bool) -> None:
         super().__init__(options["path"], folder)
@@ -222,6 +227,19 @@ class FtpTarget(RemoteFileTarget):
         reader = _Limited(src, size - offset)
         self._call(path, self._store, f"STOR {path}", reader, chunk_size(progress, BLOCK), progress, offset or None)
         return size - offset
+
+    def ranges(self) -> bool:
+        key = (self.o["host"], self.o["port"], self.o["username"], self.tls)
+        if key not in self._ranges_ok:
+            self._ranges_ok[key] = probe_ranges(self, posixpath.join(self.staging, "ranges-probe"))
+        return self._ranges_ok[key]
+
+    def _write_range(self, path: str, start: int, src: BinaryIO, end: int, progress: Progress) -> None:
+        if start <= 0:  # REST 0 (or none) makes STOR cut the file: ranged.py never starts one at 0
+            raise PermanentError(f"a range of {path} cannot start at offset 0 over FTP")
+        src.seek(start)
+        self._call(path, self._store, f"STOR {path}", _Limited(src, end - start), chunk_size(progress, BLOCK),
+                   progress, start)
 
     def _store(self, cmd: str, src: BinaryIO, block: int, progress: Progress, rest: int | None) -> str:
         """ftplib's storbinary, but each send() at most SEND bytes: the socket's timeout bounds

@@ -21,7 +21,8 @@ from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, int64
 
 from ..errors import PermanentError, TargetFull, TransientError
 from .base import Progress, cause, chunk_size, md5_hex
-from .filesystem import Entry, RemoteFileTarget
+from .filesystem import Entry
+from .ranged import RangedTarget
 
 _SLOW_CIPHERS = ["aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]
 OPENSSH_REQUEST = 261120  # what OpenSSH's sftp-server advertises (limits@openssh.com)
@@ -29,7 +30,7 @@ TIMEOUT = 30.0
 HASH_TIMEOUT = 3600.0  # check-file: the server reads the whole file before it answers
 
 
-class SftpTarget(RemoteFileTarget):
+class SftpTarget(RangedTarget):
     keeps_mtime = True
 
     def __init__(self, options: Mapping[str, Any], folder: str) -> None:
@@ -40,6 +41,7 @@ class SftpTarget(RemoteFileTarget):
         self.request_size = 32768
         self.check_file = True  # until the server says it has no check-file extension
         self.posix_rename = True  # until the server says it has no posix-rename extension
+        self.fsync = True  # until the server says it has no fsync@openssh.com extension
 
     def endpoint(self) -> tuple[str, int] | None:
         return self.o["host"], self.o["port"]
@@ -198,14 +200,23 @@ class SftpTarget(RemoteFileTarget):
                 raise
 
     def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> int:
+        self._send(path, offset, src, size, progress, truncate=True)
+        return size - offset
+
+    def _write_range(self, path: str, start: int, src: BinaryIO, end: int, progress: Progress) -> None:
+        self._send(path, start, src, end, progress, truncate=False)
+
+    def _send(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress, truncate: bool) -> None:
+        """src[offset:size] at `offset` of `path`: created or cut at `offset` first unless
+        only a range of an existing file is written."""
         def body() -> None:
-            dst = self.conn.open(path, "r+b" if offset else "wb", bufsize=self.CHUNK)
+            dst = self.conn.open(path, "wb" if truncate and not offset else "r+b", bufsize=self.CHUNK)
             try:
                 dst.MAX_REQUEST_SIZE = self.request_size
                 dst.set_pipelined(True)
-                if offset:
+                if offset and truncate:
                     dst.truncate(offset)
-                    dst.seek(offset)
+                dst.seek(offset)
                 src.seek(offset)
                 pos = offset
                 step = chunk_size(progress, self.CHUNK)
@@ -224,7 +235,29 @@ class SftpTarget(RemoteFileTarget):
             self._call(path, body)
         except FileNotFoundError:
             raise PermanentError(f"the staging folder is missing on {self.describe_server()}") from None
-        return size - offset
+
+    def _flush(self, path: str) -> None:
+        """fsync@openssh.com on the staged file, where the server offers it."""
+        if not self.fsync:
+            return
+
+        def body() -> None:
+            f = self.conn.open(path, "r+b")
+            try:
+                t, _msg = self.conn._request(CMD_EXTENDED, "fsync@openssh.com", f.handle)  # type: ignore[attr-defined]
+            except OSError as e:
+                transport = self.client.get_transport() if self.client else None
+                if e.errno is None and transport is not None and transport.is_active():
+                    self.fsync = False  # "unsupported"
+                    return
+                raise
+            finally:
+                _abandon(f)
+
+        try:
+            self._call(path, body)
+        except FileNotFoundError:
+            raise TransientError(f"{path} vanished on {self.describe_server()}") from None
 
     def _md5(self, path: str) -> str | None:
         if not self.check_file:

@@ -10,7 +10,6 @@ server it has a session with.
 from __future__ import annotations
 
 import re
-import threading
 from collections import deque
 from typing import Any, BinaryIO, Callable, Mapping
 
@@ -24,14 +23,11 @@ from smbprotocol.exceptions import (
 
 from ..errors import PermanentError, TargetFull, TransientError
 from .base import Progress, cause, chunk_size
-from .filesystem import Entry, RemoteFileTarget
+from .filesystem import Entry
+from .ranged import RangedTarget
 
 CHUNK = 4 * 1024 * 1024
 IN_FLIGHT = 4  # write requests sent and not yet answered
-# smbclient keeps one session per server:port for the whole process: count who uses it, so
-# one job closing its target never tears down another job's session mid-transfer.
-_SESSIONS: dict[tuple[str, int], int] = {}
-_SESSIONS_LOCK = threading.Lock()
 _ACCESS_DENIED, _DISK_FULL, _LOGON_FAILURE = 0xC0000022, 0xC000007F, 0xC000006D
 _QUOTA = 0xC0000044
 
@@ -42,7 +38,7 @@ def parse_unc(path: str) -> tuple[str, str, str]:
     return parts[0], parts[1], "/" + "/".join(parts[2:]) if len(parts) > 2 else "/"
 
 
-class SmbTarget(RemoteFileTarget):
+class SmbTarget(RangedTarget):
     keeps_mtime = True
     case_sensitive = False  # SMB compares names without case
     CHUNK = CHUNK
@@ -53,6 +49,7 @@ class SmbTarget(RemoteFileTarget):
         self.o = options
         self.port = options["port"]
         self.connected = False
+        self.cache: dict = {}  # smbclient's connection cache: this session's own connection
 
     def endpoint(self) -> tuple[str, int] | None:
         return self.server, self.port
@@ -72,16 +69,17 @@ class SmbTarget(RemoteFileTarget):
         password = self.o.get("password")
         where = f"{self.server}:{self.port}"
         try:
-            with _SESSIONS_LOCK:
-                smbclient.register_session(
-                    self.server, username=self.o.get("username"), password=password.reveal() if password else None,
-                    port=self.port, connection_timeout=30,
-                    **({"auth_protocol": "ntlm"} if self.o.get("username") else {}),
-                )
-                key = (self.server, self.port)
-                _SESSIONS[key] = _SESSIONS.get(key, 0) + 1
-                self.connected = True
-            smbclient.stat(self._unc("/"), port=self.port)  # the share itself
+            # A connection of its own (smbclient would share one per server and process): the
+            # streams of one file and the transfers of a job each fill a window of their own,
+            # and closing one session never tears down another's mid-transfer.
+            self.cache = {}
+            self.connected = True
+            smbclient.register_session(
+                self.server, username=self.o.get("username"), password=password.reveal() if password else None,
+                port=self.port, connection_timeout=30, connection_cache=self.cache,
+                **({"auth_protocol": "ntlm"} if self.o.get("username") else {}),
+            )
+            smbclient.stat(self._unc("/"), port=self.port, connection_cache=self.cache)  # the share itself
         except SMBAuthenticationError as e:
             self.close()
             raise PermanentError(f"authentication failed for {self.o.get('username')}@{where}: {e}") from None
@@ -108,22 +106,16 @@ class SmbTarget(RemoteFileTarget):
         if not self.connected:
             return
         self.connected = False
-        with _SESSIONS_LOCK:
-            key = (self.server, self.port)
-            _SESSIONS[key] -= 1
-            if _SESSIONS[key] > 0:
-                return
-            del _SESSIONS[key]
-            try:
-                smbclient.delete_session(self.server, port=self.port)
-            except Exception:  # noqa: BLE001 - closing never fails the caller
-                pass
+        try:
+            smbclient.reset_connection_cache(fail_on_error=False, connection_cache=self.cache)
+        except Exception:  # noqa: BLE001 - closing never fails the caller
+            pass
 
     def _call(self, what: str, fn: Callable, *args, missing_ok: bool = False, **kw):
         if not self.connected:
             raise TransientError(f"not connected to {self.describe_server()}")
         try:
-            return fn(*args, port=self.port, **kw)
+            return fn(*args, port=self.port, connection_cache=self.cache, **kw)
         except SMBOSError as e:
             if isinstance(e, FileNotFoundError) or e.errno == 2:
                 if missing_ok:
@@ -147,15 +139,15 @@ class SmbTarget(RemoteFileTarget):
         return st is not None and bool(st.st_file_attributes & 0x10)
 
     def _listdir(self, path: str) -> list[Entry]:
-        def entries() -> list[Entry]:
+        def entries(**where) -> list[Entry]:
             out = []
-            for e in smbclient.scandir(self._unc(path), port=self.port):
+            for e in smbclient.scandir(self._unc(path), **where):
                 info = e.smb_info  # what the listing carried: e.stat() would call again without port=
                 mtime = int(info.last_write_time.timestamp() * 1e9) if info.last_write_time else None
                 out.append(Entry(e.name, bool(info.file_attributes & 0x10), info.end_of_file, mtime))
             return out
 
-        return self._call(path, lambda port: entries(), missing_ok=True) or []
+        return self._call(path, entries, missing_ok=True) or []
 
     def _mkdir(self, path: str) -> None:
         try:
@@ -165,10 +157,28 @@ class SmbTarget(RemoteFileTarget):
                 raise
 
     def _write(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress) -> int:
-        def body(port: int) -> None:
-            with smbclient.open_file(self._unc(path), mode="r+b" if offset else "wb", buffering=0,
-                                     port=port) as dst:
-                if offset:
+        self._send(path, offset, src, size, progress, truncate=True)
+        return size - offset
+
+    def _write_range(self, path: str, start: int, src: BinaryIO, end: int, progress: Progress) -> None:
+        self._send(path, start, src, end, progress, truncate=False)
+
+    def _flush(self, path: str) -> None:
+        """SMB2 FLUSH of the staged file: the server writes what it acknowledged to disk."""
+        def body(**where) -> None:
+            with smbclient.open_file(self._unc(path), mode="r+b", buffering=0, **where, share_access="rw") as f:
+                f.fd.flush()
+
+        self._call(path, body)
+
+    def _send(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress, truncate: bool) -> None:
+        """src[offset:size] at `offset` of `path`: created or cut at `offset` first unless
+        only a range of an existing file is written."""
+        def body(**where) -> None:
+            # Other streams write other ranges of the same file at once: share it with them.
+            with smbclient.open_file(self._unc(path), mode="wb" if truncate and not offset else "r+b",
+                                     buffering=0, **where, share_access=None if truncate else "rw") as dst:
+                if offset and truncate:
                     dst.truncate(offset)
                 fd = dst.fd  # the smbprotocol Open under the file object
                 step = min(chunk_size(progress, CHUNK), fd.connection.max_write_size or CHUNK)
@@ -218,7 +228,6 @@ class SmbTarget(RemoteFileTarget):
                             break
 
         self._call(path, body)
-        return size - offset
 
     def _set_mtime(self, path: str, mtime_ns: int) -> None:
         self._call(path, smbclient.utime, self._unc(path), ns=(mtime_ns, mtime_ns))
@@ -233,8 +242,8 @@ class SmbTarget(RemoteFileTarget):
         self._call(path, smbclient.rmdir, self._unc(path), missing_ok=True)
 
     def _read_into(self, path: str, sink: Callable[[bytes], None]) -> bool:
-        def read(port: int) -> bool:
-            with smbclient.open_file(self._unc(path), mode="rb", buffering=0, port=port) as f:
+        def read(**where) -> bool:
+            with smbclient.open_file(self._unc(path), mode="rb", buffering=0, **where) as f:
                 while chunk := f.read(CHUNK):
                     sink(chunk)
             return True
@@ -242,8 +251,8 @@ class SmbTarget(RemoteFileTarget):
         return bool(self._call(path, read, missing_ok=True))
 
     def _get_small(self, path: str) -> bytes | None:
-        def read(port: int) -> bytes:
-            with smbclient.open_file(self._unc(path), mode="rb", port=port) as f:
+        def read(**where) -> bytes:
+            with smbclient.open_file(self._unc(path), mode="rb", **where) as f:
                 return f.read()
 
         return self._call(path, read, missing_ok=True)

@@ -1,0 +1,194 @@
+"""Several streams for one big file (offsite/agent/streams.py, offsite/targets/ranged.py), as
+the real agent does it against real servers: ranges written over several sessions publish
+exactly the source's bytes; a SIGKILL with several streams in flight resumes with the blocks
+the target's record names, never sending them again; every stream's bytes pass through the
+job's one throttle; chain order holds when a later file's streams finish first. Counted in
+bytes, blocks and sessions, never in seconds."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+
+import pytest
+from conftest import finished_file, opened_target, wait_until
+
+from offsite.targets.ranged import BLOCK, HEAD, RANGED_FROM, blocks
+
+MiB = 1024 * 1024
+IMAGE, SIDECAR = "C_VOL-b001.spf", "C_VOL-b001.md5"
+
+
+def a_pair(site, size: int, name: str = IMAGE) -> tuple[bytes, bytes]:
+    image = finished_file(site.source / name, size).read_bytes()
+    md5 = hashlib.md5(image).hexdigest().encode()
+    sidecar = name.rsplit(".", 1)[0] + ".md5"
+    finished_file(site.source / sidecar, data=md5 + f" *{name}\r\n".encode())
+    return image, md5 + f" *{name}\r\n".encode()
+
+
+def published(server, loc) -> dict[str, bytes]:
+    return {p: b for p, b in server.files(loc, "job1").items() if not p.startswith(".offsite/")}
+
+
+def record(server, loc) -> set[int]:
+    """The blocks the target's record says it holds, for the one file staged over ranges."""
+    files = server.files(loc, "job1")
+    names = [p for p in files if p.endswith(".ranges.json")]
+    if not names:
+        return set()
+    r = json.loads(files[names[0]])
+    return {i for a, b in r["done"] for i in range(a, b + 1)}
+
+
+def test_the_layout_of_ranges():
+    size = RANGED_FROM + 12345
+    got = blocks(size)
+    assert got[0] == (0, HEAD) and got[-1][1] == size
+    assert all(a[1] == b[0] for a, b in zip(got, got[1:]))  # no gap, no overlap
+    assert all(e - s == BLOCK for s, e in got[1:-1])
+
+
+# Whether a server takes ranges (targets/ranged.py's probe): OpenSSH's sftp-server, ProFTPD's
+# mod_sftp and Samba do; pyftpdlib and ProFTPD (AllowStoreRestart on) refuse a REST past the
+# end of the file, so their files go over one stream (whose data connection alone fills a link).
+RANGES = {"sftp": True, "sftp-proftpd": True, "smb": True, "ftp": False, "ftp-proftpd": False}
+
+
+@pytest.mark.parametrize("kind", sorted(RANGES))
+def test_ranges_over_several_sessions_publish_exactly_the_source(kind, servers, site):
+    server = servers.get(kind)
+    loc = server.new_location()
+    size = RANGED_FROM + 3 * BLOCK + 777  # the last block short
+    site.config(target=loc, agent="streams = 4\nlog_level = \"debug\"", job='mode = "all"')
+    image, sidecar = a_pair(site, size)
+    r = site.offsite("sync", "job1", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = published(server, loc)
+    assert files[IMAGE] == image and files[SIDECAR] == sidecar
+    log = r.stdout + r.stderr
+    assert (f"{IMAGE} over 4 streams" in log) is RANGES[kind], log[-3000:]
+    last = site.job_status()["last_sync"]
+    # Each byte went over the wire once: no range was written twice, none missed.
+    assert last["bytes_on_wire"] == last["bytes_sent"] == size + len(sidecar), last
+    staged = [p for p in server.files(loc, "job1") if p.startswith(".offsite/staging/")]
+    assert staged == [], staged  # nothing left behind: no record, no probe
+
+
+def test_the_probe_finds_a_server_that_cuts_the_file_at_its_offset_or_refuses_past_its_end(servers, tmp_path):
+    """A server that truncates where a range starts, or refuses a range past the end of the
+    file, is found by the probe, and its files go over one stream."""
+    from offsite.targets.ranged import probe_ranges
+
+    t = opened_target(tmp_path, servers.get("sftp").new_location())
+    try:
+        assert probe_ranges(t, t.staging + "/p") is True
+        real = t._write_range
+
+        def truncating(path, start, src, end, progress):
+            t._put_small(path, (t._get_small(path) or b"").ljust(start, b"\0")[:start])
+            real(path, start, src, end, progress)
+
+        t._write_range = truncating  # what such a server does at REST
+        assert probe_ranges(t, t.staging + "/p") is False
+        assert t._size(t.staging + "/p") is None  # the probe leaves nothing behind
+    finally:
+        t.close()
+    (tmp_path / "ftp").mkdir()
+    t = opened_target(tmp_path / "ftp", servers.get("ftp").new_location())
+    try:
+        assert t.ranges() is False  # pyftpdlib: "554 REST position > file size"
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("kind", ["sftp", "smb"])
+def test_a_sigkill_with_several_streams_in_flight_resumes_without_sending_the_recorded_blocks_again(
+        kind, servers, site, start_agent):
+    server = servers.get(kind)
+    loc = server.new_location()
+    size = RANGED_FROM + 6 * BLOCK + 4321
+    site.config(target=loc, agent='streams = 3\nbandwidth = "40MB/s"', job='mode = "all"')
+    image, sidecar = a_pair(site, size)
+    agent = start_agent()
+    wait_until(lambda: len(record(server, loc)) >= 5, timeout=120, what="a record of a few blocks")
+    agent.kill()  # SIGKILL: streams in flight, the record as last saved
+    held = record(server, loc)
+    assert 0 < len(held) < len(blocks(size)), held
+    recorded = sum(e - s for i, (s, e) in enumerate(blocks(size)) if i in held)
+    site.config(target=loc, agent="streams = 3", job='mode = "all"')
+    r = site.offsite("sync", "job1", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = published(server, loc)
+    assert files[IMAGE] == image and files[SIDECAR] == sidecar
+    last = site.job_status()["last_sync"]
+    # Exactly the blocks the record did not name went again (and the sidecar, unless it was
+    # staged whole before the kill, waiting for its image).
+    assert size - recorded <= last["bytes_on_wire"] <= size - recorded + len(sidecar), (last, recorded)
+
+
+def test_every_stream_of_a_file_draws_on_the_jobs_one_throttle(servers, site, monkeypatch):
+    """Throttling holds across streams: all of them take their bytes from the job's bucket,
+    whose rate is tested on its own (test_throttle.py); counted here by thread."""
+    from offsite import config
+    from offsite.agent import throttle
+    from offsite.agent.job import JobRunner, Request
+    from offsite.queue import WorkQueue
+    from offsite.state import StateDir
+
+    drawn: dict[str, int] = {}
+    lock = threading.Lock()
+    real = throttle.Throttle.consume
+
+    def counted(self, n, stop=None):
+        with lock:
+            name = threading.current_thread().name
+            drawn[name] = drawn.get(name, 0) + n
+        return real(self, n, stop)
+
+    monkeypatch.setattr(throttle.Throttle, "consume", counted)
+    server = servers.get("sftp")
+    loc = server.new_location()
+    size = RANGED_FROM + 2 * BLOCK
+    site.config(target=loc, agent='streams = 3\nbandwidth = "1GB/s"', job='mode = "all"')
+    image, sidecar = a_pair(site, size)
+    cfg = config.load(site.cfg)
+    state = StateDir(cfg.agent.state_dir)
+    state.ensure()
+    queue = WorkQueue(state.queue_dir)
+    runner = JobRunner(cfg.jobs[0], cfg.agent, queue, state, threading.BoundedSemaphore(8))
+    reply: dict = {}
+    runner.request(Request("sync", reply=reply.update))
+    runner.step()
+    queue.close()
+    assert reply["result"]["files_sent"] == 2, reply
+    streams = {k: v for k, v in drawn.items() if k.startswith("stream-")}
+    assert len(streams) == 3, drawn  # three streams, each drawing on the one bucket
+    assert sum(streams.values()) == size - HEAD, drawn  # every byte of every range
+    assert published(server, loc)[IMAGE] == image
+
+
+def test_chain_order_holds_when_a_later_files_streams_finish_first(servers, site, start_agent):
+    server = servers.get("sftp")
+    loc = server.new_location()
+    # The base is bigger: with two files in flight and their streams sharing one throttle,
+    # the incremental is staged whole long before the base.
+    base, incr = "C_VOL-b001.spf", "C_VOL-b001-i001-cd.spi"
+    site.config(target=loc, agent='streams = 2\ntransfers = 2\nbandwidth = "60MB/s"', job='mode = "all"')
+    finished_file(site.source / base, RANGED_FROM + 6 * BLOCK)
+    finished_file(site.source / incr, RANGED_FROM)
+    agent = start_agent()
+    staging = server._top(loc, "job1") / ".offsite" / "staging"
+
+    def incr_staged_base_not() -> bool:
+        names = os.listdir(staging) if staging.exists() else []
+        return any(f"-{RANGED_FROM}-" in n and n.endswith(".part") for n in names) \
+            and any(n.endswith(".ranges") for n in names)
+
+    wait_until(incr_staged_base_not, timeout=120, interval=0.02, what="the incremental staged before the base")
+    assert incr not in published(server, loc)  # staged whole, yet waiting for its base
+    wait_until(lambda: incr in published(server, loc), timeout=180, what="both published")
+    top = server._top(loc, "job1")
+    assert os.stat(top / base).st_ctime_ns <= os.stat(top / incr).st_ctime_ns  # the base went first
+    assert agent.stop() == 0
