@@ -7,12 +7,16 @@ up as a multipart upload that resumes after a restart and is proven part by part
 s3_bucket.py's; the bin is s3_bin.py's. This module owns the contract's entry points, the
 small files, the listing, the owner ID and the probe.
 
-Round trips: a session lists the staging records once when it opens, so an upload asks
-for no listing; a small file is one PUT with its Content-MD5,
-which the server checks, so nothing more is asked after it.
+Round trips: what one session learnt, the others of the process know (s3_bucket.Folder):
+the bucket is asked about once per process, and the staging records are listed once (by
+the reconciliation's listing of the job folder, which holds them), so a session opens with
+no request at all and an upload asks for no listing. The same listing answers the tidy's
+and the bin's questions, unless this process changed the agent folder since. A small file
+is one PUT with its Content-MD5, which the server checks, so nothing more is asked after it.
 """
 from __future__ import annotations
 
+import builtins
 import threading
 from typing import Any, BinaryIO, Callable, Collection, Mapping
 from urllib.parse import urlsplit
@@ -49,7 +53,9 @@ class S3Target(S3Bin):
         self.agent = self.root + AGENT_DIR + "/"
         self.staging = self.agent + "staging/"
         self.bin = self.agent + BIN_DIR + "/"
-        self.uploads = Multipart(self.store, self.root, self.staging)
+        self.known = self.store.folder(self.root)
+        self.uploads = Multipart(self.store, self.root, self.staging, self.known)
+        self._listed: tuple[dict[str, int], list[dict]] | None = None  # list()'s agent folder, and when
 
     @property
     def client(self) -> Any:
@@ -68,23 +74,25 @@ class S3Target(S3Bin):
 
     def open(self, create: bool = True) -> None:
         self.store.connect()
-        head = self.store.call(f"bucket {self.store.name}", self.store.client.head_bucket, missing_ok=True,
-                               Bucket=self.store.name)
-        if head is None:
-            raise PermanentError(f"the location (bucket) {self.store.name} does not exist")
-        if create:
-            self.uploads.known = set(self.uploads.records())
+        self.store.check()  # once per process and bucket
 
     def close(self) -> None:
         self.store.client = None
-        self.uploads.known = None
+        self._listed = None
 
     def _small_key(self, relpath: str) -> tuple:
         return (self.o.get("endpoint"), self.store.name, self.root, relpath)
 
     def list(self) -> dict[str, RemoteFile]:
-        keys = [o for o in self.store.keys(self.root)
-                if not o["Key"].startswith(self.agent) and not o["Key"].endswith("/")]
+        with self.known.lock:
+            before = dict(self.known.changes)
+        everything = self.store.keys(self.root)
+        mine = [o for o in everything if o["Key"].startswith(self.agent)]
+        self._listed = (before, mine)
+        with self.known.lock:  # the records, unless known already or changed meanwhile
+            if self.known.records is None and self.known.changes.get(self.staging, 0) == before.get(self.staging, 0):
+                self.known.records = {o["Key"] for o in mine if o["Key"].startswith(self.staging)}
+        keys = [o for o in everything if not o["Key"].startswith(self.agent) and not o["Key"].endswith("/")]
         # Another job's folder nested in this one (it holds its own .offsite/owner): never listed.
         owned = tuple(o["Key"][: -len(f"{AGENT_DIR}/{OWNER_FILE}")] for o in keys
                       if o["Key"].endswith(f"/{AGENT_DIR}/{OWNER_FILE}"))
@@ -144,7 +152,14 @@ class S3Target(S3Bin):
     def tidy(self, keep: Collection[str]) -> None:
         """Drop the staging records (and abort the uploads) of files not in `keep`, and abort
         multipart uploads under this job's folder that no staging record names."""
-        self.uploads.tidy(keep)
+        self.uploads.tidy(keep, self.listed(self.staging))
+
+    def listed(self, prefix: str) -> builtins.list[dict] | None:
+        """The objects under `prefix` (in the agent folder) as this session's last list() saw
+        them, if this process changed nothing there since; None: ask the store."""
+        if self._listed is None or self._listed[0].get(prefix, 0) != self.known.count(prefix):
+            return None
+        return [o for o in self._listed[1] if o["Key"].startswith(prefix)]
 
     def discard(self, relpath: str) -> None:
         with _SMALL_LOCK:

@@ -1,11 +1,13 @@
 """One S3 bucket through boto3: the requests every part of the `s3` target is built on.
 
 Owns the boto3 client (one per location and credentials, shared by every session of the
-process: boto3 clients are thread-safe, and making one costs tens of milliseconds of CPU),
-the translation of botocore's errors into offsite's (the one place that knows S3's error
-codes), the location's options for every object written (server-side encryption, storage
-class, object lock), and the plain requests: get, put with its Content-MD5, head, delete, a
-paged listing and a server-side copy.
+process: boto3 clients are thread-safe, keep one pool of connections for all, and making
+one costs tens of milliseconds of CPU), the translation of botocore's errors into offsite's
+(the one place that knows S3's error codes), the location's options for every object
+written (server-side encryption, storage class, object lock), the plain requests: get, put
+with its Content-MD5, head, delete, a paged listing and a server-side copy; and what the
+process has learnt of a bucket and of each job folder in it (`Folder`), so that a session
+does not ask again what another asked already.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from ..errors import PermanentError, TransientError
 
 _CLIENTS: dict[tuple, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
+_CHECKED: set[tuple] = set()  # buckets that answered HeadBucket in this process (location, credentials)
+_FOLDERS: dict[tuple, "Folder"] = {}
 
 MiB = 1024 * 1024
 COPY_LIMIT = 5 * 1024 * MiB  # the largest object one CopyObject copies
@@ -36,6 +40,32 @@ _AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationHeaderMalf
          "ExpiredToken", "InvalidClientTokenId"}
 _TRANSIENT = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
               "Throttling", "ThrottlingException", "503", "500", "502", "504"}
+
+
+class Folder:
+    """What this process knows of one job folder on the store, shared by every session: the
+    agent writes a folder from one process only (its owner ID sees to that), so what one
+    session learnt, or changed, holds for the others.
+
+    `records`: the keys of the staging records (None until listed); `changes`: how many
+    changes this process made under each prefix of the agent folder (the staging records,
+    the bin), so that a listing made before none of them can stand in for another
+    (S3Target.list() gives tidy() and bin_list() their answers that way). Both under `lock`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: set[str] | None = None
+        self.changes: dict[str, int] = {}
+
+    def changed(self, prefix: str) -> None:
+        """A change under `prefix` is about to be made: call it before the request, so that a
+        listing under way meanwhile does not count as seeing it, even if the request fails."""
+        with self.lock:
+            self.changes[prefix] = self.changes.get(prefix, 0) + 1
+
+    def count(self, prefix: str) -> int:
+        with self.lock:
+            return self.changes.get(prefix, 0)
 
 
 class Bucket:
@@ -47,6 +77,23 @@ class Bucket:
         self.name: str = options["bucket"]
         self.pool = pool  # connections the client keeps: as many as requests in flight at once
         self.client: Any = None  # a boto3 client (untyped), set by connect()
+        secret = options.get("secret_access_key")
+        self.key = (options.get("endpoint"), options.get("region"), options.get("addressing_style"),
+                    options.get("access_key_id"), secret)
+
+    def folder(self, root: str) -> Folder:
+        """This process's knowledge of the job folder at `root`, shared by its sessions."""
+        with _CLIENTS_LOCK:
+            return _FOLDERS.setdefault((*self.key, self.name, root), Folder())
+
+    def check(self) -> None:
+        """Does the bucket exist, and do these credentials open it? Asked once per process:
+        a bucket removed or a key revoked later fails the next request just as plainly."""
+        if (*self.key, self.name) in _CHECKED:
+            return
+        if self.call(f"bucket {self.name}", self.client.head_bucket, missing_ok=True, Bucket=self.name) is None:
+            raise PermanentError(f"the location (bucket) {self.name} does not exist")
+        _CHECKED.add((*self.key, self.name))
 
     def connect(self) -> None:
         """Take the location's client, made on first use; PermanentError if it cannot be."""
@@ -58,16 +105,14 @@ class Bucket:
         cfg = Config(s3={"addressing_style": self.o["addressing_style"]},  # filled in by the parser
                      retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=30, read_timeout=120,
                      max_pool_connections=self.pool, **extra)
-        key = (self.o.get("endpoint"), self.o.get("region"), self.o.get("addressing_style"),
-               self.o.get("access_key_id"), secret)
         try:
             with _CLIENTS_LOCK:
-                if key not in _CLIENTS:
-                    _CLIENTS[key] = boto3.client(
+                if self.key not in _CLIENTS:
+                    _CLIENTS[self.key] = boto3.client(
                         "s3", endpoint_url=self.o.get("endpoint"), region_name=self.o.get("region"),
                         aws_access_key_id=self.o.get("access_key_id"),
                         aws_secret_access_key=secret.reveal() if secret else None, config=cfg)
-                self.client = _CLIENTS[key]
+                self.client = _CLIENTS[self.key]
         except (BotoCoreError, ValueError) as e:
             raise PermanentError(f"cannot set up the S3 client: {e}") from None
 
@@ -78,10 +123,11 @@ class Bucket:
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchBucket":  # before missing_ok: a missing bucket is no missing key
+                _CHECKED.discard((*self.key, self.name))
+                raise PermanentError(f"the bucket {self.name} does not exist") from None
             if missing_ok and (code in ("NoSuchKey", "404", "NoSuchUpload", "NotFound") or status == 404):
                 return None
-            if code == "NoSuchBucket":
-                raise PermanentError(f"the bucket {self.name} does not exist") from None
             if code in _AUTH:
                 raise PermanentError(f"authentication failed for bucket {self.name}: {code}") from None
             if code in ("AccessDenied", "403") or status == 403:

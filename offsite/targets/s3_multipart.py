@@ -26,7 +26,7 @@ from typing import BinaryIO, Collection
 
 from ..errors import TransientError
 from .base import Progress, md5_hex, not_as_sent, staging_stem, stale_staging
-from .s3_bucket import Bucket, MiB
+from .s3_bucket import Bucket, Folder, MiB
 
 MIN_PART = 16 * MiB  # also the largest file sent with one PUT
 PARALLEL_PARTS = 4
@@ -94,9 +94,16 @@ class Multipart:
     """One session's multipart uploads under a job folder's staging prefix. Raises only
     TransientError and PermanentError (and whatever `progress` raises: Interrupted)."""
 
-    def __init__(self, bucket: Bucket, root: str, staging: str) -> None:
+    def __init__(self, bucket: Bucket, root: str, staging: str, folder: Folder) -> None:
         self.b, self.root, self.staging = bucket, root, staging
-        self.known: set[str] | None = None  # the staging records, listed at open (None: ask)
+        self.folder = folder  # the staging records as the process knows them, shared by its sessions
+
+    def _known(self, record_key: str, there: bool) -> None:
+        """A record this process wrote or removed (Folder.changed() was called before the
+        request): the shared set follows."""
+        with self.folder.lock:
+            if self.folder.records is not None:
+                (self.folder.records.add if there else self.folder.records.discard)(record_key)
 
     @property
     def etags_are_md5(self) -> bool | None:
@@ -121,20 +128,24 @@ class Multipart:
 
     def drop_others(self, relpath: str, keep: str | None) -> None:
         """Drop every record of `relpath` but `keep` (other versions of the file), and abort
-        their uploads; from the list made at open when there is one."""
-        if self.known is None:
-            records = self.records(relpath)
-        else:
-            stem = self.staging + staging_stem(relpath) + "-"
-            records = [r for r in self.known if r.startswith(stem)]
-        for other in records:
+        their uploads; from the records the process knows (listed once, by the first to ask)."""
+        records = self.folder.records
+        if records is None:
+            before = self.folder.count(self.staging)
+            records = set(self.records())
+            with self.folder.lock:
+                if self.folder.records is None and self.folder.changes.get(self.staging, 0) == before:
+                    self.folder.records = records
+        stem = self.staging + staging_stem(relpath) + "-"
+        with self.folder.lock:
+            mine = [r for r in records if r.startswith(stem)]
+        for other in mine:
             if other != keep:
                 self.drop(other)
 
     def drop(self, record_key: str) -> None:
         """Remove a record and abort the upload it names."""
-        if self.known is not None:
-            self.known.discard(record_key)
+        self.folder.changed(self.staging)
         data = self.b.get(record_key)
         if data is not None:
             rec = json.loads(data)
@@ -143,12 +154,14 @@ class Multipart:
             self.b.call(record_key, self.b.client.abort_multipart_upload, missing_ok=True, Bucket=self.b.name,
                         Key=rec["key"], UploadId=rec["upload_id"])
         self.b.delete(record_key)
+        self._known(record_key, False)
 
-    def tidy(self, keep: Collection[str]) -> None:
+    def tidy(self, keep: Collection[str], listed: list[dict] | None = None) -> None:
         """Drop the records (and abort the uploads) of files not in `keep`, and abort multipart
-        uploads under the job folder that no record names."""
+        uploads under the job folder that no record names. `listed`: the staging folder's
+        objects as a listing just made saw them (S3Target.listed), else it is listed here."""
         known = set()
-        records = self.records()
+        records = [o["Key"] for o in listed] if listed is not None else self.records()
         stale = set(stale_staging([r[len(self.staging):] for r in records], keep))
         for rk in records:
             if rk[len(self.staging):] in stale:
@@ -157,7 +170,8 @@ class Multipart:
             data = self.b.get(rk)
             if data is not None:
                 known.add(json.loads(data)["upload_id"])
-        self.known = {r for r in records if r[len(self.staging):] not in stale}
+        with self.folder.lock:  # the truth, as no session uploads now
+            self.folder.records = {r for r in records if r[len(self.staging):] not in stale}
         r = self.b.call("the upload listing", self.b.client.list_multipart_uploads, Bucket=self.b.name,
                         Prefix=self.root)
         for u in r.get("Uploads", []):
@@ -199,9 +213,9 @@ class Multipart:
             r = self.b.call(key, self.b.client.create_multipart_upload, Bucket=self.b.name, Key=key,
                             **self.b.sse(), **self.b.object_extra())
             upload_id, done = r["UploadId"], {}
+            self.folder.changed(self.staging)
             self.b.put(record_key, json.dumps({"key": key, "upload_id": upload_id, "part_size": psize}).encode())
-            if self.known is not None:
-                self.known.add(record_key)
+            self._known(record_key, True)
         count = -(-size // psize)
         todo = [n for n in range(1, count + 1) if done.get(n) != min(psize, size - (n - 1) * psize)]
 
@@ -278,9 +292,9 @@ class Multipart:
                            UploadId=rec["upload_id"],
                            MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n}
                                                       for n, (e, _) in sorted(etags.items())]})
+        self.folder.changed(self.staging)
         self.b.delete(record_key)
-        if self.known is not None:
-            self.known.discard(record_key)
+        self._known(record_key, False)
         if self.etags_are_md5 is not False and sent and len(sent) == len(etags):
             # The object's ETag, as S3 defines it for a multipart upload, from our parts.
             want = hashlib.md5(b"".join(bytes.fromhex(sent[n]) for n in sorted(sent))).hexdigest()
