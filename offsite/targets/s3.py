@@ -12,7 +12,9 @@ the bucket is asked about once per process, and the staging records are listed o
 the reconciliation's listing of the job folder, which holds them), so a session opens with
 no request at all and an upload asks for no listing. The same listing answers the tidy's
 and the bin's questions, unless this process changed the agent folder since. A small file
-is one PUT with its Content-MD5, which the server checks, so nothing more is asked after it.
+is one PUT, in one round trip, with its Content-MD5, which the server checks: the MD5 of
+the bytes read from the source that publish() is given, so nothing more is asked after it
+and the bytes are not hashed a second time.
 """
 from __future__ import annotations
 
@@ -142,7 +144,8 @@ class S3Target(S3Bin):
                 data = _SMALL.pop(self._small_key(relpath), None)
             if data is None or len(data) != size:
                 raise TransientError(f"nothing complete is staged for {relpath}: sending it again")
-            self.store.put(key, data, **self.store.object_extra())  # its Content-MD5 proves size and bytes
+            # Its Content-MD5, the MD5 of the bytes read from the source, proves size and bytes.
+            self.store.put(key, data, md5, **self.store.object_extra())
             return
         self.uploads.complete(key, self.uploads.record_key(relpath, size, mtime_ns), relpath, size)
         head = self.store.call(relpath, self.store.client.head_object, Bucket=self.store.name, Key=key)

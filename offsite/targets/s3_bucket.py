@@ -8,6 +8,13 @@ written (server-side encryption, storage class, object lock), the plain requests
 with its Content-MD5, head, delete, a paged listing and a server-side copy; and what the
 process has learnt of a bucket and of each job folder in it (`Folder`), so that a session
 does not ask again what another asked already.
+
+Requests with a Content-MD5 cost one round trip and no second hash of their bytes: a PUT is
+sent without `Expect: 100-continue` (botocore adds it to every body; one more round trip
+per file, to spare sending a few MiB in vain on a refusal), and, over plain http, with an
+unsigned payload, as botocore already does over https: the signature covers the
+Content-MD5, which the server checks, so a SHA-256 of every byte would prove nothing more.
+Any other request is signed as botocore signs it.
 """
 from __future__ import annotations
 
@@ -23,10 +30,11 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
 )
 
-from ..errors import PermanentError, TransientError
+from ..errors import OffsiteError, PermanentError, TransientError
 
 _CLIENTS: dict[tuple, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -39,7 +47,8 @@ COPY_LIMIT = 5 * 1024 * MiB  # the largest object one CopyObject copies
 _AUTH = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthorizationHeaderMalformed", "InvalidToken",
          "ExpiredToken", "InvalidClientTokenId"}
 _TRANSIENT = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
-              "Throttling", "ThrottlingException", "503", "500", "502", "504"}
+              "Throttling", "ThrottlingException", "503", "500", "502", "504",
+              "BadDigest"}  # the bytes the server got are not those whose MD5 was sent: send them again
 
 
 class Folder:
@@ -66,6 +75,17 @@ class Folder:
     def count(self, prefix: str) -> int:
         with self.lock:
             return self.changes.get(prefix, 0)
+
+
+def _md5_proves_body(unsigned: Config) -> Callable[..., None]:
+    """The before-sign handler of a client: a PUT goes without `Expect: 100-continue`, and
+    a body proven by its Content-MD5 is sent unsigned over http too (see the docstring)."""
+    def handler(request: Any, operation_name: str = "", **_: Any) -> None:
+        if operation_name == "PutObject" and "Expect" in request.headers:
+            del request.headers["Expect"]  # an email.message.Message: every Expect header goes
+        if "Content-MD5" in request.headers:
+            request.context["client_config"] = unsigned  # botocore reads the payload choice from here
+    return handler
 
 
 class Bucket:
@@ -102,16 +122,19 @@ class Bucket:
         if self.o.get("endpoint"):
             # Many S3-compatible stores reject boto3's default CRC checksums (boto3 1.36+).
             extra = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
-        cfg = Config(s3={"addressing_style": self.o["addressing_style"]},  # filled in by the parser
-                     retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=30, read_timeout=120,
+        s3 = {"addressing_style": self.o["addressing_style"]}  # filled in by the parser
+        cfg = Config(s3=s3, retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=30, read_timeout=120,
                      max_pool_connections=self.pool, **extra)
         try:
             with _CLIENTS_LOCK:
                 if self.key not in _CLIENTS:
-                    _CLIENTS[self.key] = boto3.client(
+                    client = boto3.client(
                         "s3", endpoint_url=self.o.get("endpoint"), region_name=self.o.get("region"),
                         aws_access_key_id=self.o.get("access_key_id"),
                         aws_secret_access_key=secret.reveal() if secret else None, config=cfg)
+                    unsigned = cfg.merge(Config(s3={**s3, "payload_signing_enabled": False}))
+                    client.meta.events.register("before-sign.s3", _md5_proves_body(unsigned))
+                    _CLIENTS[self.key] = client
                 self.client = _CLIENTS[self.key]
         except (BotoCoreError, ValueError) as e:
             raise PermanentError(f"cannot set up the S3 client: {e}") from None
@@ -140,6 +163,11 @@ class Bucket:
                                  "standard AWS environment variables or files") from None
         except EndpointConnectionError:
             raise TransientError(f"cannot connect to {self.o.get('endpoint') or 'S3'}") from None
+        except HTTPClientError as e:  # botocore wraps what reading a body raised as the request went
+            inner = e.kwargs.get("error")
+            if isinstance(inner, OffsiteError):
+                raise inner from None  # a progress callback's Interrupted: through unchanged
+            raise TransientError(f"{what} in bucket {self.name}: {e}") from None
         except (BotoCoreError, OSError) as e:
             raise TransientError(f"{what} in bucket {self.name}: {e}") from None
 
@@ -162,11 +190,13 @@ class Bucket:
         r = self.call(key, self.client.get_object, missing_ok=True, Bucket=self.name, Key=key)
         return None if r is None else r["Body"].read()
 
-    def put(self, key: str, data: bytes, **extra) -> None:
-        """One PUT with its Content-MD5, which the server checks: size and bytes are proven."""
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-        self.call(key, self.client.put_object, Bucket=self.name, Key=key, Body=data, ContentMD5=md5,
-                  **self.sse(), **extra)
+    def put(self, key: str, data: bytes, md5: str | None = None, **extra) -> None:
+        """One PUT with its Content-MD5, which the server checks: size and bytes are proven.
+        `md5` (hex): the MD5 of `data` known already (a file's, as read from the source),
+        so the bytes are not hashed twice; a wrong one is refused (BadDigest: TransientError)."""
+        digest = bytes.fromhex(md5) if md5 else hashlib.md5(data).digest()
+        self.call(key, self.client.put_object, Bucket=self.name, Key=key, Body=data,
+                  ContentMD5=base64.b64encode(digest).decode(), **self.sse(), **extra)
 
     def head(self, key: str) -> dict | None:
         return self.call(key, self.client.head_object, missing_ok=True, Bucket=self.name, Key=key)
