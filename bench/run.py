@@ -38,6 +38,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -196,18 +197,43 @@ def med(ms: list[Measure]) -> tuple[float, float, float, float, int]:
             max(m.rss_kb for m in ms))
 
 
-def alternate(runs: int, contenders: dict[str, Callable[[], Measure]]) -> dict[str, list[Measure]]:
-    got: dict[str, list[Measure]] = {k: [] for k in contenders}
+class Got(dict):
+    """Each contender's measures; `failed` says why a contender stopped (its row reads "failed")."""
+
+    def __init__(self, keys) -> None:
+        super().__init__({k: [] for k in keys})
+        self.failed: dict[str, str] = {}
+
+
+def attempt(fn: Callable[[], Measure]) -> Measure | str:
+    """A measure, or why there is none: one tool failing does not end a long run."""
+    try:
+        return fn()
+    except (SystemExit, subprocess.TimeoutExpired) as e:
+        return " ".join(str(e).split())[-400:] or type(e).__name__
+
+
+def alternate(runs: int, contenders: dict[str, Callable[[], Measure]]) -> Got:
+    got = Got(contenders)
     for _ in range(runs):
         for k, fn in contenders.items():  # alternate, so drift hits all alike
-            got[k].append(fn())
+            if k not in got.failed:
+                m = attempt(fn)
+                if isinstance(m, str):
+                    got.failed[k] = m
+                    print(f"{k} failed: {m}", file=sys.stderr, flush=True)
+                else:
+                    got[k].append(m)
     return got
 
 
 def rate_rows(got: dict[str, list[Measure]], amount: float, unit: str, ref: str, gib: float | None) -> list[list]:
     rows = []
-    ref_rate = amount / med(got[ref])[0]
+    ref_rate = amount / med(got[ref])[0] if got[ref] else math.nan
     for k, ms in got.items():
+        if not ms:
+            rows.append([k, "failed"] + ["-"] * 4)
+            continue
         wall, lo, hi, cpu, rss = med(ms)
         rate = amount / wall
         rows.append([k, f"{rate:,.1f} {unit}", f"{amount / hi:,.1f}-{amount / lo:,.1f}", f"{rate / ref_rate:.2f}",
@@ -294,18 +320,25 @@ def scenario_small(ctx, kinds=("local", "sftp", "s3")) -> None:
               ctx.notes(got, kind, load))
 
 
-def link_rows(got: dict[str, list[Measure]], nbytes: int, files: int, link: Link, refs: list[str]) -> tuple[list, list]:
+def link_rows(got: dict[str, list[Measure]], nbytes: int, files: int, link: Link,
+              refs: list[str | tuple[str, ...]]) -> tuple[list, list]:
     """A WAN table: the rate (files/s, or MB/s for one file), its spread, the share of the link
     (the files' bytes over the link's rate: protocol overhead counts against it), ratios to
-    each reference, client CPU in all, per GiB and per file, peak RSS."""
+    each reference (a tuple: the fastest of those rows), client CPU in all, per GiB and per
+    file, peak RSS."""
     many = files > 1
     amount = files if many else nbytes / 1e6
     header = (["who", "files/s (median)" if many else "MB/s (median)", "spread"] + (["MB/s"] if many else [])
-              + ["of the link"] + [f"x {r}" for r in refs] + ["client CPU s", "CPU s per GiB"]
+              + ["of the link"] + [f"x {r}" if isinstance(r, str) else f"x {r[0]}, its faster row" for r in refs]
+              + ["client CPU s", "CPU s per GiB"]
               + (["CPU per file"] if many else []) + ["peak RSS"])
-    ref_walls = {r: med(got[r])[0] for r in refs}
+    ref_walls = {r: min([med(got[x])[0] for x in ((r,) if isinstance(r, str) else r) if got.get(x)] or [math.nan])
+                 for r in refs}
     rows = []
     for k, ms in got.items():
+        if not ms:
+            rows.append([k, "failed"] + ["-"] * (len(header) - 2))
+            continue
         wall, lo, hi, cpu, rss = med(ms)
         row = [k, f"{amount / wall:,.1f}", f"{amount / hi:,.1f}-{amount / lo:,.1f}"]
         row += [f"{nbytes / wall / 1e6:,.1f}"] if many else []
@@ -336,8 +369,8 @@ def wan_table(ctx, kind: str, link: Link, src: Path, nbytes: int, files: int, ti
         contenders.update({x.label: (lambda x=x: x.sync(ctx.work, src, o, files, timeout=1800))
                            for x in ctx.contestants})
         got = alternate(ctx.args.runs, contenders)
-        w.sent += nbytes * ctx.args.runs * len(contenders)
-    refs = ([ref[0]] if ref else []) + (["rclone best"] if best is not None else ["rclone"])
+        w.sent += nbytes * sum(len(ms) for ms in got.values())
+    refs: list = ([ref[0]] if ref else []) + [("rclone", "rclone best") if best is not None else "rclone"]
     header, rows = link_rows(got, nbytes, files, link, refs)
     table(f"{title} to {kind} through wan.py ({link.label})", header, rows, ctx.out,
           ctx.notes(got, kind, load, [note, w.carried()]))
@@ -492,14 +525,18 @@ class Through:
 
     def __init__(self, o: dict) -> None:
         self.o, self.sent, self.up, self.down = o, 0, -1, -1
+        self.other: list[str] = []  # whatever else wan.py printed (tracebacks)
 
     def carried(self) -> str:
         if self.up < 0:
             return "wan.py printed no count of the bytes it carried."
         text = (f"wan.py carried {self.up / 1e6:,.1f} MB up and {self.down / 1e6:,.1f} MB down; the runs sent "
                 f"{self.sent / 1e6:,.1f} MB of files through it")
-        return text + (": LESS up than the files sent, so some data went around the proxy." if self.up < self.sent
-                       else ".")
+        text += (": LESS up than the files sent, so some data went around the proxy." if self.up < self.sent
+                 else ".")
+        if self.other:
+            text += f" wan.py also printed {len(self.other)} other lines, the last: `{self.other[-1][:200]}`."
+        return text
 
 
 CLIENTS = {"local": [], "sftp": ["OpenSSH"], "smb": ["smbclient"], "ftp": ["curl"], "s3": ["curl"]}
@@ -560,6 +597,7 @@ class Context:
             yield w
         finally:
             w.up, w.down = wan.stop()
+            w.other = wan.other
 
     def best_flags(self, kind: str, case: str, link: Link, w: Through, nbytes: int, files: int,
                    try_flags: Callable[[list[str]], Measure]) -> tuple[list[str] | None, str]:
@@ -571,16 +609,23 @@ class Context:
             return shlex.split(self.fixed_best[key]), f"rclone best: `{self.fixed_best[key]}`, given by --rclone-best."
         if not RCLONE_BEST.get(key):
             return None, f"No rclone best row: {WHY_NONE.get(key, 'no flags to try')}{feats}."
-        tried = []
+        tried, failed = [], []
         for flags in RCLONE_BEST[key]:
-            tried.append((try_flags(shlex.split(flags)), flags))
+            m = attempt(lambda: try_flags(shlex.split(flags)))
+            if isinstance(m, str):
+                failed.append(f"`{flags}` failed: {m}")
+                continue
+            tried.append((m, flags))
             w.sent += nbytes
+        if not tried:
+            return None, "No rclone best row: every flag set failed: " + "; ".join(failed)
         m, flags = min(tried, key=lambda t: t[0].wall)
         amount, unit = (files, "files/s") if files > 1 else (nbytes / 1e6, "MB/s")
         self.found.append([key, link.label, f"`{flags}`", f"{amount / m.wall:,.1f} {unit}",
                            ", ".join(f"{amount / t.wall:,.1f}" for t, _ in tried)])
         return shlex.split(flags), ("rclone best: the fastest of one run each, " + "; ".join(
-            f"`{f}` {amount / t.wall:,.1f} {unit}" + (" (chosen)" if f == flags else "") for t, f in tried) + feats + ".")
+            f"`{f}` {amount / t.wall:,.1f} {unit}" + (" (chosen)" if f == flags else "") for t, f in tried) + feats + "."
+            + "".join(f" {x}." for x in failed))
 
     def found_table(self) -> None:
         if self.found:
@@ -596,7 +641,8 @@ class Context:
         if got:
             lines.append("Commands (first run; $WORK is the bench's scratch folder; rclone's remote T: is set by "
                          "RCLONE_CONFIG_T_* variables):")
-            lines += [f"- {k}: `{ms[0].cmd}`" for k, ms in got.items()]
+            lines += [f"- {k}: `{ms[0].cmd}`" for k, ms in got.items() if ms]
+            lines += [f"- {k} FAILED: {why}" for k, why in getattr(got, "failed", {}).items()]
         tools = [f"{c} {self.versions[c]}" for c in CLIENTS.get(kind, []) if c in self.versions]
         tools += [f"rclone {self.versions['rclone']}"]
         wan = any("wan.py" in x for x in extra)
@@ -641,7 +687,8 @@ def tool_versions(offsites: list[Offsite], before: str | None) -> dict[str, str]
          "offsite after": out("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
          + (" + uncommitted changes" if dirty else "")}
     if before:
-        v["offsite before"] = before
+        rev = out("git", "-C", str(ROOT), "rev-parse", "--short", before)
+        v["offsite before"] = rev + (f" ({before})" if not rev.startswith(before) else "")
     return v
 
 
@@ -675,23 +722,23 @@ def main() -> None:
         raise SystemExit(f"no scenario {', '.join(unknown)} (there are {', '.join(scenarios)})")
     work = Path(tempfile.mkdtemp(prefix="offsite-bench-"))
     SHOWN.extend([(str(work), "$WORK"), (sys.executable, "python"), (RCLONE, "rclone"), (PASSWORD, "***")])
-    offsites = [Offsite("after", ROOT)]
-    worktree = None
-    if args.before:
-        worktree = work / "before-src"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.before],
-                       check=True, capture_output=True)
-        offsites.insert(0, Offsite("before", worktree))
-    contestants = list(offsites)
+    variants = []
     for v in args.variant:
         name, eq, toml = v.partition("=")
-        if not eq or not name.strip() or not toml.strip():
-            raise SystemExit(f"--variant NAME=TOML, not {v!r}")
-        x = Offsite(name.strip(), ROOT, "\n".join(k.strip() for k in toml.split(";")))
-        x.validate(work)
-        contestants.append(x)
-    ctx = None
+        if not eq or not re.fullmatch(r"[\w.+-]+", name.strip()) or not toml.strip():
+            raise SystemExit(f"--variant NAME=TOML (a name of letters, digits, . + - _), not {v!r}")
+        variants.append(Offsite(name.strip(), ROOT, "\n".join(k.strip() for k in toml.split(";"))))
+    offsites = [Offsite("after", ROOT)]
+    worktree = ctx = None
     try:
+        for x in variants:
+            x.validate(work)
+        if args.before:
+            worktree = work / "before-src"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.before],
+                           check=True, capture_output=True)
+            offsites.insert(0, Offsite("before", worktree))
+        contestants = offsites + variants
         ctx = Context(args, work, offsites, contestants, tool_versions(offsites, args.before))
         SHOWN.append((SERVERS["s3-seaweedfs"].secret_key, "***"))
         ctx.machine = machine()

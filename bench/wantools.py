@@ -79,7 +79,9 @@ class Wan:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        m = re.search(r"carried (\d+) bytes up, (\d+) bytes down", self.log.read_text())
+        text = self.log.read_text()
+        self.other = [x for x in text.splitlines() if x.strip() and not x.startswith("wan: ")]
+        m = re.search(r"carried (\d+) bytes up, (\d+) bytes down", text)
         return (int(m[1]), int(m[2])) if m else (-1, -1)
 
 
