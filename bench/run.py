@@ -16,6 +16,12 @@ FTP's data connections too (bench/wantools.py says how). Under each table: each 
 the tools' versions, the load average when it started and the bench's own command line.
 Writes the tables to stdout and, with --out, to a Markdown file.
 
+Issue 17's WAN rerun (every remote type at both links, one big image and 100 small files):
+    .venv/bin/python bench/run.py --only wanbig,wan --before d886cc3 --out /tmp/wan17.md
+Estimated from smoke runs, not timed at full size: about 45 minutes on 2 quiet cores for this
+checkout alone, about 10 more for --before and for each --variant. `--rclone-best KIND/CASE=FLAGS`
+skips a sweep (the sweeps take about 10 minutes in all); `--links`, `--wan-targets` and `--runs` cut it further.
+
 Scenarios:
   big      one big image to every target type (cp + sync, OpenSSH sftp, smbclient, curl, rclone)
   small    1,000 small files (64 KiB-4 MiB) to local, SFTP and S3 (rclone with its defaults)
@@ -226,15 +232,17 @@ def link_rows(got: dict[str, list[Measure]], nbytes: int, files: int, link: Link
     return header, rows
 
 
-def wan_table(ctx, kind: str, link: Link, src: Path, nbytes: int, files: int, title: str) -> None:
-    """One target type through its own wan.py: the single-stream tool (one file), rclone at its
-    defaults and at its best flags, each offsite; then wan.py's count of what it carried."""
-    case = "small" if files > 1 else "big"
+def wan_table(ctx, kind: str, link: Link, src: Path, nbytes: int, files: int, title: str,
+              img: Path | None = None) -> None:
+    """One target type through its own wan.py: the single-stream tool (for the one image `img`
+    in `src`), rclone at its defaults and at its best flags, each offsite; then wan.py's count
+    of what it carried."""
+    single = img is not None
+    case = "big" if single else "small"
     load = loadavg()
     with ctx.through_wan(kind, link) as w:
         o = w.o
-        single = files == 1
-        target = src / "C_VOL-b001.spf" if single else src
+        target = img or src
         contenders: dict[str, Callable[[], Measure]] = {}
         ref = single_stream(kind, o, target, ctx.work) if single else None
         if ref:
@@ -273,7 +281,7 @@ def scenario_wanbig(ctx) -> None:
         size_mb = ctx.args.size_mb or link.default_mb
         img = big_image(ctx, size_mb)
         for kind in ctx.wan_kinds:
-            wan_table(ctx, kind, link, img.parent, size_mb * 1_000_000, 1, f"One {size_mb} MB image")
+            wan_table(ctx, kind, link, img.parent, size_mb * 1_000_000, 1, f"One {size_mb} MB image", img)
     ctx.found_table()
 
 
@@ -586,7 +594,7 @@ def main() -> None:
     ap.add_argument("--small-files", type=int, default=1000)
     ap.add_argument("--links", default="50ms/100Mbps,20ms/1Gbps", help="the WAN links, RTT/RATE")
     ap.add_argument("--wan-targets", default="sftp,smb,ftp,s3", help="target types of the WAN rows")
-    ap.add_argument("--wan-files", type=int, default=100, help="small files in each WAN row (default 100)")
+    ap.add_argument("--wan-files", type=int, default=100, help="small files in each WAN table (default 100, at least 2)")
     ap.add_argument("--rclone-best", action="append", default=[], metavar="KIND/CASE=FLAGS",
                     help="rclone's best flags for a case (sftp/big, s3/small ...) instead of a sweep; repeatable")
     ap.add_argument("--seed-files", type=int, default=100_000)
@@ -597,6 +605,8 @@ def main() -> None:
     args = ap.parse_args()
     scenarios = {"big": scenario_big, "small": scenario_small, "wan": scenario_wan, "wanbig": scenario_wanbig,
                  "seed": scenario_seed, "latency": scenario_latency, "idle": scenario_idle}
+    if args.wan_files < 2:
+        raise SystemExit("--wan-files: at least 2 (one file is wanbig's case)")
     unknown = [x for x in args.only.split(",") if x not in scenarios]
     if unknown:
         raise SystemExit(f"no scenario {', '.join(unknown)} (there are {', '.join(scenarios)})")

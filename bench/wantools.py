@@ -6,10 +6,10 @@ FTP through wan.py: a passive data connection goes to whatever port the server a
 mapping the control port alone would carry the commands through the proxy and the data around
 it. `WanFTPD` runs pyftpdlib on 127.0.0.2 with its passive ports in a fixed range and
 127.0.0.1 as its NAT address (`-n`); wan.py listens on 127.0.0.1 at the same port numbers and
-forwards each to 127.0.0.2, all of them sharing the one link. Whatever the client does with
-the answer (curl and rclone use EPSV: the port only, on the control connection's address;
-Python's ftplib takes PASV's port and ignores its address), the data connection lands on
-the proxy: nothing listens on 127.0.0.1 at those ports but wan.py. A port outside the range
+forwards each to 127.0.0.2, all of them sharing the one link. Whatever the client asks
+(EPSV: a port on the control connection's address, 127.0.0.1; PASV: 127.0.0.1, the NAT
+address, and a port; Python's ftplib, offsite's, keeps PASV's port and ignores its address),
+the data connection lands on the proxy: nothing listens on 127.0.0.1 at those ports but wan.py. A port outside the range
 (pyftpdlib falls back to a kernel port when the range is exhausted) is refused, never
 carried around the proxy. The bench also compares wan.py's count of bytes carried with the
 bytes the runs sent.
