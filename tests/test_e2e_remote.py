@@ -49,8 +49,9 @@ def test_a_day_of_backups_reaches_each_remote_target_in_chain_order_with_4_trans
     assert watcher.problems == [] and watcher.snapshots > 5, watcher.problems[:5]
     files = published(server, loc)
     assert all(files[p] == (site.source / p).read_bytes() for p in expected)
-    status = site.job_status()
-    assert status["owner"] == "ok" and status["error"] is None
+    # The status is written a moment after the last file lands: wait for the owner to show.
+    status = wait_until(lambda: (s := site.job_status())["owner"] == "ok" and s, what="the owner in the status")
+    assert status["error"] is None
     assert agent.stop() == 0
     log = agent.output()
     assert "Traceback" not in log
@@ -61,7 +62,9 @@ def test_a_day_of_backups_reaches_each_remote_target_in_chain_order_with_4_trans
 def test_sigkill_in_the_middle_of_an_upload_resumes_it(kind, servers, site, start_agent):
     server = servers.get(kind)
     loc = server.new_location()
-    site.config(target=loc, agent='bandwidth = "25MB/s"', job='mode = "all"')
+    # One stream: its resume is told by the staged size; several streams of one file resume
+    # from the target's record of its blocks (tests/test_streams.py).
+    site.config(target=loc, agent='bandwidth = "25MB/s"\nstreams = 1', job='mode = "all"')
     big = finished_file(site.source / "C_VOL-b001.spf", 128 * MiB)
     agent = start_agent()
     wait_until(lambda: server.staged_bytes(loc) >= 48 * MiB, timeout=60, what="the upload under way")
@@ -84,7 +87,9 @@ def test_sigkill_in_the_middle_of_an_upload_resumes_it(kind, servers, site, star
 def test_a_server_stopped_in_the_middle_of_an_upload_is_ridden_out(servers, site, start_agent):
     server = servers.get("sftp")
     loc = server.new_location()
-    site.config(target=loc, agent='bandwidth = "20MB/s"', job='mode = "all"')
+    # One stream: its resume is told by the staged size; several streams of one file resume
+    # from the target's record of its blocks (tests/test_streams.py).
+    site.config(target=loc, agent='bandwidth = "20MB/s"\nstreams = 1', job='mode = "all"')
     big = finished_file(site.source / "C_VOL-b001.spf", 80 * MiB)
     agent = start_agent()
     wait_until(lambda: server.staged_bytes(loc) >= 16 * MiB, timeout=60, what="the upload under way")
