@@ -192,3 +192,39 @@ def test_chain_order_holds_when_a_later_files_streams_finish_first(servers, site
     top = server._top(loc, "job1")
     assert os.stat(top / base).st_ctime_ns <= os.stat(top / incr).st_ctime_ns  # the base went first
     assert agent.stop() == 0
+
+
+def test_a_record_is_believed_only_beside_its_file_and_discard_removes_both(servers, tmp_path):
+    """The target's record names blocks of the file beside it only: without that file (or a
+    shorter one) the upload starts over, and the record goes first. discard() removes the
+    ranges another session staged after this one listed the staging folder."""
+    import io
+
+    server = servers.get("sftp")
+    t = opened_target(tmp_path, server.new_location())
+    size, path = RANGED_FROM + 1000, "C_VOL-b001.spf"
+    data = os.urandom(size)
+    src = io.BytesIO(data)
+    try:
+        assert t.begin_ranges(path, size, 1, src, lambda n: None) == {0}
+        t.write_range(path, size, 1, 2, src, lambda n: None)
+        t.save_ranges(path, size, 1, {0, 2})
+        assert t.begin_ranges(path, size, 1, src, lambda n: None) == {0, 2}  # resumed: the record and its file
+        staged = t._ranged(path, size, 1)
+        t._remove(staged)  # the file gone (a tidy, a person): the record proves nothing
+        assert t.begin_ranges(path, size, 1, src, lambda n: None) == {0}
+        assert t._get_small(staged + ".json") is None
+        for i in range(1, len(blocks(size))):
+            t.write_range(path, size, 1, i, src, lambda n: None)
+        t.save_ranges(path, size, 1, set(range(len(blocks(size)))))
+        t.discard(path)  # listed afresh: the session's own listing predates the ranges
+        assert [n for n in t._listdir(t.staging)] == []
+        t.begin_ranges(path, size, 1, src, lambda n: None)
+        for i in range(1, len(blocks(size))):
+            t.write_range(path, size, 1, i, src, lambda n: None)
+        t.end_ranges(path, size, 1)
+        t.publish(path, size, 1, hashlib.md5(data).hexdigest())
+        assert t._get_small(t._final(path)) == data
+        assert [n for n in t._listdir(t.staging)] == []  # no record left behind
+    finally:
+        t.close()

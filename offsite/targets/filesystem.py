@@ -276,11 +276,12 @@ class RemoteFileTarget(Target):
             self._staged_sizes.pop(posixpath.basename(staged), None)
 
     def discard(self, relpath: str) -> None:
-        self._discard_others(relpath, keep=())
+        # Listed afresh: other sessions may have staged ranges of it since this one listed.
+        self._discard_others(relpath, keep=(), fresh=True)
 
-    def _discard_others(self, relpath: str, keep: Collection[str]) -> None:
+    def _discard_others(self, relpath: str, keep: Collection[str], fresh: bool = False) -> None:
         stem = staging_stem(relpath) + "-"
-        if self._staged_sizes is not None:
+        if self._staged_sizes is not None and not fresh:
             names = list(self._staged_sizes)
         elif self._is_dir(self.staging):
             names = [e.name for e in self._listdir(self.staging)]
