@@ -37,8 +37,7 @@ def test_sftp_host_key_given_inline(servers, tmp_path):
 
 def test_sftp_accept_new_host_key_remembers_it(servers, tmp_path):
     sftp = servers.get("sftp")
-    known = tmp_path / "known_hosts"
-    known.write_text("")
+    known = tmp_path / "known_hosts"  # not there yet: a first run creates it
     t = target(tmp_path, sftp.new_location() | {"known_hosts": str(known), "accept_new_host_key": True})
     t.close()
     assert "ssh-ed25519" in known.read_text()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import os
 import socket
 import stat
 from typing import Any, BinaryIO, Callable, Mapping
@@ -58,8 +59,9 @@ class SftpTarget(RangedTarget):
                 key = _parse_host_key(self.o["host_key"])
                 name = self.o["host"] if self.o["port"] == 22 else f"[{self.o['host']}]:{self.o['port']}"
                 client.get_host_keys().add(name, key.get_name(), key)
-            elif self.o.get("known_hosts"):
-                client.load_host_keys(str(self.o["known_hosts"]))
+            elif self.o.get("known_hosts") and not (self.o.get("accept_new_host_key")
+                                                    and not os.path.exists(self.o["known_hosts"])):
+                client.load_host_keys(str(self.o["known_hosts"]))  # (accepting new keys: created below)
             if self.o.get("accept_new_host_key"):
                 client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
             else:
