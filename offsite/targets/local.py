@@ -10,7 +10,8 @@ leaves a short file under a final name. Files under CHECKPOINT bytes keep no che
 (they start over), and the rename itself is not synced: if a power loss undoes it, the
 file is simply missing, and the reconciliation at start sends it again.
 
-The bin (moves by rename, restores that never replace) is local_bin.py's.
+The bin (moves by rename, restores that never replace) is local_bin.py's; the staging
+folder's names, by file, local_staging.py's.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from .base import (
     stale_staging,
 )
 from .local_bin import LocalBin
+from .local_staging import StagedNames, staged_names
 
 CHUNK = 1024 * 1024  # small enough for a smooth throttle; copy_file_range keeps it cheap
 CHECKPOINT = 16 * 1024 * 1024
@@ -61,7 +63,7 @@ class LocalTarget(LocalBin):
         self.agent = self.root / AGENT_DIR
         self.staging = self.agent / "staging"
         self.bin = self.agent / BIN_DIR
-        self._staged_names: set[str] | None = None  # staging folder's names, listed at open
+        self._names: StagedNames | None = None  # the staging folder's names, listed at open
 
     def describe(self) -> str:
         return str(self.root)
@@ -87,9 +89,10 @@ class LocalTarget(LocalBin):
             return
         try:
             self.staging.mkdir(parents=True, exist_ok=True)
-            # Listed once per session: a glob of the staging folder per file cost 7% of a
-            # seeding of small files. One session handles a file at a time, so this stays true.
-            self._staged_names = set(os.listdir(self.staging))
+            # Listed once per session (a glob of the staging folder per file cost 7% of a
+            # seeding of small files), into the names this process's sessions share.
+            self._names = staged_names(self.staging)
+            self._names.add(os.listdir(self.staging))
         except OSError as e:
             raise self._error(e, "the job folder") from None
 
@@ -169,8 +172,8 @@ class LocalTarget(LocalBin):
         part, ckpt = self._staged(relpath, size, mtime_ns)
         self._discard_other_versions(relpath, keep=part.name)
         offset = self._durable_offset(part, ckpt, size) if size >= CHECKPOINT else 0
-        if self._staged_names is not None:
-            self._staged_names.update((part.name, ckpt.name))
+        if self._names is not None:
+            self._names.add((part.name, ckpt.name) if size >= CHECKPOINT else (part.name,))
         try:
             with open(part, "r+b" if offset else "wb") as dst:
                 dst.truncate(offset)
@@ -256,8 +259,8 @@ class LocalTarget(LocalBin):
             os.replace(part, final)
             if size >= CHECKPOINT:
                 ckpt.unlink(missing_ok=True)
-            if self._staged_names is not None:
-                self._staged_names.difference_update((part.name, ckpt.name))
+            if self._names is not None:
+                self._names.drop((part.name, ckpt.name))
         except OSError as e:
             raise self._error(e, relpath) from None
 
@@ -266,15 +269,16 @@ class LocalTarget(LocalBin):
         self._discard_other_versions(relpath, keep=None, fresh=True)
 
     def _discard_other_versions(self, relpath: str, keep: str | None, fresh: bool = False) -> None:
-        stem = staging_stem(relpath) + "-"
+        stem = staging_stem(relpath)
         keep_stem = keep[: -len(".part")] if keep else None
         try:
-            names = self._staged_names if self._staged_names is not None and not fresh \
-                else set(os.listdir(self.staging))
-            for name in [n for n in names if n.startswith(stem)]:
+            # This file's names only, however many are staged; the folder itself when asked.
+            names = self._names.of(stem) if self._names is not None and not fresh else os.listdir(self.staging)
+            for name in [n for n in names if n.startswith(stem + "-")]:
                 if keep_stem is None or not name.startswith(keep_stem + "."):
                     (self.staging / name).unlink(missing_ok=True)
-                    names.discard(name)
+                    if self._names is not None:
+                        self._names.drop((name,))
         except FileNotFoundError:
             pass
         except OSError as e:
@@ -310,8 +314,8 @@ class LocalTarget(LocalBin):
                 (self.staging / name).unlink(missing_ok=True)
             except OSError as e:
                 raise self._error(e, "the staging folder") from None
-            if self._staged_names is not None:
-                self._staged_names.discard(name)
+            if self._names is not None:
+                self._names.drop((name,))
 
     def probe(self) -> None:
         tmp, final = self.agent / f"{PROBE_NAME}.tmp", self.agent / PROBE_NAME
