@@ -309,6 +309,8 @@ class LocalTarget(LocalBin):
             return
         except OSError as e:
             raise self._error(e, "the staging folder") from None
+        if not names:
+            return  # the usual case: no stem of every queued path needed
         for name in stale_staging(names, keep):
             try:
                 (self.staging / name).unlink(missing_ok=True)
