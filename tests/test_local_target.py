@@ -132,3 +132,21 @@ def test_plan_opening_writes_nothing(tmp_path):
     t = LocalTarget(tmp_path / "drive", "fs")
     t.open(create=False)
     assert t.list() == {} and not (tmp_path / "drive" / "fs").exists()
+
+
+@pytest.mark.parametrize("size", [10, 2 * local.CHUNK + 100])
+def test_every_byte_is_on_disk_before_the_fsync_that_lets_it_publish(tmp_path, target, monkeypatch, size):
+    """A power loss never leaves a short file under a final name: the bytes of a file under
+    CHECKPOINT are written before its fsync, the tail that a buffer would hold included."""
+    from offsite.agent.hashing import HashingReader
+
+    p = src_file(tmp_path, size)
+    st = p.stat()
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_size), fsync(fd))[-1])
+    with open(p, "rb") as f:  # through the hashing reader, as the transfers send it
+        target.upload("a.spi", HashingReader(f, size), size, st.st_mtime_ns, lambda n: None)
+    assert synced and synced[-1] == size
+    target.publish("a.spi", size, st.st_mtime_ns)
+    assert (target.root / "a.spi").read_bytes() == p.read_bytes()

@@ -179,6 +179,7 @@ class LocalTarget(LocalBin):
                 dst.truncate(offset)
                 if size < CHECKPOINT:  # small: nothing worth resuming, one fsync before publish
                     sent = self._copy(src, dst, offset, size, ckpt, progress)
+                    dst.flush()  # what the buffer holds (a small file: all of it) first
                     os.fsync(dst.fileno())
                 else:
                     try:
