@@ -228,3 +228,137 @@ def test_a_record_is_believed_only_beside_its_file_and_discard_removes_both(serv
         assert [n for n in t._listdir(t.staging)] == []  # no record left behind
     finally:
         t.close()
+
+
+class Pool:
+    """The job's pool of sessions, as stage_ranged sees it (transfer.Sessions): spare sessions
+    on the same location, and where each went back."""
+
+    def __init__(self, tmp_path, loc, n: int) -> None:
+        self.free = []
+        for i in range(n):
+            (tmp_path / f"s{i}").mkdir()
+            self.free.append(opened_target(tmp_path / f"s{i}", loc))
+        self.back, self.dropped = [], []
+
+    def spare(self):
+        return self.free.pop() if self.free else None
+
+    def checkin(self, t):
+        self.back.append(t)
+
+    def drop(self, t):
+        self.dropped.append(t)
+        t.close()
+
+    def close(self):
+        for t in self.free + self.back:
+            t.close()
+
+
+def test_a_stop_keeps_the_record_of_the_blocks_written_and_the_sessions(servers, tmp_path):
+    """Streams stopped by the agent stopping (Interrupted from the transfer's progress) are
+    whole sessions: the record names every block written, and the sessions go back."""
+    from offsite.agent.streams import stage_ranged
+    from offsite.errors import Interrupted
+
+    server = servers.get("sftp")
+    loc = server.new_location()
+    t = opened_target(tmp_path, loc)
+    pool = Pool(tmp_path, loc, 2)
+    size = HEAD + 8 * BLOCK
+    src = tmp_path / "src" / IMAGE
+    finished_file(src, size)
+    sent = [0]
+
+    def progress(n):
+        sent[0] += n
+        if sent[0] > 4 * BLOCK:
+            raise Interrupted("the agent is stopping")
+
+    try:
+        with open(src, "rb") as f, pytest.raises(Interrupted):
+            stage_ranged(t, pool, 3, src, f, IMAGE, size, 1, progress)
+        held = t._read_record(t._ranged(IMAGE, size, 1) + ".json", size)
+        assert len(held) >= 3, held  # the head and the blocks finished before the stop
+        data, staged = src.read_bytes(), server._top(loc, "j") / ".offsite" / "staging"
+        there = (staged / t._ranged(IMAGE, size, 1).rsplit("/", 1)[1]).read_bytes()
+        for i in held:  # every block the record names holds the source's bytes
+            s, e = blocks(size)[i]
+            assert there[s:e] == data[s:e], i
+        assert len(pool.back) == 2 and pool.dropped == []
+    finally:
+        t.close()
+        pool.close()
+
+
+def test_records_are_written_one_at_a_time(servers, tmp_path, monkeypatch):
+    """Every stream may save the record; two at once would collide on its temporary name
+    and fail the file (an attack found it). A slow save widens the window."""
+    import time as _time
+
+    from offsite.agent import streams
+    from offsite.targets.ranged import RangedTarget
+
+    monkeypatch.setattr(streams, "SAVE_EVERY", 1)
+    real, inside, most = RangedTarget.save_ranges, [0], [0]
+
+    def slow(self, *a, **kw):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        try:
+            _time.sleep(0.2)
+            return real(self, *a, **kw)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(RangedTarget, "save_ranges", slow)
+    loc = servers.get("sftp").new_location()
+    t = opened_target(tmp_path, loc)
+    pool = Pool(tmp_path, loc, 3)
+    size = HEAD + 6 * BLOCK
+    src = tmp_path / "src" / IMAGE
+    finished_file(src, size)
+    try:
+        with open(src, "rb") as f:
+            md5 = streams.stage_ranged(t, pool, 4, src, f, IMAGE, size, 1, lambda n: None)
+        assert md5 == hashlib.md5(src.read_bytes()).hexdigest()
+        assert most[0] == 1
+    finally:
+        t.close()
+        pool.close()
+
+
+def test_a_write_the_server_refuses_is_never_taken_as_written(servers, tmp_path):
+    """A full disk refuses writes: paramiko read the answers of pipelined writes only past
+    100 outstanding and dropped the rest, so a block or a whole small file counted as
+    written with zeros in it. Every answer is read now; one stream's staged file is removed
+    after a refused write (its resume trusts the staged size, which may run past a hole)."""
+    import errno
+    import io
+    import subprocess
+
+    from offsite.errors import TargetFull
+
+    server = servers.get("sftp")
+    loc = server.new_location()
+    top = server._top(loc, "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(top)], check=True)
+    try:
+        t = opened_target(tmp_path, loc)
+        f = t.staging + "/file"
+        t._put_small(f, b"x")
+        with open(top / "ballast", "wb", buffering=0) as b:
+            with pytest.raises(OSError) as full:
+                while True:
+                    b.write(b"\1" * (1 << 20))
+            assert full.value.errno == errno.ENOSPC
+        data = os.urandom(8 * MiB)
+        with pytest.raises(TargetFull):
+            t._write_range(f, MiB, io.BytesIO(bytes(MiB) + data), 9 * MiB, lambda n: None)
+        with pytest.raises(TargetFull):
+            t._put_small(t.staging + "/small", b"{}" * 1000)
+        assert t._size(t.staging + "/small") is None  # not left to be resumed from
+        t.close()
+    finally:
+        subprocess.run(["umount", "-l", str(top)], check=True)

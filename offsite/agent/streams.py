@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import PermanentError, TransientError
+from ..errors import Interrupted, PermanentError, TransientError
 from ..targets import Target
 from ..targets.base import Progress
 from ..targets.ranged import RANGED_FROM, RangedTarget, blocks
@@ -61,8 +61,10 @@ def stage_ranged(target: Target, sessions, streams: int, src: Path, f: BinaryIO,
     log.info("%s over %d streams (%d of %d blocks to write)", relpath, 1 + len(extra), len(todo),
              len(todo) + len(done))
     lock = threading.Lock()
+    saving = threading.Lock()  # one record written at a time (they share a temporary name)
     abort = threading.Event()
     failed: list[tuple[RangedTarget, BaseException]] = []
+    total = len(todo) + len(done)
     unsaved = 0
 
     def guarded(n: int) -> None:
@@ -85,11 +87,12 @@ def stage_ranged(target: Target, sessions, streams: int, src: Path, f: BinaryIO,
                     with lock:
                         done.add(i)
                         unsaved += 1
-                        snapshot = set(done) if unsaved >= SAVE_EVERY and todo else None
-                        if snapshot is not None:
-                            unsaved = 0
-                    if snapshot is not None:
-                        t.save_ranges(relpath, size, mtime_ns, snapshot)
+                        due = unsaved >= SAVE_EVERY and len(done) < total
+                    if due:
+                        with saving:
+                            with lock:  # taken now: a later record never names fewer blocks
+                                snapshot, unsaved = set(done), 0
+                            t.save_ranges(relpath, size, mtime_ns, snapshot)
         except _Stopped:
             pass
         except BaseException as e:  # noqa: BLE001 - handed to the transfer thread, which reports it
@@ -132,9 +135,10 @@ def stage_ranged(target: Target, sessions, streams: int, src: Path, f: BinaryIO,
 
 def _keep_record(target: RangedTarget, extra: list[RangedTarget], failed, relpath: str, size: int,
                  mtime_ns: int, done: set[int]) -> None:
-    """Save what the target holds over a session that did not fail, if any: best effort, the
-    failure itself is what the caller reports."""
-    broken = {id(t) for t, _ in failed}
+    """Save what the target holds over a session that did not break (one stopped by the
+    agent stopping or the window closing is whole), if any: best effort, the failure itself
+    is what the caller reports."""
+    broken = {id(t) for t, e in failed if not isinstance(e, Interrupted)}
     for t in [target, *extra]:
         if id(t) not in broken:
             try:
@@ -145,9 +149,9 @@ def _keep_record(target: RangedTarget, extra: list[RangedTarget], failed, relpat
 
 
 def _give_back(sessions, extra: list[RangedTarget], failed) -> None:
-    """The extra sessions back to the pool (closed if they failed); the transfer's own
+    """The extra sessions back to the pool (closed if they broke); the transfer's own
     session stays with the transfer thread."""
-    broken = {id(t) for t, _ in failed}
+    broken = {id(t) for t, e in failed if not isinstance(e, Interrupted)}
     for t in extra:
         if id(t) in broken:
             sessions.drop(t)

@@ -15,6 +15,7 @@ import posixpath
 import re
 import socket
 import ssl
+import threading
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable, Mapping
 
@@ -60,6 +61,7 @@ class FtpTarget(RangedTarget):
     # Servers found to write at a REST offset without cutting the file there (pyftpdlib;
     # ProFTPD with AllowStoreRestart on), or not: asked once per server and agent run.
     _ranges_ok: dict[tuple, bool] = {}
+    _probing = threading.Lock()  # one probe at a time: they share one file name
 
     def __init__(self, options: Mapping[str, Any], folder: str, tls: bool) -> None:
         super().__init__(options["path"], folder)
@@ -230,8 +232,9 @@ class FtpTarget(RangedTarget):
 
     def ranges(self) -> bool:
         key = (self.o["host"], self.o["port"], self.o["username"], self.tls)
-        if key not in self._ranges_ok:
-            self._ranges_ok[key] = probe_ranges(self, posixpath.join(self.staging, "ranges-probe"))
+        with self._probing:
+            if key not in self._ranges_ok:
+                self._ranges_ok[key] = probe_ranges(self, posixpath.join(self.staging, "ranges-probe"))
         return self._ranges_ok[key]
 
     def _write_range(self, path: str, start: int, src: BinaryIO, end: int, progress: Progress) -> None:

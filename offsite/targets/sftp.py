@@ -11,6 +11,7 @@ MD5 with the bytes read from the source first.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import os
 import socket
@@ -18,7 +19,7 @@ import stat
 from typing import Any, BinaryIO, Callable, Mapping
 
 import paramiko
-from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, int64
+from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_STATUS, int64
 
 from ..errors import PermanentError, TargetFull, TransientError
 from .base import Progress, cause, chunk_size, md5_hex
@@ -210,8 +211,14 @@ class SftpTarget(RangedTarget):
 
     def _send(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress, truncate: bool) -> None:
         """src[offset:size] at `offset` of `path`: created or cut at `offset` first unless
-        only a range of an existing file is written."""
+        only a range of an existing file is written. Every write's answer is read before this
+        returns: paramiko reads the answers of pipelined writes only while more than 100 are
+        outstanding and drops the rest unread at close(), so a refused write (a full disk)
+        went unnoticed and left a hole of zeros in a file reported as written."""
+        refused = False  # a write refused while the session lives: later ones may have landed past it
+
         def body() -> None:
+            nonlocal refused
             dst = self.conn.open(path, "wb" if truncate and not offset else "r+b", bufsize=self.CHUNK)
             try:
                 dst.MAX_REQUEST_SIZE = self.request_size
@@ -229,7 +236,17 @@ class SftpTarget(RangedTarget):
                     dst.write(data)
                     pos += len(data)
                     progress(len(data))
-                dst.close()  # flushes and waits for every pipelined write: errors surface here
+                dst.flush()
+                pending = dst._reqs  # type: ignore[attr-defined]
+                while pending:  # the answers paramiko would drop
+                    t, _msg = self.conn._read_response(pending.popleft())  # type: ignore[attr-defined]
+                    if t != CMD_STATUS:
+                        raise paramiko.SFTPError("expected a status for a write")
+                dst.close()
+            except OSError:
+                transport = self.client.get_transport() if self.client else None
+                refused = transport is not None and transport.is_active()
+                raise
             finally:
                 _abandon(dst)
 
@@ -237,7 +254,14 @@ class SftpTarget(RangedTarget):
             self._call(path, body)
         except FileNotFoundError:
             raise PermanentError(f"the staging folder is missing on {self.describe_server()}") from None
-
+        except PermanentError:
+            if refused and truncate:  # one stream resumes from the staged size: never past a hole
+                with contextlib.suppress(TransientError, PermanentError):
+                    self._remove(path)
+            free = self.free_space() if refused else None
+            if free is not None and free < self.CHUNK:  # SFTP v3 says only "Failure" for a full disk
+                raise TargetFull(f"the disk of {self.describe_server()} is full while writing {path}") from None
+            raise
     def _flush(self, path: str) -> None:
         """fsync@openssh.com on the staged file, where the server offers it."""
         if not self.fsync:

@@ -126,6 +126,12 @@ class SmbTarget(RangedTarget):
             if e.ntstatus == _ACCESS_DENIED:
                 raise PermanentError(f"permission denied on {what} on {self.describe_server()}") from None
             raise PermanentError(f"{what} failed on {self.describe_server()}: {e.strerror}") from None
+        except SMBResponseException as e:  # an answer, not a broken connection: a write's status
+            if e.status in (_DISK_FULL, _QUOTA):
+                raise TargetFull(f"the share {self.describe_server()} is full while writing {what}") from None
+            if e.status == _ACCESS_DENIED:
+                raise PermanentError(f"permission denied on {what} on {self.describe_server()}") from None
+            raise TransientError(f"{what} failed on {self.describe_server()}: {_tail(e)}") from None
         except (SMBException, OSError, ValueError) as e:
             raise TransientError(f"the connection to {self.describe_server()} broke during {what}: {cause(e)}") from None
 
