@@ -142,3 +142,25 @@ def test_hostile_names_and_symlinks(site, start_agent, tmp_path):
     assert set(site.target_files()) == set(HOSTILE)  # no symlinked file, no newline name
     assert sorted(p.name for p in site.location.iterdir()) == ["job1"]  # nothing outside the job folder
     assert agent.stop() == 0
+
+
+@pytest.mark.parametrize("kind", ["sftp", "ftp", "s3"])
+def test_a_sync_to_a_target_nobody_answers_fails_with_exit_1(kind, servers, site):
+    """A standalone `offsite sync` whose target cannot be reached said "ok: 0 sent" and exited
+    0: the target was never listed, so nothing was queued, and a pass with nothing queued
+    counted as done. Failing silently is the one thing a backup tool must not do."""
+    from servers import free_port
+
+    loc = servers.get(kind).new_location()
+    dead = free_port()  # nobody listens there
+    if kind == "s3":
+        loc = {**loc, "endpoint": f"http://127.0.0.1:{dead}"}
+    else:
+        loc = {**loc, "port": dead}
+    site.config(target=loc, agent='retry_for = "2s"', job='mode = "all"')
+    finished_file(site.source / "C_VOL-b001.spf", 1000)
+    r = site.offsite("sync", "job1", timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAILED" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
+    last = site.job_status()["last_sync"]
+    assert last["ok"] is False and last["errors"], last

@@ -271,8 +271,8 @@ class JobRunner:
     def _pass_over(self, now: dt.datetime) -> bool:
         """Is the pass of work under way over: the job idle again, or giving up?"""
         return bool(self.stopping.is_set() or self.trouble.error or self.trouble.gave_up
-                    or not windows.is_open(self.job.windows, now)
-                    or self.queue.summary(self.job.name)["pending_files"] == 0)
+                    or not windows.is_open(self.job.windows, now)  # a target not yet listed has work:
+                    or (self.queue.summary(self.job.name)["pending_files"] == 0 and not self.trouble.transient))
 
     # ------------------------------------------------------------ reconciliation
     def _reconcile(self, now: Now) -> None:
@@ -387,7 +387,7 @@ class JobRunner:
         result = report.judge(
             stats, now, left=left, stopped=self.stop_reason if self.stopping.is_set() else None,
             window_closed=not forced and not windows.is_open(self.job.windows, now),
-            failed=bool(self.trouble.error or gave_up or (left and self.trouble.transient)),
+            failed=bool(self.trouble.error or gave_up or self.trouble.transient),
             changed=len(self.plan.changed), unreadable=self._unreadable(), source=self.job.source)
         self.last_sync = result
         self.state.update_json("results.json", lambda d: d.__setitem__(self.job.name, result))
