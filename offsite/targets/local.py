@@ -176,7 +176,8 @@ class LocalTarget(LocalBin):
             self._names.add((part.name, ckpt.name) if size >= CHECKPOINT else (part.name,))
         try:
             with open(part, "r+b" if offset else "wb") as dst:
-                dst.truncate(offset)
+                if offset:  # "wb" has truncated it
+                    dst.truncate(offset)
                 if size < CHECKPOINT:  # small: nothing worth resuming, one fsync before publish
                     sent = self._copy(src, dst, offset, size, ckpt, progress)
                     dst.flush()  # what the buffer holds (a small file: all of it) first
@@ -256,8 +257,11 @@ class LocalTarget(LocalBin):
                     f"the staged copy of {relpath} has {staged} bytes, not {size}: sending it again"
                 )
             os.utime(part, ns=(mtime_ns, mtime_ns))
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, final)
+            try:
+                os.replace(part, final)
+            except FileNotFoundError:  # its folder is not there yet (the staged file is: above)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(part, final)
             if size >= CHECKPOINT:
                 ckpt.unlink(missing_ok=True)
             if self._names is not None:
