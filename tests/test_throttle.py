@@ -12,8 +12,13 @@ from offsite.agent.throttle import MAX_CHUNK, MIN_CHUNK, Throttle
 
 
 def staged_bytes(folder: Path) -> int:
+    """Bytes written to staging: one stream's .part, or the blocks of a file several streams
+    write (.ranges, a sparse file whose size runs ahead of its data: its allocated bytes)."""
     staging = folder / ".offsite" / "staging"
-    return sum(p.stat().st_size for p in staging.glob("*.part")) if staging.exists() else 0
+    if not staging.exists():
+        return 0
+    files = [*staging.glob("*.part"), *staging.glob("*.ranges")]
+    return sum(min(st.st_size, st.st_blocks * 512) for st in (p.stat() for p in files))
 
 
 @pytest.mark.parametrize("kind", ["local", "sftp"])

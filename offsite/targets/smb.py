@@ -107,7 +107,7 @@ class SmbTarget(RangedTarget):
             return
         self.connected = False
         try:
-            smbclient.reset_connection_cache(fail_on_error=False, connection_cache=self.cache)
+            smbclient.reset_connection_cache(connection_cache=self.cache)  # its own warning would log a traceback
         except Exception:  # noqa: BLE001 - closing never fails the caller
             pass
 
