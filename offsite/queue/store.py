@@ -60,9 +60,7 @@ _STORED = tuple(f.name for f in fields(QueueItem) if f.name not in ("id", "state
 
 
 def _data(item: QueueItem) -> dict:
-    """What persist-queue stores of an item: every field but id and state. Read field by field:
-    the values are plain (str, int, None), and dataclasses.asdict's deep copy cost 5% of a
-    seeding's coordinator time, for a lease per file."""
+    """An item as stored: its plain values but id and state (asdict deep-copied: 5% of a seeding)."""
     return {k: getattr(item, k) for k in _STORED}
 
 
@@ -210,9 +208,7 @@ class WorkQueue:
             return oldest_upload(self._items[i] for i in self._by_job.get(job, ()))
 
     def get(self, item_id: int) -> QueueItem | None:
-        # No lock: one read of a dict whose values are immutable is atomic, and picking a file
-        # calls this for the head of every chain.
-        return self._items.get(item_id)
+        return self._items.get(item_id)  # no lock: one dict read (a pick asks per chain)
 
     # -- writing
     def put(self, job: str, op: str, path: str, size: int | None = None,
