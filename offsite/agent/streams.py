@@ -47,19 +47,7 @@ def stage_ranged(target: Target, sessions, streams: int, src: Path, f: BinaryIO,
     assert isinstance(target, RangedTarget)
     done = target.begin_ranges(relpath, size, mtime_ns, f, progress)
     todo = deque(i for i in range(len(blocks(size))) if i not in done)
-    extra: list[RangedTarget] = []
-    while len(extra) < min(streams, len(todo)) - 1:
-        try:
-            spare = sessions.spare()
-        except (TransientError, PermanentError) as e:
-            log.debug("%s: one stream fewer (%s)", relpath, e)
-            break
-        if spare is None:
-            break
-        assert isinstance(spare, RangedTarget)
-        extra.append(spare)
-    log.info("%s over %d streams (%d of %d blocks to write)", relpath, 1 + len(extra), len(todo),
-             len(todo) + len(done))
+    extra: list[RangedTarget] = []  # the sessions that joined, each opened by its own thread
     lock = threading.Lock()
     saving = threading.Lock()  # one record written at a time (they share a temporary name)
     abort = threading.Event()
@@ -100,8 +88,30 @@ def stage_ranged(target: Target, sessions, streams: int, src: Path, f: BinaryIO,
                 failed.append((t, e))
             abort.set()
 
-    threads = [threading.Thread(target=stream, args=(t,), name=f"stream-{n}", daemon=True)
-               for n, t in enumerate([target, *extra])]
+    def join_in() -> None:
+        """Open one more session and write blocks over it: the file does not wait for its
+        handshake (a few round trips on a WAN), the streams already open write meanwhile."""
+        try:
+            t = sessions.spare()
+        except (TransientError, PermanentError) as e:
+            log.debug("%s: one stream fewer (%s)", relpath, e)
+            return
+        if t is None:
+            return
+        assert isinstance(t, RangedTarget)
+        with lock:
+            late = abort.is_set() or not todo
+            if not late:
+                extra.append(t)
+        if late:
+            sessions.checkin(t)
+        else:
+            stream(t)
+
+    first = len(todo)
+    threads = [threading.Thread(target=stream, args=(target,), name="stream-0", daemon=True)]
+    threads += [threading.Thread(target=join_in, name=f"stream-{n}", daemon=True)
+                for n in range(1, min(streams, first))]
     for th in threads:
         th.start()
     md5 = hashlib.md5()
@@ -130,6 +140,7 @@ def stage_ranged(target: Target, sessions, streams: int, src: Path, f: BinaryIO,
     if failed:
         raise failed[0][1]
     target.end_ranges(relpath, size, mtime_ns)
+    log.info("%s over %d streams (%d of %d blocks written)", relpath, 1 + len(extra), first, total)
     return md5.hexdigest()
 
 
