@@ -92,9 +92,10 @@ AGENT_OPTIONS: dict[str, Opt] = {
     "transfers": Opt(integer(1, 64), 4,
                      help="files in flight per job, each on its own target session (within "
                           "`max_connections`); a job may set its own"),
-    "streams": Opt(integer(1, 16), 4,
+    "streams": Opt(integer(1, 16), 1,
                    help="sessions one big file (64 MiB or more) is written over at once on SFTP, SMB "
-                        "and FTP (where the server allows), within `max_connections`; a job may set its own"),
+                        "and FTP (where the server allows), within `max_connections`; a job may set its own "
+                        "(see \"Several streams for one big file\")"),
     "bandwidth": Opt(parse_bandwidth, "off",
                      help="cap shared by all jobs without their own: `100Mbps`, `12MB/s`, `512KiB/s` ..."),
     "retry_for": Opt(duration(0), "10m",
