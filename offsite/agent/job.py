@@ -271,8 +271,8 @@ class JobRunner:
     def _pass_over(self, now: dt.datetime) -> bool:
         """Is the pass of work under way over: the job idle again, or giving up?"""
         return bool(self.stopping.is_set() or self.trouble.error or self.trouble.gave_up
-                    or not windows.is_open(self.job.windows, now)  # a target not yet listed has work:
-                    or (self.queue.summary(self.job.name)["pending_files"] == 0 and not self.trouble.transient))
+                    or not windows.is_open(self.job.windows, now)
+                    or (self.queue.summary(self.job.name)["pending_files"] == 0 and not self.trouble.transient))  # never listed: not done
 
     # ------------------------------------------------------------ reconciliation
     def _reconcile(self, now: Now) -> None:

@@ -149,7 +149,7 @@ def _keep_record(target: RangedTarget, extra: list[RangedTarget], failed, relpat
     """Save what the target holds over a session that did not break (one stopped by the
     agent stopping or the window closing is whole), if any: best effort, the failure itself
     is what the caller reports."""
-    broken = {id(t) for t, e in failed if not isinstance(e, Interrupted)}
+    broken = _broken(failed)
     for t in [target, *extra]:
         if id(t) not in broken:
             try:
@@ -162,9 +162,14 @@ def _keep_record(target: RangedTarget, extra: list[RangedTarget], failed, relpat
 def _give_back(sessions, extra: list[RangedTarget], failed) -> None:
     """The extra sessions back to the pool (closed if they broke); the transfer's own
     session stays with the transfer thread."""
-    broken = {id(t) for t, e in failed if not isinstance(e, Interrupted)}
+    broken = _broken(failed)
     for t in extra:
         if id(t) in broken:
             sessions.drop(t)
         else:
             sessions.checkin(t)
+
+
+def _broken(failed) -> set[int]:
+    """The sessions that failed on their own (not stopped by the agent or a closing window)."""
+    return {id(t) for t, e in failed if not isinstance(e, Interrupted)}

@@ -100,22 +100,7 @@ class Sessions:
                 break
             if self.stopping.is_set():
                 raise Interrupted("the agent is stopping")
-        try:
-            target = make_target(self.job)
-            target.open()
-            with self._owner_lock:
-                if not self._owner_checked:  # the round's first session
-                    try:
-                        self.owner = check_owner(target, self.state, self.job.name, claim=True)
-                    except OwnerMismatch:
-                        self.owner = "mismatch"
-                        raise
-                    self._owner_checked = True
-        except BaseException:
-            self.slots.release()
-            raise
-        self.opened += 1
-        return target
+        return self._open(owner=True)
 
     def spare(self) -> Target | None:
         """Another session for a stream of a file already under way, if one is free or a
@@ -126,10 +111,26 @@ class Sessions:
                 return self._free.pop()
         if not self.slots.acquire(blocking=False):
             return None
+        return self._open(owner=False)
+
+    def _open(self, owner: bool) -> Target:
+        """A new session on the slot just taken (given back if it fails); the round's first
+        checks the owner ID (several sessions opening at once must not each write one)."""
+        target: Target | None = None
         try:
             target = make_target(self.job)
             target.open()
+            with self._owner_lock:
+                if owner and not self._owner_checked:
+                    try:
+                        self.owner = check_owner(target, self.state, self.job.name, claim=True)
+                    except OwnerMismatch:
+                        self.owner = "mismatch"
+                        raise
+                    self._owner_checked = True
         except BaseException:
+            if target is not None:
+                target.close()
             self.slots.release()
             raise
         self.opened += 1

@@ -153,14 +153,13 @@ class RangedTarget(RemoteFileTarget):
             return set()
 
 
-def probe_ranges(target: RemoteFileTarget, path: str) -> bool:
+def probe_ranges(target: RangedTarget, path: str) -> bool:
     """Does this server write a range at an offset past the end of a file (streams start
     beyond what the others wrote so far), and without cutting the file there? Stores "ab",
     then "X" at offset 3 and "Y" at offset 1, and reads "aY\\0X" back. pyftpdlib refuses a REST
     past the end of the file; a server that truncates at REST leaves "aY"."""
     try:
         target._put_small(path, b"ab")
-        assert isinstance(target, RangedTarget)
         target._write_range(path, 3, io.BytesIO(b"abcX"), 4, lambda n: None)
         target._write_range(path, 1, io.BytesIO(b"aY"), 2, lambda n: None)
         ok = target._get_small(path) == b"aY\0X"

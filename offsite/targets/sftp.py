@@ -149,6 +149,11 @@ class SftpTarget(RangedTarget):
         _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
         return frsize * bavail
 
+    def _alive(self) -> bool:
+        """Is the SSH connection up? (An error on a live one is the server's answer.)"""
+        transport = self.client.get_transport() if self.client else None
+        return transport is not None and transport.is_active()
+
     def _call(self, what: str, fn, *args):
         """Run one SFTP call, translating failures into offsite's errors."""
         if self.sftp is None:
@@ -162,8 +167,7 @@ class SftpTarget(RangedTarget):
         except (socket.timeout, TimeoutError, ConnectionError) as e:
             raise TransientError(f"{what} on {self.describe_server()}: {cause(e)}") from None
         except OSError as e:
-            transport = self.client.get_transport() if self.client else None
-            if transport is None or not transport.is_active():
+            if not self._alive():
                 raise TransientError(f"the connection to {self.describe_server()} broke during {what}") from None
             # SFTP v3 reports most server-side errors, a full disk among them, as "Failure".
             if e.errno == errno.ENOSPC:
@@ -211,10 +215,8 @@ class SftpTarget(RangedTarget):
 
     def _send(self, path: str, offset: int, src: BinaryIO, size: int, progress: Progress, truncate: bool) -> None:
         """src[offset:size] at `offset` of `path`: created or cut at `offset` first unless
-        only a range of an existing file is written. Every write's answer is read before this
-        returns: paramiko reads the answers of pipelined writes only while more than 100 are
-        outstanding and drops the rest unread at close(), so a refused write (a full disk)
-        went unnoticed and left a hole of zeros in a file reported as written."""
+        only a range of an existing file is written. Every write's answer is read here: paramiko
+        drops those still unread at close(), so a refused write (full disk) left a hole of zeros."""
         refused = False  # a write refused while the session lives: later ones may have landed past it
 
         def body() -> None:
@@ -244,8 +246,7 @@ class SftpTarget(RangedTarget):
                         raise paramiko.SFTPError("expected a status for a write")
                 dst.close()
             except OSError:
-                transport = self.client.get_transport() if self.client else None
-                refused = transport is not None and transport.is_active()
+                refused = self._alive()
                 raise
             finally:
                 _abandon(dst)
@@ -262,6 +263,7 @@ class SftpTarget(RangedTarget):
             if free is not None and free < self.CHUNK:  # SFTP v3 says only "Failure" for a full disk
                 raise TargetFull(f"the disk of {self.describe_server()} is full while writing {path}") from None
             raise
+
     def _flush(self, path: str) -> None:
         """fsync@openssh.com on the staged file, where the server offers it."""
         if not self.fsync:
@@ -272,8 +274,7 @@ class SftpTarget(RangedTarget):
             try:
                 t, _msg = self.conn._request(CMD_EXTENDED, "fsync@openssh.com", f.handle)  # type: ignore[attr-defined]
             except OSError as e:
-                transport = self.client.get_transport() if self.client else None
-                if e.errno is None and transport is not None and transport.is_active():
+                if e.errno is None and self._alive():
                     self.fsync = False  # "unsupported"
                     return
                 raise
@@ -299,8 +300,7 @@ class SftpTarget(RangedTarget):
                 return self.conn._request(CMD_EXTENDED, "check-file-name",  # type: ignore[attr-defined]
                                           path, "md5", int64(0), int64(0), 0)
             except OSError as e:
-                transport = self.client.get_transport() if self.client else None
-                if e.errno is None and transport is not None and transport.is_active():
+                if e.errno is None and self._alive():
                     return None  # "unsupported": OpenSSH and most servers
                 raise
             finally:
