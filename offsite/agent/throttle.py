@@ -36,7 +36,10 @@ class Throttle:
             return
         with self._lock:
             now = time.monotonic()
-            self._tokens = min(self.rate * self.burst, self._tokens + (now - self._stamp) * self.rate)
+            # Up to `burst` seconds of tokens, or one chunk's worth when that is more: the
+            # time spent writing a chunk bigger than the burst (16 KiB at 1 Kbps) is credited.
+            cap = max(self.rate * self.burst, n)
+            self._tokens = min(cap, self._tokens + (now - self._stamp) * self.rate)
             self._stamp = now
             self._tokens -= n
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
