@@ -53,7 +53,7 @@ def test_a_file_cut_short_is_not_its_md5():
     (f"{MD5} *C_VOL-b002.spf\r\n".encode(), None),  # names another image
     (b"not a checksum *C_VOL-b001.spf\r\n", None),
     (b"", None),
-])
+], ids=["with-guid-and-date", "upper-case", "names-another-image", "not-a-checksum", "empty"])
 def test_sidecar_md5(line, expected):
     assert sidecar_md5(line, "C_VOL-b001.spf") == expected
 
