@@ -55,3 +55,31 @@ def test_one_small_file_costs_a_few_round_trips(kind, servers, tmp_path):
         assert target.list()["C_VOL-b001-i002.spi"].size == len(data)
     finally:
         target.close()
+
+
+@pytest.mark.parametrize("kind", ["sftp", "smb", "ftp"])
+def test_an_upload_looks_at_its_own_staged_names_whatever_other_sessions_published(kind, servers, tmp_path):
+    """A session stages files that another session publishes (the one that published the
+    chain's previous file): the first session's listing keeps their names. Its next upload
+    looks at its own file's names only, so a seeding of 100,000 files costs the same per
+    file at the last as at the first (issue 17: that scan made seeding quadratic)."""
+    remote = Remote(kind, servers, tmp_path)
+    stager, publisher = remote.target(), remote.target()
+    try:
+        data, mtime = b"x" * 10, time.time_ns()
+
+        def stage_and_hand_over(names: list[str]) -> int:
+            before = stager._staged_sizes.looked
+            for name in names:
+                stager.upload(name, io.BytesIO(data), len(data), mtime, lambda n: None)
+                publisher.publish(name, len(data), mtime)
+            return stager._staged_sizes.looked - before
+
+        first = stage_and_hand_over([f"C_VOL-b001-i{i:05d}.spi" for i in range(1, 21)])
+        later = stage_and_hand_over([f"C_VOL-b001-i{i:05d}.spi" for i in range(21, 81)])
+        assert len(stager._staged_sizes.names()) >= 80  # the names it staged and another published
+        assert first == later == 0  # names looked at per upload: none but the file's own
+        assert sorted(publisher.list()) == [f"C_VOL-b001-i{i:05d}.spi" for i in range(1, 81)]
+    finally:
+        stager.close()
+        publisher.close()

@@ -37,6 +37,7 @@ from .base import (
     staging_stem,
     stale_staging,
 )
+from .staged import StagedSizes
 
 
 class Entry:
@@ -61,7 +62,7 @@ class RemoteFileTarget(Target):
         self.staging = posixpath.join(self.agent, "staging")
         self.bin = posixpath.join(self.agent, BIN_DIR)
         self._dirs: set[str] = set()  # folders known to exist on the server
-        self._staged_sizes: dict[str, int] | None = None  # staging listing at open: name -> size
+        self._staged_sizes: StagedSizes | None = None  # staging listing at open: name -> size
 
     # ---------------------------------------------------------------- primitives
     @abc.abstractmethod
@@ -127,7 +128,7 @@ class RemoteFileTarget(Target):
         self._staged_sizes = None
         if create:
             self._makedirs(self.staging)
-            self._staged_sizes = {e.name: e.size for e in self._listdir(self.staging) if not e.is_dir}
+            self._staged_sizes = StagedSizes((e.name, e.size) for e in self._listdir(self.staging) if not e.is_dir)
 
     def describe(self) -> str:
         return f"{self.describe_server()}:{self.root}"
@@ -207,7 +208,7 @@ class RemoteFileTarget(Target):
         name = posixpath.basename(staged)
         self._discard_others(relpath, keep=(name,))
         if self._staged_sizes is not None:
-            offset = self._staged_sizes.get(name, 0)
+            offset = self._staged_sizes.get(name, 0) or 0
         else:
             offset = self._size(staged) or 0
         if offset > size:
@@ -282,7 +283,7 @@ class RemoteFileTarget(Target):
     def _discard_others(self, relpath: str, keep: Collection[str], fresh: bool = False) -> None:
         stem = staging_stem(relpath) + "-"
         if self._staged_sizes is not None and not fresh:
-            names = list(self._staged_sizes)
+            names = self._staged_sizes.of(stem)
         elif self._is_dir(self.staging):
             names = [e.name for e in self._listdir(self.staging)]
         else:
@@ -347,7 +348,7 @@ class RemoteFileTarget(Target):
 
     def tidy(self, keep: Collection[str]) -> None:
         if self._staged_sizes is not None:
-            names = list(self._staged_sizes)
+            names = self._staged_sizes.names()
         elif self._is_dir(self.staging):
             names = [e.name for e in self._listdir(self.staging) if not e.is_dir]
         else:
