@@ -169,9 +169,10 @@ def test_sigkill_in_the_middle_of_a_large_copy_loses_and_duplicates_nothing(site
 
 
 def test_queue_list_while_the_agent_works_does_not_disturb_it_and_sigterm_pauses(site, start_agent):
-    site.config(agent='bandwidth = "20MB/s"')
+    # 12 s of transfer: five `queue list` processes fit in it on a loaded machine.
+    site.config(agent='bandwidth = "4MB/s"')
     big = site.source / "C_VOL-b001.spf"
-    big.write_bytes(os.urandom(60 * MiB))
+    big.write_bytes(os.urandom(48 * MiB))
     agent = start_agent()
     wait_until(lambda: staged_size(site) > 5 * MiB, what="the transfer to start")
     sizes = []
@@ -319,7 +320,9 @@ def test_status_and_sync_with_the_agent_running(site, start_agent):
 
 
 def test_sync_without_an_agent_and_sighup_reload(site, start_agent):
-    site.config(job='windows = [{ days = ["mon"], start = "00:00", end = "00:01" }]', agent='rescan = "1s"')
+    # settle 30 s: a process start on a loaded machine takes longer than the tests' usual 1 s.
+    site.config(job='windows = [{ days = ["mon"], start = "00:00", end = "00:01" }]',
+                agent='rescan = "1s"\nsettle = "30s"')
     fresh = site.source / "C_VOL-b001.spf"
     fresh.write_bytes(b"x" * 5000)
     r = site.offsite("sync", "job1", "--json")  # written a moment ago: not settled yet
@@ -330,6 +333,7 @@ def test_sync_without_an_agent_and_sighup_reload(site, start_agent):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["result"]["files_sent"] == 1
     (site.source / "C_VOL-b001-i001-cd.spi").write_bytes(b"y" * 10)
+    os.utime(site.source / "C_VOL-b001-i001-cd.spi", (time.time() - 60, time.time() - 60))  # finished
     agent = start_agent()
 
     def held_for_the_window() -> bool:
