@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import boto3
+import botocore.session
 import pytest
 import urllib3.connection
 from test_targets import Remote, send, stage_half
@@ -51,7 +51,7 @@ class Requests:
         monkeypatch.setattr(s3_bucket, "_CLIENTS", {})
         monkeypatch.setattr(s3_bucket, "_CHECKED", set(), raising=False)
         monkeypatch.setattr(s3_bucket, "_FOLDERS", {}, raising=False)
-        real_client, real_connect = boto3.client, urllib3.connection.HTTPConnection.connect
+        real_client, real_connect = botocore.session.Session.create_client, urllib3.connection.HTTPConnection.connect
 
         def client(*a, **kw):
             c = real_client(*a, **kw)
@@ -63,7 +63,7 @@ class Requests:
                 self.connections += 1
             return real_connect(conn, *a, **kw)
 
-        monkeypatch.setattr(boto3, "client", client)
+        monkeypatch.setattr(botocore.session.Session, "create_client", client)
         monkeypatch.setattr(urllib3.connection.HTTPConnection, "connect", connect)
 
     def _record(self, request, event_name: str, **_) -> None:

@@ -12,11 +12,10 @@ import socket
 import sys
 import threading
 
-from .. import logs, notify
+from .. import logs
 from ..agent import control, report
 from ..agent.alone import sync_once
 from ..agent.job import JobRunner
-from ..agent.service import Agent
 from ..config import Config
 from ..errors import (
     EXIT_FAILED,
@@ -44,6 +43,8 @@ log = logging.getLogger("offsite")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..agent.service import Agent  # here: `offsite sync` needs neither it nor psutil
+
     cfg = config_of(args)
     logs.to_stderr(cfg.agent.log_level)
     agent = Agent(cfg)
@@ -230,6 +231,8 @@ def cmd_reinit(args: argparse.Namespace) -> int:
 
 
 def cmd_notify_test(args: argparse.Namespace) -> int:
+    from .. import notify  # here: only this command sends
+
     cfg = config_of(args, check_sources=False)
     n = cfg.notify
     if not n.urls and n.heartbeat_url is None:

@@ -1,7 +1,7 @@
-"""One S3 bucket through boto3: the requests every part of the `s3` target is built on.
+"""One S3 bucket through botocore: the requests every part of the `s3` target is built on.
 
-Owns the boto3 client (one per location and credentials, shared by every session of the
-process: boto3 clients are thread-safe, keep one pool of connections for all, and making
+Owns the botocore client (one per location and credentials, shared by every session of the
+process: botocore clients are thread-safe, keep one pool of connections for all, and making
 one costs tens of milliseconds of CPU), the translation of botocore's errors into offsite's
 (the one place that knows S3's error codes), the location's options for every object
 written (server-side encryption, storage class, object lock), the plain requests: get, put
@@ -21,22 +21,38 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import sys
 import threading
 from typing import Any, Callable, Mapping
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-)
+# botocore, not boto3: boto3 adds s3transfer and its resource layer (~0.1 s of a short
+# sync's start) for what offsite uses of it only past 5 GB (Bucket.copy). And botocore's
+# httpsession takes its SSLContext class from urllib3.contrib.pyopenssl when that imports,
+# else from urllib3 (the same ssl.SSLContext unless pyOpenSSL was injected into urllib3,
+# which offsite never does): that import loads pyOpenSSL and cryptography, 40-150 ms, so it
+# is hidden while botocore loads.
+_PYOPENSSL = "urllib3.contrib.pyopenssl"
+_hide = _PYOPENSSL not in sys.modules
+if _hide:
+    sys.modules[_PYOPENSSL] = None  # type: ignore[assignment]  # None in sys.modules: ImportError
+try:
+    import botocore.session
+    from botocore.config import Config
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        HTTPClientError,
+        NoCredentialsError,
+    )
+finally:
+    if _hide and sys.modules.get(_PYOPENSSL, 0) is None:
+        del sys.modules[_PYOPENSSL]
 
 from ..errors import OffsiteError, PermanentError, TransientError
 
 _CLIENTS: dict[tuple, Any] = {}
+_SESSION: Any = None  # the process's botocore session, made with its first client (it holds the loaded models)
 _CLIENTS_LOCK = threading.Lock()
 _CHECKED: set[tuple] = set()  # buckets that answered HeadBucket in this process (location, credentials)
 _FOLDERS: dict[tuple, "Folder"] = {}
@@ -96,7 +112,7 @@ class Bucket:
         self.o = options
         self.name: str = options["bucket"]
         self.pool = pool  # connections the client keeps: as many as requests in flight at once
-        self.client: Any = None  # a boto3 client (untyped), set by connect()
+        self.client: Any = None  # a botocore client (untyped), set by connect()
         secret = options.get("secret_access_key")
         self.key = (options.get("endpoint"), options.get("region"), options.get("addressing_style"),
                     options.get("access_key_id"), secret)
@@ -117,6 +133,7 @@ class Bucket:
 
     def connect(self) -> None:
         """Take the location's client, made on first use; PermanentError if it cannot be."""
+        global _SESSION
         secret = self.o.get("secret_access_key")
         extra = {}
         if self.o.get("endpoint"):
@@ -128,7 +145,8 @@ class Bucket:
         try:
             with _CLIENTS_LOCK:
                 if self.key not in _CLIENTS:
-                    client = boto3.client(
+                    _SESSION = _SESSION or botocore.session.get_session()
+                    client = _SESSION.create_client(
                         "s3", endpoint_url=self.o.get("endpoint"), region_name=self.o.get("region"),
                         aws_access_key_id=self.o.get("access_key_id"),
                         aws_secret_access_key=secret.reveal() if secret else None, config=cfg)
@@ -206,13 +224,16 @@ class Bucket:
         self.call(what or key, self.client.delete_object, Bucket=self.name, Key=key)
 
     def copy(self, src: str, dst: str, size: int, **extra) -> None:
-        """A server-side copy; past 5 GB (one CopyObject's limit) boto3's managed copy, in parts."""
+        """A server-side copy; past 5 GB (one CopyObject's limit) boto3's managed copy, in parts
+        (boto3 imported then, its copy given the botocore client)."""
         if size < COPY_LIMIT:
             self.call(dst, self.client.copy_object, Bucket=self.name, Key=dst,
                       CopySource={"Bucket": self.name, "Key": src}, **self.sse(), **extra)
         else:
-            self.call(dst, self.client.copy, CopySource={"Bucket": self.name, "Key": src}, Bucket=self.name,
-                      Key=dst, ExtraArgs={**self.sse(), **extra})
+            from boto3.s3.inject import copy as managed_copy
+
+            self.call(dst, lambda **kw: managed_copy(self.client, **kw), CopySource={"Bucket": self.name, "Key": src},
+                      Bucket=self.name, Key=dst, ExtraArgs={**self.sse(), **extra})
 
     # ---------------------------------------------------------------- object options
     def sse(self) -> dict:
