@@ -27,7 +27,7 @@ from ..queue import QueueItem
 from ..state import StateDir
 from ..targets import Target, make_target
 from .dispatcher import Dispatch
-from .hashing import HashingReader
+from .hashing import HashingReader, keep_freed_buffers
 from .streams import stage_ranged, wanted
 from .throttle import Throttle
 
@@ -350,6 +350,8 @@ class Transfers:
 
             progress.chunk = self.throttle.chunk()  # type: ignore[attr-defined]
             expected = self._expected_md5(path)
+            if task.size >= HashingReader.PIPELINE_FROM:
+                keep_freed_buffers()  # a big file's buffers come and go: keep their pages
             if wanted(target, self.sessions.streams, task.size):
                 try:
                     digest = task.md5 = stage_ranged(target, self.sessions, self.sessions.streams, src, f,
