@@ -58,6 +58,7 @@ class S3Target(S3Bin):
         self.known = self.store.folder(self.root)
         self.uploads = Multipart(self.store, self.root, self.staging, self.known)
         self._listed: tuple[dict[str, int], list[dict]] | None = None  # list()'s agent folder, and when
+        self._uploads: list[dict] | None = None  # the multipart uploads open as list() saw them
 
     @property
     def client(self) -> Any:
@@ -80,7 +81,7 @@ class S3Target(S3Bin):
 
     def close(self) -> None:
         self.store.client = None
-        self._listed = None
+        self._listed = self._uploads = None
 
     def _small_key(self, relpath: str) -> tuple:
         return (self.o.get("endpoint"), self.store.name, self.root, relpath)
@@ -88,7 +89,17 @@ class S3Target(S3Bin):
     def list(self) -> dict[str, RemoteFile]:
         with self.known.lock:
             before = dict(self.known.changes)
-        everything = self.store.keys(self.root)
+        # The multipart uploads left open, for the tidy that follows a reconciliation's
+        # listing, asked at the same time: one round trip less, and the same moment as the
+        # staging records it is compared with.
+        uploads: list[list[dict]] = []
+        ahead = threading.Thread(target=self._open_uploads, args=(uploads,), name="s3-upload-listing", daemon=True)
+        ahead.start()
+        try:
+            everything = self.store.keys(self.root)
+        finally:
+            ahead.join()
+        self._uploads = uploads[0] if uploads else None
         mine = [o for o in everything if o["Key"].startswith(self.agent)]
         self._listed = (before, mine)
         with self.known.lock:  # the records, unless known already or changed meanwhile
@@ -101,6 +112,12 @@ class S3Target(S3Bin):
         self.foreign = frozenset(k[len(self.root):].rstrip("/") for k in owned)
         return {o["Key"][len(self.root):]: RemoteFile(o["Size"]) for o in keys
                 if not (owned and o["Key"].startswith(owned))}
+
+    def _open_uploads(self, out: builtins.list[builtins.list[dict]]) -> None:
+        try:
+            out.append(self.uploads.open_uploads())
+        except (TransientError, PermanentError):
+            pass  # the tidy asks again, and says what failed
 
     def read_back(self, relpath: str, sink: Callable[[bytes], None]) -> bool:
         key = self.root + check_relpath(relpath)
@@ -155,7 +172,8 @@ class S3Target(S3Bin):
     def tidy(self, keep: Collection[str]) -> None:
         """Drop the staging records (and abort the uploads) of files not in `keep`, and abort
         multipart uploads under this job's folder that no staging record names."""
-        self.uploads.tidy(keep, self.listed(self.staging))
+        listed = self.listed(self.staging)
+        self.uploads.tidy(keep, listed, self._uploads if listed is not None else None)
 
     def listed(self, prefix: str) -> builtins.list[dict] | None:
         """The objects under `prefix` (in the agent folder) as this session's last list() saw

@@ -156,10 +156,17 @@ class Multipart:
         self.b.delete(record_key)
         self._known(record_key, False)
 
-    def tidy(self, keep: Collection[str], listed: list[dict] | None = None) -> None:
+    def open_uploads(self) -> list[dict]:
+        """The multipart uploads open under the job folder (ListMultipartUploads' Uploads)."""
+        r = self.b.call("the upload listing", self.b.client.list_multipart_uploads, Bucket=self.b.name,
+                        Prefix=self.root)
+        return r.get("Uploads", [])
+
+    def tidy(self, keep: Collection[str], listed: list[dict] | None = None, uploads: list[dict] | None = None) -> None:
         """Drop the records (and abort the uploads) of files not in `keep`, and abort multipart
         uploads under the job folder that no record names. `listed`: the staging folder's
-        objects as a listing just made saw them (S3Target.listed), else it is listed here."""
+        objects as a listing just made saw them (S3Target.listed), else it is listed here;
+        `uploads`: the open uploads as the same listing saw them, else they are asked here."""
         known = set()
         records = [o["Key"] for o in listed] if listed is not None else self.records()
         stale = set(stale_staging([r[len(self.staging):] for r in records], keep))
@@ -172,9 +179,7 @@ class Multipart:
                 known.add(json.loads(data)["upload_id"])
         with self.folder.lock:  # the truth, as no session uploads now
             self.folder.records = {r for r in records if r[len(self.staging):] not in stale}
-        r = self.b.call("the upload listing", self.b.client.list_multipart_uploads, Bucket=self.b.name,
-                        Prefix=self.root)
-        for u in r.get("Uploads", []):
+        for u in uploads if uploads is not None else self.open_uploads():
             if u["UploadId"] not in known:
                 self.b.call(u["Key"], self.b.client.abort_multipart_upload, missing_ok=True, Bucket=self.b.name,
                             Key=u["Key"], UploadId=u["UploadId"])
