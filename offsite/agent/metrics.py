@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .. import __version__
 from ..alerts import NAMES as ALERTS
 from ..errors import ConfigError
+from .report import epoch
 
 log = logging.getLogger(__name__)
 STATES = ("starting", "idle", "syncing", "waiting", "paused", "error")
@@ -75,6 +76,14 @@ class Collector:
         for j in jobs:
             if j.get("last_success_ts") is not None:
                 g.add_metric([j["name"]], j["last_success_ts"])
+        yield g
+        g = GaugeMetricFamily("offsite_restorable_timestamp_seconds",
+                              "when the newest point restorable from the offsite copy alone was taken, per volume "
+                              "or backup definition (absent while none is)", labels=["job", "chain"])
+        for j in jobs:
+            for r in j.get("restorable") or []:
+                if r.get("time"):
+                    g.add_metric([j["name"], r["chain"]], epoch(r["time"]) or 0)
         yield g
         a = GaugeMetricFamily("offsite_alert_active", "1 while the alert holds", labels=["job", "alert"])
         for j in jobs:

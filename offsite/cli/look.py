@@ -113,6 +113,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             eta = f", {format_duration(t['eta'])} left" if t.get("eta") is not None else ""
             print(f"  sending {t['path']}: {format_bytes(t['done'])} of {format_bytes(t['total'])} "
                   f"({pct:.0f}%){rate}{eta}")
+        for r in j.get("restorable") or []:
+            when = (f"{r['point']} of {r['time']}, {format_duration(r['age_seconds'] or 0)} old" if r["point"]
+                    else "nothing restorable offsite yet")
+            base = "" if r.get("base_offsite", True) else " (its base is not replicated: taken as seeded)"
+            missing = f"; the newest point at the source waits for {r['missing']}" if r.get("missing") else ""
+            print(f"  restorable {r['chain']}: {when}{base}{missing}")
         for x in j.get("alerts") or []:
             print(f"  ALERT {x['name']} since {x['since']}: {x['message']}")
         if j.get("error"):
