@@ -102,8 +102,8 @@ AGENT_OPTIONS: dict[str, Opt] = {
                      help="how long transient failures are retried before the item is parked until the "
                           "next rescan"),
     "metrics": Opt(hostport, None, shown="absent",
-                   help="`host:port` where Prometheus metrics are served (`/metrics`; see \"Telling the "
-                        "operator\")"),
+                   help="`host:port` where Prometheus metrics (`/metrics`) and the status page (`/`) are "
+                        "served (see \"Telling the operator\")"),
 }
 
 # Options of each target type (`[locations.NAME]` or a job's inline `target`).
