@@ -77,8 +77,9 @@ def test_the_status_page_in_headless_chromium_during_a_sync(site, start_agent, t
     agent = start_agent()
     wait_until(lambda: (j := site.job_status())["last_sync"] and any(
         r["point"] == "C_VOL-b001.spf" for r in j["restorable"]), what="the base sent and restorable")
-    # A daily of 24 MiB at 1 MB/s: the sync runs for about 25 s while Chromium reads the page.
-    image(site, "C_VOL-b001-i001-cd.spi", size=24 * MiB)
+    # A daily of 48 MiB at 1 MB/s: the sync runs for about 50 s while Chromium reads the page
+    # (a loaded machine starts Chromium slowly); the agent is stopped in the middle of it.
+    image(site, "C_VOL-b001-i001-cd.spi", size=48 * MiB)
     wait_until(lambda: (j := site.job_status())["state"] == "syncing" and (j["transfer"] or {}).get("path")
                == "C_VOL-b001-i001-cd.spi" and "lag" in {a["name"] for a in j["alerts"]},
                what="the daily being sent, and the lag alert")
@@ -94,8 +95,8 @@ def test_the_status_page_in_headless_chromium_during_a_sync(site, start_agent, t
     text = text_of(dom)
     assert "offsite status" in text and "agent running, pid " in text
     assert "job1 syncing " in text  # the heading: the job and its state
-    assert re.search(r" state syncing lag 1m \d\ds pending \d file\(s\), 24\.0 MiB ", text), text
-    assert re.search(r"sending C_VOL-b001-i001-cd\.spi : [\d.]+ [KM]iB of 24\.0 MiB \(\d+%\)", text), text
+    assert re.search(r" state syncing lag 1m \d\ds pending \d file\(s\), 48\.0 MiB ", text), text
+    assert re.search(r"sending C_VOL-b001-i001-cd\.spi : [\d.]+ [KM]iB of 48\.0 MiB \(\d+%\)", text), text
     assert "Restorable from the offsite copy alone" in text
     assert re.search(r"C_VOL C_VOL-b001\.spf of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\S*, 1m \d\ds old", text), text
     assert "the newest point at the source waits for C_VOL-b001-i001-cd" in text
