@@ -16,7 +16,7 @@ from .units import format_duration
 
 NAMES = ("job-error", "lag", "queue", "source-inactive", "target-space", "deletes-held",
          "owner-mismatch", "agent-restarted", "source-corrupt", "verify-failed", "source-changed",
-         "source-unreadable", "restorable")
+         "source-unreadable", "restorable", "falling-behind")
 HISTORY = 200  # events kept in the book, newest last
 
 
@@ -56,6 +56,7 @@ class Facts:
     unreadable: tuple[tuple[str, str], ...] = ()  # source folders that fail to read: (folder, error)
     # per volume or definition: (chain, newest restorable point's time or None, first missing link)
     restorable: tuple[tuple[str, float | None, str | None], ...] = ()
+    falling_behind: str | None = None  # what the backlog forecast says the job needs (backlog.py)
 
 
 def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str, str]:
@@ -123,6 +124,8 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
         assert limits.max_rpo is not None
         out["restorable"] = (f"{said}{more} (max_rpo {format_duration(limits.max_rpo)}). A restore from the offsite "
                              f"copy alone would lose more than that: check the job's queue, errors and windows.")
+    if f.falling_behind:
+        out["falling-behind"] = f.falling_behind
     if limits.min_free is not None and f.free_bytes is not None and f.free_bytes < limits.min_free:
         out["target-space"] = (f"the target {f.target} has {_size(f.free_bytes)} free (limit "
                                f"{_size(limits.min_free)}). Free space there or raise the quota.")

@@ -14,15 +14,17 @@ deletion waits for it (a consolidation) or daily-monthly retention may run.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Collection
 
-from ..backupfiles import REPOSITORY_INFO, Role, classify
+from ..backlog import Flow
+from ..backupfiles import Role, classify
 from ..config import Job
 from ..deletions import WINDOW, Decision
 from ..queue import CHANGED, QueueItem, WorkQueue
-from ..restorable import Point, of_group, repository_info
+from ..restorable import Point
 from ..selection import (
     MONTHLY_LEVELS,
     Plan,
@@ -32,13 +34,14 @@ from ..selection import (
     decide_plans,
     plan,
     plan_group,
-    sender,
     without_dropped,
 )
 from ..state import Hashes, StateDir
 from ..watchers import SourceView
+from ..windows import is_open
 from . import control
 from .dispatcher import Dispatch
+from .points import Points
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,11 @@ class Planner:
         self.allow_deletes = False  # a person confirmed the deletions held (this sync only)
         self._members: dict[tuple, set[str]] = {}  # group -> its paths at the source or on the target
         self._plans: dict[tuple, Plan] = {}
-        self._points: dict[tuple, Point | None] = {}  # group -> its restorable point, until it changes
+        self._points = Points(self.rules)  # each group's restorable point, until the group changes
         self.points: list[Point] = []  # the latest restorable(), read by other threads (status)
         self._points_at = float("-inf")
+        # inflow, outflow and backlog by day, for the forecast (backlog.py); saved by refresh()
+        self.flow = Flow.of(state.read_json("flow.json", {}).get(job.name), dt.datetime.now().astimezone())
         self.decision = Decision(frozenset(), 0, None)
         self.blockers: dict[tuple, tuple] = {}
         self.changed: list[str] = []  # files changed at the source after they were sent
@@ -105,7 +110,7 @@ class Planner:
                     newest = e.mtime_ns
         self.newest_source = newest / 1e9 if newest else None
         self._plans = {}
-        self._points = {}
+        self._points.forget()
         self.replan(None)
         self.dispatch.clear()  # built afresh from the queue
         for it in self.queue.items(self.job.name):
@@ -137,9 +142,10 @@ class Planner:
         assert self.target_files is not None
         self.target_files[path] = RemoteFile(size, mtime_ns if self.keeps_mtime else None)
         self.sent[path] = Sent(size, mtime_ns, time.time())
+        self.flow.went(size, dt.datetime.now().astimezone())
         f = classify(path, self.rules.family)
         if f is not None:
-            self._points.pop(f.group, None)
+            self._points.forget(f.group)
         if md5:
             self.hashes.record(self.job.name, path, size, md5, mtime_ns)
         if path in self._doc("accepted.json"):
@@ -203,43 +209,25 @@ class Planner:
         plan = self._plans.get(f.group) if f is not None else None
         return plan is not None and (path in plan.mirrored or path in plan.unexplained)
 
-    def refresh_points(self, mono: float | None = None) -> list[Point]:
-        """`points` computed again: now, or (`mono` given, while files are published) at most
-        every POINTS_EVERY seconds, so a seeding does not look at a volume per file."""
+    def refresh(self, mono: float | None = None) -> list[Point]:
+        """`points` computed again, and the backlog noted (saved when it moved): now, or
+        (`mono` given, while files are published) at most every POINTS_EVERY seconds, so a
+        seeding does not look at a volume per file."""
         if mono is None or mono - self._points_at >= POINTS_EVERY:
             self.points = self.restorable()
             self._points_at = time.monotonic() if mono is None else mono
+            now, pending = dt.datetime.now().astimezone(), self.queue.summary(self.job.name)["pending_bytes"]
+            self.flow.sending(pending > 0 and is_open(self.job.windows, now), now)
+            self.flow.backlog(pending, now)
+            if self.flow.dirty:
+                saved = self.flow.saved()
+                self.state.update_json("flow.json", lambda d: d.__setitem__(self.job.name, saved))
         return self.points
 
     def restorable(self) -> list[Point]:
-        """Per volume or backup definition, the newest point restorable from the offsite copy
-        alone (restorable.py), from the paths and listing the planner holds: no round trip, and
-        a group is looked at again only once it changed."""
-        if self.target_files is None:
-            return []
-        infos = [p for g, members in self._members.items() if g[0] == "macrium" for p in members
-                 if p.rsplit("/", 1)[-1].casefold() == REPOSITORY_INFO.casefold() and p in self.view.entries]
-        out = []
-        for g, members in self._members.items():
-            if g not in self._points:
-                self._points[g] = self._point(g, members, infos)
-            point = self._points[g]
-            if point is not None:
-                out.append(point)
-        return sorted(out, key=lambda p: p.chain)
-
-    def _point(self, g: tuple, members: Collection[str], infos: list[str]) -> Point | None:
-        assert self.target_files is not None
-        times: dict[str, float] = {}
-        for p in members:
-            e, s, r = self.view.entries.get(p), self.sent.get(p), self.target_files.get(p)
-            ns = e.mtime_ns if e else s.mtime_ns if s else r.mtime_ns if r else None
-            if ns:
-                times[p] = ns / 1e9
-        files = [f for f in (classify(p, self.rules.family) for p in members) if f is not None]
-        info = repository_info(infos, g[1] if g[1] != "." else "") if g[0] == "macrium" else None
-        return of_group(members, self.rules.family, self.target_files.__contains__, times,
-                        sender(files, self.rules), self.rules.replicate_base, info)
+        """Per volume or backup definition, the newest point restorable offsite (points.py)."""
+        return [] if self.target_files is None else self._points.of(self._members, self.target_files, self.view,
+                                                                    self.sent)
 
     # ------------------------------------------------------------ planning
     def replan(self, groups: set[tuple] | None, extra: Collection[str] = ()) -> None:
@@ -249,7 +237,7 @@ class Planner:
         dropped = self._doc("dropped.json")
         accepted = {p: tuple(v) for p, v in self._doc("accepted.json").items() if isinstance(v, list)}
         for g in list(self._members) if groups is None else groups:
-            self._points.pop(g, None)
+            self._points.forget(g)
             members = self._members.get(g, set())
             if not members:
                 self._members.pop(g, None)
@@ -294,10 +282,15 @@ class Planner:
     def _enqueue(self, groups: set[tuple] | None, extra: Collection[str]) -> None:
         assert self.target_files is not None
         rows: list[tuple[str, str, int | None, int | None]] = []
+        now = dt.datetime.now().astimezone()
         for p in self._parts(groups):
             for path in p.uploads:
                 e = self.view.entries[path]
                 rows.append(("upload", path, e.size, e.mtime_ns))
+                if not any(it.op == "upload" for it in self.queue.at(self.job.name, path)):  # new to send
+                    self.flow.came(e.size, dt.datetime.fromtimestamp(e.mtime_ns / 1e9, now.tzinfo), now)
+                    if self.flow.busy_since is None:
+                        self.flow.sending(is_open(self.job.windows, now), now)  # busy from now
             for path in (d for d in (*p.deletes, *p.mirrored, *p.unexplained) if d in self.decision.go):
                 t = self.target_files.get(path)
                 rows.append(("delete", path, t.size if t else None, None))

@@ -129,7 +129,7 @@ class JobRunner:
             bin_bytes=self.tally.bin_bytes, bin_files=self.tally.bin_files,
             transfer=self.tally.transfer(tasks, time.monotonic()), free_bytes=self.upkeep.free_bytes,
             counters=dict(self.tally.counters), newest_source=self.plan.newest_source, target=self.where,
-            restorable=self.plan.points)
+            restorable=self.plan.points, flow=self.plan.flow.copy())
 
     def status(self, now: dt.datetime, live: Live | None = None) -> dict:
         return report.status(self.job, self.queue.summary(self.job.name), self.queue.oldest_upload(self.job.name),
@@ -141,7 +141,7 @@ class JobRunner:
 
     def remember(self) -> None:
         """Leave what status without an agent cannot know (not via live(): it samples the rate)."""
-        d, tally, points = self.plan.decision, self.tally, report.remembered(self.plan.refresh_points())
+        d, tally, points = self.plan.decision, self.tally, report.remembered(self.plan.refresh())
         self._known = report.remember(self.state, self.job.name, self._known, owner=self.sessions.owner,
                                       error=self.trouble.error, held_deletes=d.held, held_reason=d.reason,
                                       bin_bytes=tally.bin_bytes, bin_files=tally.bin_files, restorable=points)

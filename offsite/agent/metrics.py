@@ -84,6 +84,18 @@ class Collector:
             if j.get("last_success_ts") is not None:
                 g.add_metric([j["name"]], j["last_success_ts"])
         yield g
+        for name, key, doc in (
+            ("offsite_inflow_bytes_per_day", "inflow_bytes_per_day",
+             "bytes of new backup files a day at the source, over the last 7 days"),
+            ("offsite_catch_up_seconds", "catch_up_seconds",
+             "time to send what waits at the last 24 hours' outflow (absent while nothing went)"),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["job"])
+            for j in jobs:
+                got = (j.get("backlog") or {}).get(key)
+                if got is not None:
+                    g.add_metric([j["name"]], got)
+            yield g
         g = GaugeMetricFamily("offsite_restorable_timestamp_seconds",
                               "when the newest point restorable from the offsite copy alone was taken, per volume "
                               "or backup definition (absent while none is)", labels=["job", "chain"])

@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 
 from .. import alerts
 from ..alerts import Book, Facts, Limits
+from ..backlog import Flow, Forecast, forecast
 from ..config import Config, Job
 from ..errors import OffsiteError
 from ..queue import CHANGED, CORRUPT, QueueItem, oldest_upload, read_items, summary
@@ -198,6 +199,7 @@ class Live:
     newest_source: float | None = None  # epoch seconds of the newest backup file at the source
     target: str = ""
     restorable: list[Point] = field(default_factory=list)  # per volume or definition (restorable.py)
+    flow: Flow | None = None  # inflow, outflow and backlog by day (backlog.py)
 
     @classmethod
     def offline(cls, job: Job, results: Mapping, successes: Mapping, owner_id: str | None,
@@ -296,7 +298,19 @@ def status(job: Job, counts: dict, oldest_ns: int | None, live: Live, now: dt.da
         "counters": dict(live.counters),
         "last_success_ts": live.last_success,
         "restorable": restorable_entries(live.restorable, now),
+        "backlog": backlog_entry(forecast(live.flow, counts["pending_bytes"], now, job.windows)) if live.flow else None,
     }
+
+
+def backlog_entry(f: Forecast) -> dict:
+    """`backlog` of `offsite status --json`: the last 7 days' inflow and outflow, the rates,
+    the time to catch up at the last 24 hours' outflow, and the falling-behind message."""
+    return {"pending_bytes": f.pending_bytes,
+            "days": [{"date": d, "inflow_bytes": i, "outflow_bytes": o} for d, i, o in f.days],
+            "inflow_bytes_per_day": round(f.inflow_per_day), "outflow_bytes_per_day": round(f.outflow_per_day),
+            "catch_up_seconds": None if f.catch_up_seconds is None else round(f.catch_up_seconds),
+            "seeding": f.seeding, "forecast": f.text, "falling_behind": f.behind}
+
 
 
 def facts(st: dict, live: Live, failed: Iterable[QueueItem]) -> Facts:
@@ -314,6 +328,7 @@ def facts(st: dict, live: Live, failed: Iterable[QueueItem]) -> Facts:
         unreadable=tuple(sorted(live.unreadable.items())),
         verify_bad=tuple(m["path"] for m in verified.get("mismatches", [])) if isinstance(verified, dict) else (),
         restorable=tuple((p.chain, p.time, p.missing) for p in live.restorable),
+        falling_behind=(st.get("backlog") or {}).get("falling_behind"),
     )
 
 
@@ -335,6 +350,7 @@ def offline(cfg: Config, state: StateDir, now: dt.datetime) -> dict:
         items, queue_error = [], str(e)
     results, successes = state.read_json("results.json", {}), state.read_json("success.json", {})
     kept = state.read_json("known.json", {})
+    flows = state.read_json("flow.json", {})
     book = Book.of(state.read_json("alerts.json", {}))
     jobs = []
     for job in cfg.jobs:
@@ -343,6 +359,8 @@ def offline(cfg: Config, state: StateDir, now: dt.datetime) -> dict:
         live = Live.offline(job, results, successes, state.owner_id(job.name), queue_error,
                             entry if isinstance(entry, dict) else {},
                             sum(1 for i in mine if i.state == "failed" and i.cause == CHANGED))
+        if isinstance(flows, dict) and job.name in flows:
+            live.flow = Flow.of(flows[job.name], now)
         st = status(job, summary(mine), oldest_upload(mine), live, now)
         st["last_verify"] = last_verify(state, job.name)
         known = book.of_job(job.name)

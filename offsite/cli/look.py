@@ -113,6 +113,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             eta = f", {format_duration(t['eta'])} left" if t.get("eta") is not None else ""
             print(f"  sending {t['path']}: {format_bytes(t['done'])} of {format_bytes(t['total'])} "
                   f"({pct:.0f}%){rate}{eta}")
+        b = j.get("backlog")
+        if b and (b["pending_bytes"] or any(d["inflow_bytes"] or d["outflow_bytes"] for d in b["days"])):
+            days = ", ".join(f"{d['date'][5:]} {format_bytes(d['inflow_bytes'])}/{format_bytes(d['outflow_bytes'])}"
+                             for d in b["days"])
+            print(f"  backlog: {b['forecast']}; in {format_bytes(b['inflow_bytes_per_day'])}/day (7 days), "
+                  f"out {format_bytes(b['outflow_bytes_per_day'])}/day (24 h)")
+            print(f"    in/out by day: {days}")
         for r in j.get("restorable") or []:
             when = (f"{r['point']} of {r['time']}, {format_duration(r['age_seconds'] or 0)} old" if r["point"]
                     else "nothing restorable offsite yet")
