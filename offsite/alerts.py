@@ -54,8 +54,9 @@ class Facts:
     verify_bad: tuple[str, ...] = ()  # copies the last verify found not as sent
     changed: tuple[str, ...] = ()  # ShadowProtect files changed at the source after they were sent
     unreadable: tuple[tuple[str, str], ...] = ()  # source folders that fail to read: (folder, error)
-    # per volume or definition: (chain, newest restorable point's time or None, first missing link)
-    restorable: tuple[tuple[str, float | None, str | None], ...] = ()
+    # per volume or definition: (chain, newest restorable point or None, its time (None: not known),
+    # first missing link)
+    restorable: tuple[tuple[str, str | None, float | None, str | None], ...] = ()
     falling_behind: str | None = None  # what the backlog forecast says the job needs (backlog.py)
 
 
@@ -113,8 +114,8 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
         out["verify-failed"] = (f"the last verify found {len(f.verify_bad)} copy(ies) on the target not as sent: "
                                 f"{names}. Check the target's storage; 'offsite verify {job}' lists them, and a "
                                 f"copy deleted on the target is sent again at the next rescan.")
-    stale = [(c, when, missing) for c, when, missing in f.restorable
-             if limits.max_rpo is not None and (when is None or t - when > limits.max_rpo)]
+    stale = [(c, when, missing) for c, point, when, missing in f.restorable
+             if limits.max_rpo is not None and (point is None or (when is not None and t - when > limits.max_rpo))]
     if stale:
         said = "; ".join(
             f"{c}: " + ("nothing restorable offsite" if when is None else

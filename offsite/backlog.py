@@ -77,8 +77,9 @@ class Flow:
         last call is counted into the hour, when it was busy."""
         t = now.timestamp()
         if self.busy_since is not None and t - self.busy_since >= 1:
-            self.hours.setdefault(_hour(now), [0, 0, 0])[2] += int(t - self.busy_since)
-            self.busy_since = t
+            whole = int(t - self.busy_since)  # the fraction stays in the stretch
+            self.hours.setdefault(_hour(now), [0, 0, 0])[2] += whole
+            self.busy_since += whole
             self.dirty = True
         if not busy:
             self.busy_since = None

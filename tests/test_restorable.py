@@ -125,6 +125,26 @@ def test_macrium_needs_the_repository_information_file():
     assert repository_info(SET, GUID) is None
 
 
+def test_the_alert_names_each_volume_past_max_rpo_and_not_one_whose_age_is_unknown():
+    import datetime as dt
+
+    from offsite.alerts import Facts, Limits, conditions
+
+    now = dt.datetime.fromtimestamp(T0 + 10 * 86400, dt.timezone.utc)
+    facts = Facts(state="idle", restorable=(
+        ("C_VOL", "C_VOL-b001-i030-cd.spi", T0 + 10 * 86400 - 3600, None),  # fresh
+        ("D_VOL", "D_VOL-b001-i010-cd.spi", T0, "D_VOL-b001-i011-cd.spi"),  # 10 days old
+        ("E_VOL", None, None, "E_VOL-b001.spf"),  # nothing offsite
+        ("F_VOL", "F_VOL-b001.spf", None, None),  # on the target, its time not known: no claim
+    ))
+    msg = conditions("job1", facts, Limits(max_rpo=86400.0), now)["restorable"]
+    assert msg.startswith("D_VOL: the newest point restorable offsite is 10d 0h old, D_VOL-b001-i011-cd.spi is "
+                          "missing there; E_VOL: nothing restorable offsite, E_VOL-b001.spf is missing there "
+                          "(max_rpo 1d 0h)")
+    assert "C_VOL" not in msg and "F_VOL" not in msg
+    assert "restorable" not in conditions("job1", facts, Limits(max_rpo=None), now)
+
+
 # ---------------------------------------------------------------- end to end, the real agent
 import hashlib  # noqa: E402
 import os  # noqa: E402

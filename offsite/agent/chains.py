@@ -46,6 +46,7 @@ from .points import Points
 log = logging.getLogger(__name__)
 
 POINTS_EVERY = 5.0  # seconds between two computations of the restorable points while files go
+FLOW_EVERY = 30.0  # seconds between two writes of flow.json while there is a backlog
 
 CHANGED_ERROR = ("changed at the source after it was sent (a ShadowProtect file is written once and never "
                  "changed: damaged, or tampered with); the copy offsite is kept as it is. If the change is "
@@ -69,6 +70,7 @@ class Planner:
         self._points_at = float("-inf")
         # inflow, outflow and backlog by day, for the forecast (backlog.py); saved by refresh()
         self.flow = Flow.of(state.read_json("flow.json", {}).get(job.name), dt.datetime.now().astimezone())
+        self._flow_saved = float("-inf")
         self.decision = Decision(frozenset(), 0, None)
         self.blockers: dict[tuple, tuple] = {}
         self.changed: list[str] = []  # files changed at the source after they were sent
@@ -219,7 +221,8 @@ class Planner:
             now, pending = dt.datetime.now().astimezone(), self.queue.summary(self.job.name)["pending_bytes"]
             self.flow.sending(pending > 0 and is_open(self.job.windows, now), now)
             self.flow.backlog(pending, now)
-            if self.flow.dirty:
+            if self.flow.dirty and (not pending or time.monotonic() - self._flow_saved >= FLOW_EVERY):
+                self._flow_saved = time.monotonic()
                 saved = self.flow.saved()
                 self.state.update_json("flow.json", lambda d: d.__setitem__(self.job.name, saved))
         return self.points

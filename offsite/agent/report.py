@@ -327,7 +327,7 @@ def facts(st: dict, live: Live, failed: Iterable[QueueItem]) -> Facts:
         changed=tuple(sorted(i.path for i in failed if i.cause == CHANGED)),
         unreadable=tuple(sorted(live.unreadable.items())),
         verify_bad=tuple(m["path"] for m in verified.get("mismatches", [])) if isinstance(verified, dict) else (),
-        restorable=tuple((p.chain, p.time, p.missing) for p in live.restorable),
+        restorable=tuple((p.chain, p.point, p.time, p.missing) for p in live.restorable),
         falling_behind=(st.get("backlog") or {}).get("falling_behind"),
     )
 

@@ -121,8 +121,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"out {format_bytes(b['outflow_bytes_per_day'])}/day (24 h)")
             print(f"    in/out by day: {days}")
         for r in j.get("restorable") or []:
-            when = (f"{r['point']} of {r['time']}, {format_duration(r['age_seconds'] or 0)} old" if r["point"]
-                    else "nothing restorable offsite yet")
+            when = ("nothing restorable offsite yet" if not r["point"] else f"{r['point']} (its time is not known)"
+                    if r["time"] is None else f"{r['point']} of {r['time']}, {format_duration(r['age_seconds'])} old")
             base = "" if r.get("base_offsite", True) else " (its base is not replicated: taken as seeded)"
             missing = f"; the newest point at the source waits for {r['missing']}" if r.get("missing") else ""
             print(f"  restorable {r['chain']}: {when}{base}{missing}")
