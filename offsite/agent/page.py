@@ -105,7 +105,9 @@ def restorable(points: list) -> str:
     for r in points:
         if not isinstance(r, dict):
             continue
-        if r.get("point"):
+        if r.get("point") and r.get("time") is None:
+            point = f"<code>{e(r['point'])}</code> (its time is not known)"
+        elif r.get("point"):
             point = (f"<code>{e(r['point'])}</code> of {when(r.get('time'))}, "
                      f"{age(r.get('age_seconds') or 0)} old")
         else:
