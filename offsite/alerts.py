@@ -16,7 +16,7 @@ from .units import format_duration
 
 NAMES = ("job-error", "lag", "queue", "source-inactive", "target-space", "deletes-held",
          "owner-mismatch", "agent-restarted", "source-corrupt", "verify-failed", "source-changed",
-         "source-unreadable", "restorable", "falling-behind")
+         "source-unreadable", "restorable", "lock-not-enforced", "falling-behind")
 HISTORY = 200  # events kept in the book, newest last
 
 
@@ -57,6 +57,7 @@ class Facts:
     # per volume or definition: (chain, newest restorable point or None, its time (None: not known),
     # first missing link)
     restorable: tuple[tuple[str, str | None, float | None, str | None], ...] = ()
+    lock_problem: str | None = None  # what the last lock canary's store allowed (object_lock_days)
     falling_behind: str | None = None  # what the backlog forecast says the job needs (backlog.py)
 
 
@@ -127,6 +128,11 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
                              f"copy alone would lose more than that: check the job's queue, errors and windows.")
     if f.falling_behind:
         out["falling-behind"] = f.falling_behind
+    if f.lock_problem:
+        out["lock-not-enforced"] = (
+            f"{f.lock_problem}. object_lock_days is set, but the lock does not hold there: whoever has the "
+            f"job's keys can destroy the backups. Check that the bucket has object lock and that the store "
+            f"enforces it; the canary is tried again every hour, and this clears once it holds.")
     if limits.min_free is not None and f.free_bytes is not None and f.free_bytes < limits.min_free:
         out["target-space"] = (f"the target {f.target} has {_size(f.free_bytes)} free (limit "
                                f"{_size(limits.min_free)}). Free space there or raise the quota.")

@@ -126,7 +126,7 @@ class JobRunner:
             looked=self.looked, last_sync=self.last_sync, last_success=self.last_success,
             held_deletes=decision.held, held_reason=decision.reason, waiting_files=self.plan.waiting,
             changed_files=len(self.plan.changed), unreadable=self._unreadable(),
-            bin_bytes=self.tally.bin_bytes, bin_files=self.tally.bin_files,
+            bin_bytes=self.tally.bin_bytes, bin_files=self.tally.bin_files, lock=self.upkeep.lock,
             transfer=self.tally.transfer(tasks, time.monotonic()), free_bytes=self.upkeep.free_bytes,
             counters=dict(self.tally.counters), newest_source=self.plan.newest_source, target=self.where,
             restorable=self.plan.points, flow=self.plan.flow.copy())

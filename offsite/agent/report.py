@@ -19,6 +19,7 @@ from ..alerts import Book, Facts, Limits
 from ..backlog import Flow, Forecast, forecast
 from ..config import Config, Job
 from ..errors import OffsiteError
+from ..lockproof import last as last_lock
 from ..queue import CHANGED, CORRUPT, QueueItem, oldest_upload, read_items, summary
 from ..restorable import Point
 from ..state import StateDir
@@ -195,6 +196,7 @@ class Live:
     bin_files: int = 0
     transfer: dict | None = None
     free_bytes: int | None = None
+    lock: dict | None = None  # the last lock canary (upkeep.py), with object_lock_days
     counters: dict[str, int] = field(default_factory=dict)
     newest_source: float | None = None  # epoch seconds of the newest backup file at the source
     target: str = ""
@@ -295,6 +297,7 @@ def status(job: Job, counts: dict, oldest_ns: int | None, live: Live, now: dt.da
         "lag_seconds": lag_seconds(oldest_ns, now),
         "transfer": live.transfer,
         "target_free_bytes": live.free_bytes,
+        "lock": {k: live.lock.get(k) for k in ("checked", "ok", "problem")} if live.lock else None,
         "counters": dict(live.counters),
         "last_success_ts": live.last_success,
         "restorable": restorable_entries(live.restorable, now),
@@ -312,7 +315,6 @@ def backlog_entry(f: Forecast) -> dict:
             "seeding": f.seeding, "forecast": f.text, "falling_behind": f.behind}
 
 
-
 def facts(st: dict, live: Live, failed: Iterable[QueueItem]) -> Facts:
     """What the alert rules read of a job: its status entry, what its runner knows, and its
     failed queue items (a damaged image, a file changed at the source)."""
@@ -326,6 +328,7 @@ def facts(st: dict, live: Live, failed: Iterable[QueueItem]) -> Facts:
         corrupt=tuple(sorted(i.path for i in failed if i.cause == CORRUPT)),
         changed=tuple(sorted(i.path for i in failed if i.cause == CHANGED)),
         unreadable=tuple(sorted(live.unreadable.items())),
+        lock_problem=(st.get("lock") or {}).get("problem"),
         verify_bad=tuple(m["path"] for m in verified.get("mismatches", [])) if isinstance(verified, dict) else (),
         restorable=tuple((p.chain, p.point, p.time, p.missing) for p in live.restorable),
         falling_behind=(st.get("backlog") or {}).get("falling_behind"),
@@ -361,6 +364,7 @@ def offline(cfg: Config, state: StateDir, now: dt.datetime) -> dict:
                             sum(1 for i in mine if i.state == "failed" and i.cause == CHANGED))
         if isinstance(flows, dict) and job.name in flows:
             live.flow = Flow.of(flows[job.name], now)
+        live.lock = last_lock(state, job)
         st = status(job, summary(mine), oldest_upload(mine), live, now)
         st["last_verify"] = last_verify(state, job.name)
         known = book.of_job(job.name)

@@ -17,6 +17,7 @@ from ..errors import (
     EXIT_OK,
     OffsiteError,
     OwnerMismatch,
+    PermanentError,
     UsageError,
 )
 from ..owner import check_owner
@@ -44,7 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     results, failed = [], False
     for job in jobs:
         line = {"job": job.name, "target": job.location.describe() + f" folder {job.folder}",
-                "ok": False, "owner": "unknown", "error": None}
+                "ok": False, "owner": "unknown", "error": None, "lock": None}
         try:
             target = make_target(job)
             target.open()
@@ -55,6 +56,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                 except OwnerMismatch:
                     line["owner"] = "mismatch"
                     raise
+                if job.location.options.get("object_lock_days"):  # the lock canary (s3_lock.py)
+                    problem = target.lock_canary()
+                    line["lock"] = {"ok": problem is None, "problem": problem}
+                    if problem:
+                        raise PermanentError(f"the object lock does not hold (lock-not-enforced): {problem}")
             finally:
                 target.close()
             line["ok"] = True
@@ -65,7 +71,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not args.json:
             if line["ok"]:
                 owner = {"ok": "owner ID ok", "unset": "owner ID not written yet"}[str(line["owner"])]
-                print(f"{job.name}: ok: {line['target']} ({owner})")
+                lock = ", object lock holds" if line["lock"] else ""
+                print(f"{job.name}: ok: {line['target']} ({owner}{lock})")
             else:
                 print(f"{job.name}: FAILED: {line['target']}: {line['error']}")
     if args.json:
@@ -126,6 +133,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             base = "" if r.get("base_offsite", True) else " (its base is not replicated: taken as seeded)"
             missing = f"; the newest point at the source waits for {r['missing']}" if r.get("missing") else ""
             print(f"  restorable {r['chain']}: {when}{base}{missing}")
+        lock = j.get("lock")
+        if lock:
+            print(f"  object lock: {'holds' if lock['ok'] else 'DOES NOT HOLD'} (lock canary of {lock['checked']})")
         for x in j.get("alerts") or []:
             print(f"  ALERT {x['name']} since {x['since']}: {x['message']}")
         if j.get("error"):
