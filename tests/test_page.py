@@ -190,3 +190,12 @@ def test_the_backlog_shows_when_the_status_has_one(backlog):
     assert "Backlog Caught up in about 2 days." in text
     assert "pending 3.0 GiB new backups per day 2.0 GiB sent per day 5.0 GiB caught up in 2d 0h" in text
     assert "2025-01-01 1.0 GiB 4.0 GiB" in text and "2025-01-02 3.0 GiB 0 B" in text
+
+
+def test_the_lock_canary_and_a_point_whose_time_is_unknown_show():
+    job = JOB | {"lock": {"checked": "2026-12-02T01:00:00+00:00", "ok": False, "problem": "x allowed y"},
+                 "restorable": [{"chain": "C_VOL", "point": "C_VOL-b001.spf", "time": None, "age_seconds": None,
+                                 "missing": None, "base_offsite": True}]}
+    text = text_of(page.render({"jobs": [job]}))
+    assert "object lock DOES NOT HOLD (lock canary of 2026-12-02 01:00:00+00:00)" in text
+    assert "C_VOL-b001.spf (its time is not known)" in text

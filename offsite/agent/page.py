@@ -183,6 +183,10 @@ def job(j: dict) -> str:
     bin_ = (f"{size(j['bin_bytes'])} in {e(j.get('bin_files', 0))} file(s)" if j.get("bin_bytes") is not None
             else "not looked at yet")
     pairs.append(("bin", bin_))
+    lock = j.get("lock")
+    if isinstance(lock, dict):
+        pairs.append(("object lock", ("holds" if lock.get("ok") else '<span class="bad">DOES NOT HOLD</span>')
+                      + f" (lock canary of {when(lock.get('checked'))})"))
     if j.get("error"):
         pairs.append(("error", f'<span class="bad">{e(j["error"])}</span>'))
     if j.get("held_reason"):
