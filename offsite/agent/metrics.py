@@ -127,6 +127,7 @@ def serve(address: str, snapshot: Callable[[], dict]):
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     registry.register(Collector(snapshot))  # type: ignore[arg-type]
+    host = host.strip("[]")
     try:
         family, _, _, _, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
                                                        flags=socket.AI_PASSIVE)[0]
@@ -138,7 +139,6 @@ def serve(address: str, snapshot: Callable[[], dict]):
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics served at http://%s/metrics, the status page at http://%s/", address, address)
     return server
-    host = host.strip("[]")
 
 
 class Quiet(WSGIRequestHandler):
