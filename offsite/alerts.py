@@ -16,7 +16,7 @@ from .units import format_duration
 
 NAMES = ("job-error", "lag", "queue", "source-inactive", "target-space", "deletes-held",
          "owner-mismatch", "agent-restarted", "source-corrupt", "verify-failed", "source-changed",
-         "source-unreadable")
+         "source-unreadable", "restorable", "lock-not-enforced", "falling-behind")
 HISTORY = 200  # events kept in the book, newest last
 
 
@@ -25,6 +25,7 @@ class Limits:
     """A job's thresholds; None is "off". The defaults are the options' (config/options.py)."""
 
     max_lag: float | None = JOB_OPTIONS["max_lag"].value
+    max_rpo: float | None = JOB_OPTIONS["max_rpo"].value
     max_pending_files: int | None = JOB_OPTIONS["max_pending_files"].value
     max_pending_bytes: int | None = JOB_OPTIONS["max_pending_bytes"].value
     inactive_after: float | None = JOB_OPTIONS["inactive_after"].value
@@ -53,6 +54,11 @@ class Facts:
     verify_bad: tuple[str, ...] = ()  # copies the last verify found not as sent
     changed: tuple[str, ...] = ()  # ShadowProtect files changed at the source after they were sent
     unreadable: tuple[tuple[str, str], ...] = ()  # source folders that fail to read: (folder, error)
+    # per volume or definition: (chain, newest restorable point or None, its time (None: not known),
+    # first missing link)
+    restorable: tuple[tuple[str, str | None, float | None, str | None], ...] = ()
+    lock_problem: str | None = None  # what the last lock canary's store allowed (object_lock_days)
+    falling_behind: str | None = None  # what the backlog forecast says the job needs (backlog.py)
 
 
 def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str, str]:
@@ -109,6 +115,24 @@ def conditions(job: str, f: Facts, limits: Limits, now: dt.datetime) -> dict[str
         out["verify-failed"] = (f"the last verify found {len(f.verify_bad)} copy(ies) on the target not as sent: "
                                 f"{names}. Check the target's storage; 'offsite verify {job}' lists them, and a "
                                 f"copy deleted on the target is sent again at the next rescan.")
+    stale = [(c, when, missing) for c, point, when, missing in f.restorable
+             if limits.max_rpo is not None and (point is None or (when is not None and t - when > limits.max_rpo))]
+    if stale:
+        said = "; ".join(
+            f"{c}: " + ("nothing restorable offsite" if when is None else
+                        f"the newest point restorable offsite is {format_duration(t - when)} old")
+            + (f", {missing} is missing there" if missing else "") for c, when, missing in stale[:5])
+        more = f"; and {len(stale) - 5} more" if len(stale) > 5 else ""
+        assert limits.max_rpo is not None
+        out["restorable"] = (f"{said}{more} (max_rpo {format_duration(limits.max_rpo)}). A restore from the offsite "
+                             f"copy alone would lose more than that: check the job's queue, errors and windows.")
+    if f.falling_behind:
+        out["falling-behind"] = f.falling_behind
+    if f.lock_problem:
+        out["lock-not-enforced"] = (
+            f"{f.lock_problem}. object_lock_days is set, but the lock does not hold there: whoever has the "
+            f"job's keys can destroy the backups. Check that the bucket has object lock and that the store "
+            f"enforces it; the canary is tried again every hour, and this clears once it holds.")
     if limits.min_free is not None and f.free_bytes is not None and f.free_bytes < limits.min_free:
         out["target-space"] = (f"the target {f.target} has {_size(f.free_bytes)} free (limit "
                                f"{_size(limits.min_free)}). Free space there or raise the quota.")

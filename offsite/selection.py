@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Collection, Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 
 from .backupfiles import BackupFile, Level, Role, classify
 from .config.options import JOB_OPTIONS
@@ -136,6 +136,12 @@ def selected(f: BackupFile, rules: Rules, facts: _ChainFacts) -> bool:
         if f.level is Level.WEEKLY and f.point in facts.dailies.get(f.chain, ()):
             return False
     return True
+
+
+def sender(files: Iterable[BackupFile], rules: Rules) -> Callable[[BackupFile], bool]:
+    """Does the job's mode send this file? For the files of one group (`files`: all of them)."""
+    facts = _ChainFacts(files)
+    return lambda f: selected(f, rules, facts)
 
 
 def group(source: Mapping[str, object], target: Mapping[str, object], family: str) -> dict[tuple, tuple[dict, dict]]:

@@ -16,6 +16,7 @@ Layout (created owner-only):
     alerts.json       the alerts in force and recent alert events
     hashes.db         the MD5 of every file as it was published (SQLite), for `offsite verify`
     verify.json       each job's last verify result
+    lock.json         each job's last lock canary (object_lock_days)
     format.json       the state format: a newer agent migrates an older state in place, an
                       older agent refuses a newer one (SPEC section 7)
 """

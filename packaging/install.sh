@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install offsite into ./.venv (from this checkout) and prepare the example folders that
-# agent.toml uses. Works on a fresh Debian machine as root; safe to run again.
+# agent.toml uses: example/source gets a small sample managed folder (offsite/sample.py).
+# Works on a fresh Debian machine as root; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"   # e.g. "[test]"
@@ -12,5 +13,6 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv'
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
-mkdir -p example/source example/offsite-drive
+mkdir -p example/offsite-drive
+.venv/bin/python -m offsite.sample example/source   # a sample managed folder, unless it holds files
 echo "offsite installed: $(pwd)/.venv/bin/offsite" >&2

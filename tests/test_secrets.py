@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+import urllib.request
 
 from conftest import AgentProcess, toml_table, wait_until
 from servers import PASSWORD, free_port
@@ -33,7 +34,8 @@ def test_nothing_the_agent_or_commands_produce_holds_a_secret(servers, site):
         f"json://127.0.0.1:{dead}/hook/{HOOK_TOKEN}\n")
     extra += (f"[notify]\nurls_file = '{site.root / 'notify-urls'}'\n"
               f"heartbeat_url = 'http://127.0.0.1:{dead}/ping/{PING_TOKEN}'\n")
-    site.config(extra=extra)
+    metrics = free_port()  # the status page and the metrics show the same status: no secret either
+    site.config(agent=f'metrics = "127.0.0.1:{metrics}"', extra=extra)
     outputs = []
     agent = AgentProcess(site)
     try:
@@ -46,11 +48,14 @@ def test_nothing_the_agent_or_commands_produce_holds_a_secret(servers, site):
                      ["notify", "test"]):
             r = site.offsite(*args)
             outputs.append(r.stdout + r.stderr)
+        for path in ("/", "/metrics"):
+            outputs.append(urllib.request.urlopen(f"http://127.0.0.1:{metrics}{path}", timeout=10).read().decode())
     finally:
         agent.stop()
     outputs.append(agent.output())
     assert "authentication failed" in "".join(outputs)  # the failures were there to be reported
     assert f"json://127.0.0.1:{dead}/...: FAILED" in "".join(outputs)  # and the notification failures
+    assert "authentication failed" in outputs[-3]  # the status page shows the smb job's error
 
     produced = [p for p in site.state.rglob("*") if p.is_file()]
     assert any(p.name == "offsite.log" for p in produced) and any(p.name == "data.db" for p in produced)

@@ -93,8 +93,10 @@ def test_the_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     assert wheel.name.startswith(f"offsite-{offsite.__version__}-") and list(dist.glob("*.tar.gz"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # Without PYTHONPATH: pip would take a checkout on it for offsite already installed.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
-                       capture_output=True, text=True, check=False, timeout=900)
+                       capture_output=True, text=True, check=False, timeout=900, env=clean)
     assert r.returncode == 0, r.stderr[-2000:]
     exe = venv / "bin" / "offsite"
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=False, cwd=tmp_path)

@@ -14,14 +14,17 @@ deletion waits for it (a consolidation) or daily-monthly retention may run.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Collection
 
+from ..backlog import Flow
 from ..backupfiles import Role, classify
 from ..config import Job
 from ..deletions import WINDOW, Decision
 from ..queue import CHANGED, QueueItem, WorkQueue
+from ..restorable import Point
 from ..selection import (
     MONTHLY_LEVELS,
     Plan,
@@ -35,10 +38,15 @@ from ..selection import (
 )
 from ..state import Hashes, StateDir
 from ..watchers import SourceView
+from ..windows import is_open
 from . import control
 from .dispatcher import Dispatch
+from .points import Points
 
 log = logging.getLogger(__name__)
+
+POINTS_EVERY = 5.0  # seconds between two computations of the restorable points while files go
+FLOW_EVERY = 30.0  # seconds between two writes of flow.json while there is a backlog
 
 CHANGED_ERROR = ("changed at the source after it was sent (a ShadowProtect file is written once and never "
                  "changed: damaged, or tampered with); the copy offsite is kept as it is. If the change is "
@@ -57,6 +65,12 @@ class Planner:
         self.allow_deletes = False  # a person confirmed the deletions held (this sync only)
         self._members: dict[tuple, set[str]] = {}  # group -> its paths at the source or on the target
         self._plans: dict[tuple, Plan] = {}
+        self._points = Points(self.rules)  # each group's restorable point, until the group changes
+        self.points: list[Point] = []  # the latest restorable(), read by other threads (status)
+        self._points_at = float("-inf")
+        # inflow, outflow and backlog by day, for the forecast (backlog.py); saved by refresh()
+        self.flow = Flow.of(state.read_json("flow.json", {}).get(job.name), dt.datetime.now().astimezone())
+        self._flow_saved = float("-inf")
         self.decision = Decision(frozenset(), 0, None)
         self.blockers: dict[tuple, tuple] = {}
         self.changed: list[str] = []  # files changed at the source after they were sent
@@ -98,6 +112,7 @@ class Planner:
                     newest = e.mtime_ns
         self.newest_source = newest / 1e9 if newest else None
         self._plans = {}
+        self._points.forget()
         self.replan(None)
         self.dispatch.clear()  # built afresh from the queue
         for it in self.queue.items(self.job.name):
@@ -129,6 +144,10 @@ class Planner:
         assert self.target_files is not None
         self.target_files[path] = RemoteFile(size, mtime_ns if self.keeps_mtime else None)
         self.sent[path] = Sent(size, mtime_ns, time.time())
+        self.flow.went(size, dt.datetime.now().astimezone())
+        f = classify(path, self.rules.family)
+        if f is not None:
+            self._points.forget(f.group)
         if md5:
             self.hashes.record(self.job.name, path, size, md5, mtime_ns)
         if path in self._doc("accepted.json"):
@@ -192,6 +211,27 @@ class Planner:
         plan = self._plans.get(f.group) if f is not None else None
         return plan is not None and (path in plan.mirrored or path in plan.unexplained)
 
+    def refresh(self, mono: float | None = None) -> list[Point]:
+        """`points` computed again, and the backlog noted (saved when it moved): now, or
+        (`mono` given, while files are published) at most every POINTS_EVERY seconds, so a
+        seeding does not look at a volume per file."""
+        if mono is None or mono - self._points_at >= POINTS_EVERY:
+            self.points = self.restorable()
+            self._points_at = time.monotonic() if mono is None else mono
+            now, pending = dt.datetime.now().astimezone(), self.queue.summary(self.job.name)["pending_bytes"]
+            self.flow.sending(pending > 0 and is_open(self.job.windows, now), now)
+            self.flow.backlog(pending, now)
+            if self.flow.dirty and (not pending or time.monotonic() - self._flow_saved >= FLOW_EVERY):
+                self._flow_saved = time.monotonic()
+                saved = self.flow.saved()
+                self.state.update_json("flow.json", lambda d: d.__setitem__(self.job.name, saved))
+        return self.points
+
+    def restorable(self) -> list[Point]:
+        """Per volume or backup definition, the newest point restorable offsite (points.py)."""
+        return [] if self.target_files is None else self._points.of(self._members, self.target_files, self.view,
+                                                                    self.sent)
+
     # ------------------------------------------------------------ planning
     def replan(self, groups: set[tuple] | None, extra: Collection[str] = ()) -> None:
         """Plan the given groups again (None: all) and bring the queue in line with them."""
@@ -200,6 +240,7 @@ class Planner:
         dropped = self._doc("dropped.json")
         accepted = {p: tuple(v) for p, v in self._doc("accepted.json").items() if isinstance(v, list)}
         for g in list(self._members) if groups is None else groups:
+            self._points.forget(g)
             members = self._members.get(g, set())
             if not members:
                 self._members.pop(g, None)
@@ -244,10 +285,15 @@ class Planner:
     def _enqueue(self, groups: set[tuple] | None, extra: Collection[str]) -> None:
         assert self.target_files is not None
         rows: list[tuple[str, str, int | None, int | None]] = []
+        now = dt.datetime.now().astimezone()
         for p in self._parts(groups):
             for path in p.uploads:
                 e = self.view.entries[path]
                 rows.append(("upload", path, e.size, e.mtime_ns))
+                if not any(it.op == "upload" for it in self.queue.at(self.job.name, path)):  # new to send
+                    self.flow.came(e.size, dt.datetime.fromtimestamp(e.mtime_ns / 1e9, now.tzinfo), now)
+                    if self.flow.busy_since is None:
+                        self.flow.sending(is_open(self.job.windows, now), now)  # busy from now
             for path in (d for d in (*p.deletes, *p.mirrored, *p.unexplained) if d in self.decision.go):
                 t = self.target_files.get(path)
                 rows.append(("delete", path, t.size if t else None, None))

@@ -6,8 +6,7 @@ the source folder itself, reconciles (source scan + target listing) at start and
 `rescan` or else folds the hints into the plan (chains.py), and, inside the job's windows,
 runs a round of transfers (rounds.py) until nothing more can start. Failures go to the
 failure policy (trouble.py), the account of the work to report.py, the bin, free space and
-scheduled verifies to upkeep.py. `offsite sync` without an agent runs the same turn in its
-own thread.
+scheduled verifies to upkeep.py. `offsite sync` without an agent runs the same turn.
 
 Work is proportional to what changed: the plan is kept per chain, and only the chains whose
 files changed (at the source, or on the target by our own deletions and by a monthly that
@@ -127,9 +126,10 @@ class JobRunner:
             looked=self.looked, last_sync=self.last_sync, last_success=self.last_success,
             held_deletes=decision.held, held_reason=decision.reason, waiting_files=self.plan.waiting,
             changed_files=len(self.plan.changed), unreadable=self._unreadable(),
-            bin_bytes=self.tally.bin_bytes, bin_files=self.tally.bin_files,
+            bin_bytes=self.tally.bin_bytes, bin_files=self.tally.bin_files, lock=self.upkeep.lock,
             transfer=self.tally.transfer(tasks, time.monotonic()), free_bytes=self.upkeep.free_bytes,
-            counters=dict(self.tally.counters), newest_source=self.plan.newest_source, target=self.where)
+            counters=dict(self.tally.counters), newest_source=self.plan.newest_source, target=self.where,
+            restorable=self.plan.points, flow=self.plan.flow.copy())
 
     def status(self, now: dt.datetime, live: Live | None = None) -> dict:
         return report.status(self.job, self.queue.summary(self.job.name), self.queue.oldest_upload(self.job.name),
@@ -141,10 +141,10 @@ class JobRunner:
 
     def remember(self) -> None:
         """Leave what status without an agent cannot know (not via live(): it samples the rate)."""
-        d, tally = self.plan.decision, self.tally
+        d, tally, points = self.plan.decision, self.tally, report.remembered(self.plan.refresh())
         self._known = report.remember(self.state, self.job.name, self._known, owner=self.sessions.owner,
                                       error=self.trouble.error, held_deletes=d.held, held_reason=d.reason,
-                                      bin_bytes=tally.bin_bytes, bin_files=tally.bin_files)
+                                      bin_bytes=tally.bin_bytes, bin_files=tally.bin_files, restorable=points)
 
     def _unreadable(self) -> dict[str, str]:
         """Source folders and files that fail to read: relative path ("" the source) -> error."""

@@ -2,25 +2,33 @@
 
 A collector reads the agent's latest status (the same one `offsite status` shows) at each
 scrape, so the numbers on a dashboard and on a terminal never disagree; prometheus_client
-serves them, with its process metrics, from its own thread.
+makes them, with its process metrics. One threaded HTTP server answers at the address:
+`/metrics` the metrics (prometheus_client's own WSGI app), `/` the status page (page.py), read
+only (GET and HEAD), and 404 anything else.
 """
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Callable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from .. import __version__
 from ..alerts import NAMES as ALERTS
 from ..errors import ConfigError
+from . import page
+from .report import epoch
 
 log = logging.getLogger(__name__)
 STATES = ("starting", "idle", "syncing", "waiting", "paused", "error")
@@ -76,6 +84,26 @@ class Collector:
             if j.get("last_success_ts") is not None:
                 g.add_metric([j["name"]], j["last_success_ts"])
         yield g
+        for name, key, doc in (
+            ("offsite_inflow_bytes_per_day", "inflow_bytes_per_day",
+             "bytes of new backup files a day at the source, over the last 7 days"),
+            ("offsite_catch_up_seconds", "catch_up_seconds",
+             "time to send what waits at the last 24 hours' outflow (absent while nothing went)"),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["job"])
+            for j in jobs:
+                got = (j.get("backlog") or {}).get(key)
+                if got is not None:
+                    g.add_metric([j["name"]], got)
+            yield g
+        g = GaugeMetricFamily("offsite_restorable_timestamp_seconds",
+                              "when the newest point restorable from the offsite copy alone was taken, per volume "
+                              "or backup definition (absent while none is)", labels=["job", "chain"])
+        for j in jobs:
+            for r in j.get("restorable") or []:
+                if r.get("time"):
+                    g.add_metric([j["name"], r["chain"]], epoch(r["time"]) or 0)
+        yield g
         a = GaugeMetricFamily("offsite_alert_active", "1 while the alert holds", labels=["job", "alert"])
         for j in jobs:
             active = {x["name"] for x in j.get("alerts", [])}
@@ -99,9 +127,53 @@ def serve(address: str, snapshot: Callable[[], dict]):
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     registry.register(Collector(snapshot))  # type: ignore[arg-type]
+    host = host.strip("[]")
     try:
-        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
+                                                       flags=socket.AI_PASSIVE)[0]
+        server_class = type("Server", (ThreadingWSGIServer,), {"address_family": family})
+        server: ThreadingWSGIServer = make_server(str(sockaddr[0]), int(port), app(registry, snapshot),
+                                                  server_class, Quiet)
     except OSError as e:
         raise ConfigError(f"cannot serve metrics at {address} ({e.strerror or e})") from None
-    log.info("metrics served at http://%s/metrics", address)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics served at http://%s/metrics, the status page at http://%s/", address, address)
     return server
+
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Requests are not logged."""
+
+
+def app(registry: CollectorRegistry, snapshot: Callable[[], dict]) -> Callable:
+    """The WSGI application: the metrics at /metrics, exactly as prometheus_client serves
+    them, the status page at / (and /index.html); read only."""
+    metrics = make_wsgi_app(registry)
+
+    def answer(environ: dict, start_response: Callable) -> list[bytes]:
+        path, method = environ.get("PATH_INFO") or "/", environ.get("REQUEST_METHOD", "GET")
+        if path == "/metrics":
+            if method != "HEAD":
+                return metrics(environ, start_response)
+            seen: list = []
+            body = b"".join(metrics({**environ, "REQUEST_METHOD": "GET"}, lambda s, h, *_: seen.extend((s, h))))
+            start_response(seen[0], seen[1] + [("Content-Length", str(len(body)))])
+            return [b""]
+        if path not in ("/", "/index.html"):
+            status, headers, body = "404 Not Found", [("Content-Type", "text/plain; charset=utf-8")], b"not found\n"
+        elif method not in ("GET", "HEAD"):
+            status, headers = "405 Method Not Allowed", [("Content-Type", "text/plain; charset=utf-8"),
+                                                          ("Allow", "GET, HEAD")]
+            body = b"the status page is read only: GET or HEAD\n"
+        else:
+            try:
+                status, headers, body = "200 OK", list(page.HEADERS), page.render(snapshot()).encode()
+            except Exception:  # a bug in the page must not stop the agent, nor the metrics
+                log.exception("unexpected error while rendering the status page")
+                status, headers = "500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8")]
+                body = b"the status page failed: see the agent's log\n"
+        start_response(status, headers + [("Content-Length", str(len(body)))])
+        return [b"" if method == "HEAD" else body]
+
+    return answer

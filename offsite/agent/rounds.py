@@ -175,6 +175,7 @@ class Round:
                  "; its previous copy went to the bin" if task.replaces and task.keep_deleted else "")
         self.trouble.healthy()
         self.plan.published(path, task.size, task.mtime_ns, task.md5)
+        self.plan.refresh(now.mono)
         return False
 
     def _deleted(self, task: Task, _e: Exception | None, now: Now) -> bool:

@@ -54,7 +54,7 @@ class Agent:
         self.queue: WorkQueue | None = None
         self.watch: Watch | None = None
         self._metrics = None  # the metrics HTTP server
-        self._snapshot: dict = {"jobs": []}  # the last status, for metrics
+        self._snapshot: dict = {"jobs": []}  # the last status, for the metrics and the status page
         self._sizes = (0.0, 0, 0)  # (monotonic when measured, state bytes, queue rows)
 
     # -- signals only set flags
@@ -289,7 +289,7 @@ class Agent:
             "written": now.isoformat(timespec="seconds"),
         }
         self._snapshot = {"jobs": jobs, "agent_alerts": agent_alerts, "state_bytes": self._sizes[1],
-                          "queue_rows": self._sizes[2]}
+                          "queue_rows": self._sizes[2], "agent": data["agent"], "written": data["written"]}
         try:
             self.state.write_json("status.json", data)
         except OffsiteError as e:

@@ -1,7 +1,8 @@
 """A job's looks after its target besides sending: the bin (its size for status, and days
 older than `keep_deleted` purged), the target's free space (for the `target-space` alert),
-and the scheduled verify (`verify_every`). The job's coordinator calls these with the time
-of its turn; each takes an open target session.
+the scheduled verify (`verify_every`) and, with `object_lock_days`, the lock canary (the
+`lock-not-enforced` alert). The job's coordinator calls these with the time of its turn; each
+takes an open target session.
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import threading
 
 from ..config import Job
 from ..errors import OffsiteError
+from ..lockproof import last as last_lock
+from ..lockproof import record as record_lock
 from ..state import Hashes, StateDir
 from ..targets import Target
 from ..verify import last, record, verify
-from .report import Tally, epoch
+from .report import Tally, epoch, iso
 from .throttle import Throttle
 from .transfer import Sessions
 
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 
 SPACE_EVERY = 300.0  # seconds between looks at the target's free space, besides reconciliations
 VERIFY_SAMPLE = 10.0  # percent of the copy a scheduled verify (verify_every) reads back
+LOCK_EVERY = 86400.0  # seconds from a lock canary that held to the next (object_lock_days)
+LOCK_RETRY = 3600.0  # seconds from one that did not hold, or got no answer, to the next
 
 
 class Upkeep:
@@ -32,6 +37,13 @@ class Upkeep:
         self.free_bytes: int | None = None  # on the target, where the protocol tells
         self._free_at = 0.0  # next look at the target's free space (monotonic)
         self._verify_at: float | None = None  # next scheduled verify (epoch seconds), once known
+        # The last lock canary, as lock.json keeps it (read at start: an alert it raised holds
+        # through a restart), and the next one (epoch seconds): a day after one that held, an
+        # hour after one that did not, at the first look when none was made on this target.
+        self.lock: dict | None = last_lock(state, job)
+        checked = epoch(self.lock["checked"]) if self.lock else None
+        self._lock_at = 0.0 if self.lock is None or checked is None else (
+            checked + (LOCK_EVERY if self.lock["ok"] else LOCK_RETRY))
 
     def turn(self, sessions: Sessions, mono: float, now: dt.datetime, may_verify: bool, listed: bool) -> None:
         """After a round: a scheduled verify when due and `may_verify` (inside the window), a
@@ -44,6 +56,9 @@ class Upkeep:
         if self.space_due(mono) and listed:
             with sessions.session() as target:
                 self.look_at_space(target, mono)
+        if listed and self.lock_due(now) and not self.stopping.is_set():
+            with sessions.session() as target:
+                self.prove_lock(target, now)
 
     # ---------------------------------------------------------------- the bin
     def tend_bin(self, target: Target, now: dt.datetime) -> None:
@@ -103,3 +118,25 @@ class Upkeep:
         (log.error if result["mismatches"] else log.info)(
             "job %s: verified %d file(s) on the target (%d bytes read): %s", self.job.name, result["files_checked"],
             result["bytes_read"], "; ".join(f"{m['path']} {m['problem']}" for m in result["mismatches"]) or "all good")
+
+    # ---------------------------------------------------------------- the lock canary
+    def lock_due(self, now: dt.datetime) -> bool:
+        """Is a lock canary due (only with object_lock_days)?"""
+        return bool(self.job.location.options.get("object_lock_days")) and now.timestamp() >= self._lock_at
+
+    def prove_lock(self, target: Target, now: dt.datetime) -> None:
+        """The lock canary (s3_lock.py): its result kept in lock.json, for status and the
+        lock-not-enforced alert; no answer leaves the last result as it was."""
+        try:
+            problem = target.lock_canary()
+        except OffsiteError as e:
+            self._lock_at = now.timestamp() + LOCK_RETRY
+            log.warning("job %s: the lock canary got no answer (%s); trying again in an hour", self.job.name, e)
+            return
+        self.lock = record_lock(self.state, self.job, str(iso(now)), problem)
+        self._lock_at = now.timestamp() + (LOCK_RETRY if problem else LOCK_EVERY)
+        if problem:
+            log.error("job %s: the object lock does not hold: %s", self.job.name, problem)
+        else:
+            log.info("job %s: the object lock holds: the store refused to overwrite, delete or unlock the lock "
+                     "canary", self.job.name)

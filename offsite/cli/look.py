@@ -17,6 +17,7 @@ from ..errors import (
     EXIT_OK,
     OffsiteError,
     OwnerMismatch,
+    PermanentError,
     UsageError,
 )
 from ..owner import check_owner
@@ -44,7 +45,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     results, failed = [], False
     for job in jobs:
         line = {"job": job.name, "target": job.location.describe() + f" folder {job.folder}",
-                "ok": False, "owner": "unknown", "error": None}
+                "ok": False, "owner": "unknown", "error": None, "lock": None}
         try:
             target = make_target(job)
             target.open()
@@ -55,6 +56,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                 except OwnerMismatch:
                     line["owner"] = "mismatch"
                     raise
+                if job.location.options.get("object_lock_days"):  # the lock canary (s3_lock.py)
+                    problem = target.lock_canary()
+                    line["lock"] = {"ok": problem is None, "problem": problem}
+                    if problem:
+                        raise PermanentError(f"the object lock does not hold (lock-not-enforced): {problem}")
             finally:
                 target.close()
             line["ok"] = True
@@ -65,7 +71,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not args.json:
             if line["ok"]:
                 owner = {"ok": "owner ID ok", "unset": "owner ID not written yet"}[str(line["owner"])]
-                print(f"{job.name}: ok: {line['target']} ({owner})")
+                lock = ", object lock holds" if line["lock"] else ""
+                print(f"{job.name}: ok: {line['target']} ({owner}{lock})")
             else:
                 print(f"{job.name}: FAILED: {line['target']}: {line['error']}")
     if args.json:
@@ -113,6 +120,22 @@ def cmd_status(args: argparse.Namespace) -> int:
             eta = f", {format_duration(t['eta'])} left" if t.get("eta") is not None else ""
             print(f"  sending {t['path']}: {format_bytes(t['done'])} of {format_bytes(t['total'])} "
                   f"({pct:.0f}%){rate}{eta}")
+        b = j.get("backlog")
+        if b and (b["pending_bytes"] or any(d["inflow_bytes"] or d["outflow_bytes"] for d in b["days"])):
+            days = ", ".join(f"{d['date'][5:]} {format_bytes(d['inflow_bytes'])}/{format_bytes(d['outflow_bytes'])}"
+                             for d in b["days"])
+            print(f"  backlog: {b['forecast']}; in {format_bytes(b['inflow_bytes_per_day'])}/day (7 days), "
+                  f"out {format_bytes(b['outflow_bytes_per_day'])}/day (24 h)")
+            print(f"    in/out by day: {days}")
+        for r in j.get("restorable") or []:
+            when = ("nothing restorable offsite yet" if not r["point"] else f"{r['point']} (its time is not known)"
+                    if r["time"] is None else f"{r['point']} of {r['time']}, {format_duration(r['age_seconds'])} old")
+            base = "" if r.get("base_offsite", True) else " (its base is not replicated: taken as seeded)"
+            missing = f"; the newest point at the source waits for {r['missing']}" if r.get("missing") else ""
+            print(f"  restorable {r['chain']}: {when}{base}{missing}")
+        lock = j.get("lock")
+        if lock:
+            print(f"  object lock: {'holds' if lock['ok'] else 'DOES NOT HOLD'} (lock canary of {lock['checked']})")
         for x in j.get("alerts") or []:
             print(f"  ALERT {x['name']} since {x['since']}: {x['message']}")
         if j.get("error"):

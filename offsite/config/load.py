@@ -275,7 +275,8 @@ class _Parser:
             include_intra_daily=o["include_intra_daily"], replicate_base=o["replicate_base"],
             mirror_deletes=o["mirror_deletes"], max_deletes=o["max_deletes"], family=o["family"],
             bandwidth=o["bandwidth"], windows=self.windows(raw.get("windows"), f"{key}.windows"),
-            transfers=o["transfers"], streams=o["streams"], max_lag=o["max_lag"], max_pending_files=o["max_pending_files"],
+            transfers=o["transfers"], streams=o["streams"], max_lag=o["max_lag"], max_rpo=o["max_rpo"],
+            max_pending_files=o["max_pending_files"],
             max_pending_bytes=o["max_pending_bytes"], inactive_after=o["inactive_after"], min_free=o["min_free"],
             verify_every=o["verify_every"], keep_deleted=o["keep_deleted"],
         )

@@ -100,6 +100,7 @@ class Job:
     transfers: int | None = JOB_OPTIONS["transfers"].value  # None: the agent's
     streams: int | None = JOB_OPTIONS["streams"].value  # None: the agent's
     max_lag: float | None = JOB_OPTIONS["max_lag"].value
+    max_rpo: float | None = JOB_OPTIONS["max_rpo"].value
     max_pending_files: int | None = JOB_OPTIONS["max_pending_files"].value
     max_pending_bytes: int | None = JOB_OPTIONS["max_pending_bytes"].value
     inactive_after: float | None = JOB_OPTIONS["inactive_after"].value

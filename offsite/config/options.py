@@ -102,8 +102,8 @@ AGENT_OPTIONS: dict[str, Opt] = {
                      help="how long transient failures are retried before the item is parked until the "
                           "next rescan"),
     "metrics": Opt(hostport, None, shown="absent",
-                   help="`host:port` where Prometheus metrics are served (`/metrics`; see \"Telling the "
-                        "operator\")"),
+                   help="`host:port` where Prometheus metrics (`/metrics`) and the status page (`/`) are "
+                        "served (see \"Telling the operator\")"),
 }
 
 # Options of each target type (`[locations.NAME]` or a job's inline `target`).
@@ -199,6 +199,9 @@ JOB_OPTIONS: dict[str, Opt] = {
     # Alert thresholds (SPEC section 6); "off" disables one.
     "max_lag": Opt(off_or(duration(1)), "26h",
                    help="alert `lag` when the oldest file not yet offsite is older than this (`off` disables)"),
+    "max_rpo": Opt(off_or(duration(1)), "off",
+                   help="alert `restorable` when a volume's newest point restorable from the offsite copy alone "
+                        "is older than this (`off` disables)"),
     "max_pending_files": Opt(off_or(count), "off", help="alert `queue` past this many files"),
     "max_pending_bytes": Opt(off_or(parse_size), "off",
                              help="alert `queue` past this many bytes (`\"500GB\"`, `\"2TiB\"`)"),

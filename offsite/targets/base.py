@@ -221,6 +221,13 @@ class Target(abc.ABC):
         answers None instead."""
         return None
 
+    def lock_canary(self) -> str | None:
+        """Prove that the object lock the location claims (`object_lock_days`) holds: write a
+        canary locked for a day and try to overwrite, delete and unlock it (s3_lock.py).
+        None: the store refused it all; else one sentence naming the store and what it
+        allowed. TransientError: no answer. A target with no object lock: PermanentError."""
+        raise PermanentError(f"{self.describe()} has no object lock to prove")
+
     @abc.abstractmethod
     def tidy(self, keep: Collection[str]) -> None:
         """Remove every staged upload (S3: and multipart upload) of a file not in `keep` (the

@@ -30,6 +30,7 @@ from ..selection import RemoteFile
 from .base import AGENT_DIR, BIN_DIR, OWNER_FILE, PROBE_NAME, Progress, cause, check_relpath
 from .s3_bin import S3Bin
 from .s3_bucket import Bucket
+from .s3_lock import CANARY, prove
 from .s3_multipart import MAX_PARTS, MIN_PART, PARALLEL_PARTS, Multipart, part_size
 
 __all__ = ["MAX_PARTS", "MIN_PART", "S3Target", "part_size"]
@@ -190,6 +191,9 @@ class S3Target(S3Bin):
 
     def delete(self, relpath: str) -> None:
         self.store.delete(self.root + check_relpath(relpath), relpath)  # missing: fine
+
+    def lock_canary(self) -> str | None:
+        return prove(self.store, self.agent + CANARY, self.describe())
 
     def probe(self) -> None:
         tmp, final = self.agent + PROBE_NAME + ".tmp", self.agent + PROBE_NAME

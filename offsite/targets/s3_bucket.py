@@ -208,12 +208,13 @@ class Bucket:
         r = self.call(key, self.client.get_object, missing_ok=True, Bucket=self.name, Key=key)
         return None if r is None else r["Body"].read()
 
-    def put(self, key: str, data: bytes, md5: str | None = None, **extra) -> None:
+    def put(self, key: str, data: bytes, md5: str | None = None, **extra) -> dict:
         """One PUT with its Content-MD5, which the server checks: size and bytes are proven.
         `md5` (hex): the MD5 of `data` known already (a file's, as read from the source),
-        so the bytes are not hashed twice; a wrong one is refused (BadDigest: TransientError)."""
+        so the bytes are not hashed twice; a wrong one is refused (BadDigest: TransientError).
+        Returns the store's answer (its VersionId, where it keeps versions)."""
         digest = bytes.fromhex(md5) if md5 else hashlib.md5(data).digest()
-        self.call(key, self.client.put_object, Bucket=self.name, Key=key, Body=data,
+        return self.call(key, self.client.put_object, Bucket=self.name, Key=key, Body=data,
                   ContentMD5=base64.b64encode(digest).decode(), **self.sse(), **extra)
 
     def head(self, key: str) -> dict | None:
