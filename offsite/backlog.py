@@ -27,6 +27,13 @@ BEHIND_DAYS = 3
 DAY = 86400.0
 
 
+def _count(x: object) -> int:
+    """A count as flow.json keeps it: a whole number, not negative."""
+    if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+        raise ValueError(x)
+    return x
+
+
 def _hour(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H")
 
@@ -45,11 +52,15 @@ class Flow:
         """The record as flow.json keeps it (`saved`), or a new one from `now`."""
         if isinstance(saved, dict):
             try:
-                return cls(float(saved["since"]), {str(k): [int(v[0]), int(v[1]), int(v[2])]
-                                                   for k, v in saved["hours"].items()},
-                           {str(k): [int(v[0]), int(v[1])] for k, v in saved.get("pending", {}).items()},
-                           bool(saved.get("caught_up")))
-            except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+                since = float(saved["since"])
+                if not 0 <= since <= now.timestamp() + DAY:  # NaN, infinite, or not a time of ours
+                    raise ValueError(since)
+                hours = {str(k): [_count(x) for x in v[:3]] for k, v in saved["hours"].items()}
+                pending = {str(k): [_count(x) for x in v[:2]] for k, v in saved.get("pending", {}).items()}
+                if any(len(v) != 3 for v in hours.values()) or any(len(v) != 2 for v in pending.values()):
+                    raise ValueError("short entry")
+                return cls(since, hours, pending, saved.get("caught_up") is True)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError):
                 pass  # damaged or from another version: begin again
         return cls(now.timestamp())
 

@@ -12,12 +12,17 @@ chain's base to it, and the chain's `.spk` when the chain is encrypted. An image
 points since the previous image of its level or above (design, from ImageManager's
 consolidation: a daily absorbs the intra-dailies since the previous daily, a weekly the
 dailies since the previous weekly or monthly, a monthly those since the previous monthly, a
-rolling file the monthlies before it); an original incremental covers the step from the
-point before it, an old-style differential (`-dNNN-i000`) the points since the base. The
-previous image is looked for among every image of the chain known at the source or on the
+rolling file the monthlies before it); an original incremental covers one step (incrementals
+are numbered one after another: `-i007` needs point 6, whatever file holds it), an old-style
+differential (`-dNNN-i000`) the points since the base. An image known only by its `.md5` is
+a link no side holds. The previous image is looked for among every image of the chain known at the source or on the
 target, so a link that ImageManager has consolidated away and the job mirrored is not asked
-for. With `replicate_base = false` the base is taken as offsite (seeded by a shipped disk):
-`base_offsite` says so.
+for. That relies on ImageManager's lifecycle: a consolidated file (daily, weekly, monthly) is
+removed only once a file of a higher level absorbed it, and monthlies are kept; a daily that
+came and went while no one looked, with nothing known that absorbed it, cannot be told from
+names (design, noted). With `replicate_base = false` the base is taken as offsite (seeded by
+a shipped disk): `base_offsite` says so. Whether a file on the target is complete (its size
+as sent) is the caller's `on_target`.
 
 Macrium (section 3): the newest increment of a set whose files, and those of every earlier
 increment (split files included), are all on the target, with the repository's information
@@ -25,7 +30,7 @@ file when the source has one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
 from .backupfiles import REPOSITORY_INFO, BackupFile, Level, Role, classify
@@ -43,6 +48,18 @@ class Point:
 
     def age(self, now: float) -> float | None:
         return None if self.time is None else round(max(0.0, now - self.time), 1)
+
+
+def points_of(saved: object) -> list[Point]:
+    """Restorable points as known.json keeps them (agent/report.py `remembered`), read back."""
+    out = []
+    for x in saved if isinstance(saved, list) else ():
+        try:
+            out.append(Point(str(x["chain"]), x.get("point"), x.get("time"), x.get("missing"),
+                             bool(x.get("base_offsite", True))))
+        except (TypeError, KeyError, AttributeError):
+            continue  # written by another version: left out, the next look writes it again
+    return out
 
 
 def label(f: BackupFile) -> str:
@@ -89,7 +106,14 @@ class _Chain:
         return self.images[stem][0].point
 
     def finish(self) -> None:
-        """Each image's start, and the images by point: one pass in chain order."""
+        """Each image's start, and the images by point: one pass in chain order. An image
+        known only by its `.md5` (consolidated away, or lost) is a link too: one that no side
+        holds, so a point past it is not restorable and `missing` names it."""
+        for stem, md5 in self.md5.items():
+            if stem not in self.images:
+                ext = ".spf" if md5.level is Level.BASE else ".spi"
+                self.images[stem] = [replace(md5, path=md5.path.rsplit(".", 1)[0] + ext, role=Role.IMAGE,
+                                             key=(*md5.key[:3], int(Role.IMAGE), 0))]
         self.starts: dict[str, tuple[int, int]] = {}
         self.at: dict[tuple[int, int], list[str]] = {}
         last = {lv: ZERO for lv in Level}  # the newest point before this one at each level or above
@@ -105,8 +129,12 @@ class _Chain:
                 pending = []
             pending.append(stem)
             self.at.setdefault(p, []).append(stem)
-            old_differential = p[1] == 0 and p[0] > 0 and lv is Level.INTRA
-            self.starts[stem] = ZERO if lv is Level.BASE or old_differential else last[lv]
+            if lv is Level.BASE or (lv is Level.INTRA and p[1] == 0):  # an old-style differential: from the base
+                self.starts[stem] = ZERO
+            elif lv is Level.INTRA:  # incrementals are numbered one after another: the step before
+                self.starts[stem] = (p[0], p[1] - 1)
+            else:
+                self.starts[stem] = last[lv]
 
     def start(self, stem: str) -> tuple[int, int]:
         """The point an image's restore starts from: what it covers begins after it."""

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 
+import pytest
 from conftest import finished_file, wait_until
 
 from offsite.backlog import Flow, forecast, open_hours_per_day
@@ -94,6 +95,28 @@ def test_a_damaged_record_starts_again():
     assert Flow.of(None, NOW).hours == {}
     kept = behind_flow(1, 0, [1, 2, 3])
     assert Flow.of(json.loads(json.dumps(kept.saved())), NOW) == kept
+
+
+@pytest.mark.parametrize("since", [1e20, -1e12, "nan", "inf", None])
+def test_a_record_no_agent_could_have_written_starts_again(since):
+    """Found by the attack on issue 18: `since` 1e20 passed and the forecast raised (status
+    and the agent's start failed on it)."""
+    flow = Flow.of({"since": since, "hours": {}}, NOW)
+    assert flow.since == NOW.timestamp() and forecast(flow, GB, NOW).text
+    assert Flow.of({"since": 0, "hours": {"2026-12-02T01": [0, -5000, 100]}}, NOW).hours == {}
+    assert Flow.of({"since": 0, "hours": {}, "caught_up": "false"}, NOW).caught_up is False
+
+
+def test_a_damaged_record_does_not_stop_the_agent(site, start_agent):
+    site.config()
+    site.state.mkdir(parents=True, exist_ok=True)
+    (site.state / "flow.json").write_text(json.dumps({"job1": {"since": 1e20, "hours": {}}}))
+    dailies(site, 2, 1000)
+    agent = start_agent()
+    wait_until(lambda: len(site.target_files()) == 2, what="the files sent")
+    assert site.offsite("status").returncode == 0 and backlog(site)["forecast"] == "nothing waiting"
+    assert "Traceback" not in agent.output()
+    assert agent.stop() == 0
 
 
 # ---------------------------------------------------------------- the real agent

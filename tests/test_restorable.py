@@ -125,6 +125,30 @@ def test_macrium_needs_the_repository_information_file():
     assert repository_info(SET, GUID) is None
 
 
+def test_an_incremental_needs_the_one_numbered_before_it_whoever_knows_of_it():
+    # i002 is on neither side (lost, or never seen): i003 cannot be restored (attack, issue 18).
+    files = with_md5("C_VOL-b001.spf", "C_VOL-b001-i001.spi", "C_VOL-b001-i003.spi")
+    p = restorable(files, files, mode="intra-daily-only")
+    assert p.point == "C_VOL-b001-i001.spi" and p.missing is None  # nothing the job could still send
+    # after a daily that absorbed them, the next incremental starts at the daily's point
+    files = with_md5("C_VOL-b001.spf", "C_VOL-b001-i005-cd.spi", "C_VOL-b001-i006.spi")
+    assert restorable(files, files, mode="all").point == "C_VOL-b001-i006.spi"
+
+
+def test_an_image_known_only_by_its_md5_is_a_link_no_one_holds():
+    files = with_md5("C_VOL-b001.spf", "C_VOL-b001-i020-cd.spi") + ["C_VOL-b001-i010-cd.md5"]
+    p = restorable(files, files)
+    assert p.point == "C_VOL-b001.spf" and p.missing == "C_VOL-b001-i010-cd.spi"
+
+
+def test_old_style_differentials_start_at_the_base_and_their_incrementals_need_them():
+    files = with_md5("C_VOL-b001.spf", "C_VOL-b001-d001-i000.spi", "C_VOL-b001-d001-i001.spi",
+                     "C_VOL-b001-d002-i000.spi")
+    target = [f for f in files if "d001-i000" not in f]
+    p = restorable(files, target, mode="intra-daily-only")
+    assert p.point == "C_VOL-b001-d002-i000.spi"  # the second differential needs only the base
+
+
 def test_the_alert_names_each_volume_past_max_rpo_and_not_one_whose_age_is_unknown():
     import datetime as dt
 
@@ -216,3 +240,34 @@ def test_restorable_points_follow_imagemanager_stop_at_a_failed_link_and_alert(s
     offline = site.job_status()["restorable"]
     assert [(r["chain"], r["point"], r["missing"]) for r in offline] == [
         ("C_VOL", "C_VOL-b001-i002-cd-cw.spi", "C_VOL-b001-i003-cd.spi")]
+
+
+def test_a_copy_cut_short_on_the_target_is_not_a_link(site, start_agent):
+    """Found by the attack on issue 18: the rule looked at names only."""
+    site.config()
+    image(site, "C_VOL-b001.spf", age=3 * 3600)
+    image(site, "C_VOL-b001-i001-cd.spi", age=2 * 3600)
+    agent = start_agent()
+    wait_until(lambda: point(site)["point"] == "C_VOL-b001-i001-cd.spi", timeout=90, what="sent")
+    assert agent.stop() == 0
+    copy = site.target / "C_VOL-b001-i001-cd.spi"
+    copy.write_bytes(copy.read_bytes()[:1000])  # damaged on the target
+    agent = start_agent()
+    wait_until(lambda: point(site)["point"] == "C_VOL-b001.spf", timeout=90, what="the point back at the base")
+    assert point(site)["missing"] == "C_VOL-b001-i001-cd.spi"
+    assert agent.stop() == 0
+
+
+def test_a_start_with_the_target_unplugged_keeps_what_was_restorable(site, start_agent):
+    """Found by the attack on issue 18: the points were forgotten until the first look."""
+    site.config()
+    image(site, "C_VOL-b001.spf")
+    agent = start_agent()
+    wait_until(lambda: point(site)["point"] == "C_VOL-b001.spf", timeout=90, what="sent")
+    assert agent.stop() == 0
+    site.location.rename(site.root / "unplugged")
+    agent = start_agent()
+    wait_until(lambda: site.job_status()["state"] in ("error", "paused"), timeout=60, what="the target missed")
+    assert point(site)["point"] == "C_VOL-b001.spf"  # while the agent runs
+    assert agent.stop() == 0
+    assert point(site)["point"] == "C_VOL-b001.spf"  # and after

@@ -24,7 +24,7 @@ from ..backupfiles import Role, classify
 from ..config import Job
 from ..deletions import WINDOW, Decision
 from ..queue import CHANGED, QueueItem, WorkQueue
-from ..restorable import Point
+from ..restorable import Point, points_of
 from ..selection import (
     MONTHLY_LEVELS,
     Plan,
@@ -66,7 +66,11 @@ class Planner:
         self._members: dict[tuple, set[str]] = {}  # group -> its paths at the source or on the target
         self._plans: dict[tuple, Plan] = {}
         self._points = Points(self.rules)  # each group's restorable point, until the group changes
-        self.points: list[Point] = []  # the latest restorable(), read by other threads (status)
+        # the latest restorable(), read by other threads (status); until the first look at the
+        # target, what the last runner knew (an unreachable target must not make them vanish)
+        known = state.read_json("known.json", {})
+        self.points: list[Point] = points_of((known.get(job.name) or {}).get("restorable")
+                                             if isinstance(known, dict) else None)
         self._points_at = float("-inf")
         # inflow, outflow and backlog by day, for the forecast (backlog.py); saved by refresh()
         self.flow = Flow.of(state.read_json("flow.json", {}).get(job.name), dt.datetime.now().astimezone())
@@ -216,7 +220,8 @@ class Planner:
         (`mono` given, while files are published) at most every POINTS_EVERY seconds, so a
         seeding does not look at a volume per file."""
         if mono is None or mono - self._points_at >= POINTS_EVERY:
-            self.points = self.restorable()
+            if self.target_files is not None:
+                self.points = self.restorable()
             self._points_at = time.monotonic() if mono is None else mono
             now, pending = dt.datetime.now().astimezone(), self.queue.summary(self.job.name)["pending_bytes"]
             self.flow.sending(pending > 0 and is_open(self.job.windows, now), now)

@@ -17,6 +17,7 @@ class Points:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
         self._by_group: dict[tuple, Point | None] = {}
+        self._infos: tuple = ()  # the repository information files, and whether each is on the target
 
     def forget(self, group: tuple | None = None) -> None:
         """A group changed (None: every group)."""
@@ -31,6 +32,10 @@ class Points:
         alone, by name."""
         infos = [p for g, paths in members.items() if g[0] == "macrium" for p in paths
                  if p.rsplit("/", 1)[-1].casefold() == REPOSITORY_INFO.casefold() and p in view.entries]
+        seen = tuple((p, p in target) for p in sorted(infos))
+        if seen != self._infos:  # an information file came or went: every definition's point may move
+            self._infos = seen
+            self._by_group = {g: p for g, p in self._by_group.items() if g[0] != "macrium"}
         out = []
         for g, paths in members.items():
             if g not in self._by_group:
@@ -42,6 +47,15 @@ class Points:
 
     def _point(self, g: tuple, paths: Collection[str], target: Mapping[str, RemoteFile], view: SourceView,
                sent: Mapping[str, Sent], infos: list[str]) -> Point | None:
+        def complete(p: str) -> bool:
+            """On the target with the size it was sent with (or, not sent by this agent, the
+            source's): a copy cut short or damaged there is not a link."""
+            there, was, at = target.get(p), sent.get(p), view.entries.get(p)
+            if there is None:
+                return False
+            want = was.size if was is not None else at.size if at is not None else None
+            return want is None or there.size == want
+
         times: dict[str, float] = {}
         for p in paths:
             e, s, r = view.entries.get(p), sent.get(p), target.get(p)
@@ -50,5 +64,5 @@ class Points:
                 times[p] = ns / 1e9
         files = [f for f in (classify(p, self.rules.family) for p in paths) if f is not None]
         info = repository_info(infos, g[1] if g[1] != "." else "") if g[0] == "macrium" else None
-        return of_group(paths, self.rules.family, target.__contains__, times, sender(files, self.rules),
+        return of_group(paths, self.rules.family, complete, times, sender(files, self.rules),
                         self.rules.replicate_base, info)

@@ -21,7 +21,7 @@ from ..config import Config, Job
 from ..errors import OffsiteError
 from ..lockproof import last as last_lock
 from ..queue import CHANGED, CORRUPT, QueueItem, oldest_upload, read_items, summary
-from ..restorable import Point
+from ..restorable import Point, points_of
 from ..state import StateDir
 from ..verify import last as last_verify
 from ..windows import is_open, next_opening
@@ -217,18 +217,6 @@ class Live:
                    held_deletes=known.get("held_deletes") or 0, held_reason=known.get("held_reason"),
                    bin_bytes=known.get("bin_bytes"), bin_files=known.get("bin_files") or 0, changed_files=changed,
                    restorable=points_of(known.get("restorable")))
-
-
-def points_of(saved: object) -> list[Point]:
-    """Restorable points as known.json keeps them (`remembered`), read back."""
-    out = []
-    for x in saved if isinstance(saved, list) else ():
-        try:
-            out.append(Point(str(x["chain"]), x.get("point"), x.get("time"), x.get("missing"),
-                             bool(x.get("base_offsite", True))))
-        except (TypeError, KeyError, AttributeError):
-            continue  # written by another version: left out, the next look writes it again
-    return out
 
 
 def remembered(points: list[Point]) -> list[dict]:
