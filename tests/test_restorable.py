@@ -271,3 +271,62 @@ def test_a_start_with_the_target_unplugged_keeps_what_was_restorable(site, start
     assert point(site)["point"] == "C_VOL-b001.spf"  # while the agent runs
     assert agent.stop() == 0
     assert point(site)["point"] == "C_VOL-b001.spf"  # and after
+
+
+# ---------------------------------------------------------------- a property, on simulated histories
+import datetime as dt  # noqa: E402
+import functools  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from imagemanager import ImageManager  # noqa: E402
+
+
+@functools.lru_cache(None)
+def history(days: int, hours: int) -> tuple[ImageManager, dict[str, int | None]]:
+    """An ImageManager history, and each image's true start (the point its restore needs
+    before it; None for the base), known by construction (after the attack's generator)."""
+    im = ImageManager(step=dt.timedelta(hours=hours))
+    im.start()
+    im.run(dt.timedelta(days=days))
+    starts: dict[str, int | None] = {}
+    last = {"daily": 0, "weekly": 0, "monthly": 0}
+    for path, kind in im.ever.items():  # in the order they were written
+        n = classify(path).point[1]
+        if kind == "base":
+            starts[path] = None
+        elif kind == "intra":
+            starts[path] = n - 1
+        else:
+            starts[path] = last[kind]
+            last[kind] = n
+            if kind == "monthly":
+                last["weekly"] = n
+    return im, starts
+
+
+def truly_restorable(path: str, starts: dict, target: set, memo: dict) -> bool:
+    if path not in memo:
+        memo[path] = False
+        s = starts[path]
+        memo[path] = path in target and path.rsplit(".", 1)[0] + ".md5" in target and (
+            s is None or any(classify(p).point[1] == s and (starts[p] is None) == (s == 0)
+                             and truly_restorable(p, starts, target, memo) for p in starts))
+    return memo[path]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(days=st.integers(1, 40), hours=st.sampled_from([3, 6]), data=st.data())
+def test_a_point_called_restorable_truly_is(days, hours, data):
+    """Whatever part of a history the target holds, the point the rule names is one whose
+    whole restore path (each image with its .md5) is on the target. What the target lacks is
+    known at the source (the agent saw it: the rule's premise, see restorable.py)."""
+    im, starts = history(days, hours)
+    ever = sorted(p for i in starts for p in (i, i.rsplit(".", 1)[0] + ".md5"))
+    keep = data.draw(st.lists(st.booleans(), min_size=len(ever), max_size=len(ever)))
+    target = {p for p, k in zip(ever, keep) if k}
+    paths = sorted(set(im.files) | set(ever))
+    times = {p: float(i) for i, p in enumerate(paths)}
+    p = of_group(paths, "shadowprotect", target.__contains__, times, lambda f: True)
+    if p is not None and p.point:
+        assert truly_restorable(p.point, starts, target, {}), p
