@@ -20,6 +20,9 @@ def to_stderr(level: str) -> None:
     # Libraries' chatter (a line per SSH connection) stays out of the agent's log.
     for noisy in ("paramiko", "botocore", "boto3", "smbprotocol", "spnego", "urllib3", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # paramiko's transport thread logs a failed handshake as ERROR lines holding a traceback;
+    # offsite reports the same failure itself, in one sentence.
+    logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL + 1)
     sys.unraisablehook = _unraisable
 
 

@@ -255,6 +255,7 @@ BAD = [
     ("[agent]\nstreams = 0\n" + GOOD_JOB, "agent.streams: must be a whole number from 1 to 16"),
     (GOOD_JOB + 'streams = "4"\n', "jobs[0].streams: must be a whole number from 1 to 16"),
     (GOOD_JOB + 'max_lag = "soon"\n', "jobs[0].max_lag: must be a duration"),
+    (GOOD_JOB + 'max_rpo = "weekly"\n', "jobs[0].max_rpo: must be a duration"),
     (GOOD_JOB + 'max_pending_files = -1\n', 'jobs[0].max_pending_files: must be "off" or a whole number of files'),
     (GOOD_JOB + 'max_pending_bytes = "lots"\n', 'jobs[0].max_pending_bytes: must be "off" or a size'),
     (GOOD_JOB + 'inactive_after = "0s"\n', "jobs[0].inactive_after: must be at least 1s"),

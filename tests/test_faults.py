@@ -395,7 +395,8 @@ def test_a_black_hole_pauses_the_job_raises_job_error_and_clears_when_the_link_i
     wait_until(lambda: (s := site.job_status())["alerts"] == [] and s["state"] == "idle", timeout=60,
                what="job-error to clear")
     assert "CLEARED job-error" in agent.output()
-    assert agent.stop() == 0
+    assert "Traceback" not in agent.output()  # paramiko's handshake failures among them
+    assert agent.stop(timeout=30) == 0  # a handshake into the black hole may still be timing out
 
 
 @pytest.mark.parametrize("kind", KINDS)
