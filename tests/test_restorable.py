@@ -330,3 +330,25 @@ def test_a_point_called_restorable_truly_is(days, hours, data):
     p = of_group(paths, "shadowprotect", target.__contains__, times, lambda f: True)
     if p is not None and p.point:
         assert truly_restorable(p.point, starts, target, {}), p
+
+
+def test_a_definitions_point_follows_its_repository_information_file():
+    """The information file is in another group than the definition (the repository's root):
+    its arrival on the target moves the definition's point without the definition changing."""
+    from types import SimpleNamespace
+
+    from offsite.agent.points import Points
+    from offsite.selection import RemoteFile, Rules
+
+    entries = {p: SimpleNamespace(size=10, mtime_ns=int(T0 * 1e9)) for p in [*SET, INFO]}
+    view = SimpleNamespace(entries=entries)
+    members = {("macrium", GUID.casefold()): set(SET), ("macrium", "repo"): {INFO}}
+    target = {p: RemoteFile(10) for p in SET}
+    points = Points(Rules(family="macrium"))
+    first = points.of(members, target, view, {})  # type: ignore[arg-type]
+    assert [(p.chain, p.point, p.missing) for p in first] == [(GUID, None, INFO)]
+    target[INFO] = RemoteFile(10)  # published; the definition's group did not change
+    assert [(p.point, p.missing) for p in points.of(members, target, view, {})] == [(SET[2], None)]  # type: ignore[arg-type]
+    target[SET[1]] = RemoteFile(3)  # a copy cut short on the target is not a link
+    points.forget(("macrium", GUID.casefold()))
+    assert [(p.point, p.missing) for p in points.of(members, target, view, {})] == [(SET[0], SET[1])]  # type: ignore[arg-type]
