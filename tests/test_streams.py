@@ -362,3 +362,45 @@ def test_a_write_the_server_refuses_is_never_taken_as_written(servers, tmp_path)
         t.close()
     finally:
         subprocess.run(["umount", "-l", str(top)], check=True)
+
+
+def test_a_refused_write_answered_out_of_order_is_not_lost():
+    """SFTP lets a server answer requests in any order. paramiko gives an answer that comes
+    before the one waited for to its request's owner, and drops it when the owner is nobody
+    (as the writes' owner was): a refused write answered early would have been lost. Here
+    paramiko's own reading code runs on scripted answers: write 2 refused, answered first."""
+    import threading
+
+    from paramiko import SFTPClient
+    from paramiko.message import Message
+    from paramiko.sftp import CMD_STATUS, SFTP_FAILURE, SFTP_OK
+
+    from offsite.targets.sftp_wire import Answers
+
+    def status(number: int, code: int) -> tuple[int, bytes]:
+        m = Message()
+        m.add_int(number)
+        m.add_int(code)
+        m.add_string("refused" if code else "ok")
+        m.add_string("")
+        return CMD_STATUS, m.asbytes()
+
+    class Server:
+        _lock = threading.Lock()
+        _expecting: dict = {}
+        packets = [status(2, SFTP_FAILURE), status(1, SFTP_OK)]
+        _read_response = SFTPClient._read_response
+        _convert_status = SFTPClient._convert_status
+
+        def _read_packet(self):
+            return self.packets.pop(0)
+
+        def _log(self, *args) -> None:
+            pass
+
+    sftp = Server()
+    answers = Answers(sftp)  # type: ignore[arg-type]
+    sftp._expecting.update({1: answers, 2: answers})
+    assert answers.wait(1) == CMD_STATUS
+    with pytest.raises(IOError, match="refused"):
+        answers.wait(2)

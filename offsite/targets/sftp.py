@@ -26,7 +26,7 @@ from ..errors import PermanentError, TargetFull, TransientError
 from .base import Progress, cause, chunk_size, md5_hex
 from .filesystem import Entry
 from .ranged import RangedTarget
-from .sftp_wire import send_write
+from .sftp_wire import Answers, send_write
 
 _SLOW_CIPHERS = ["aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]
 OPENSSH_REQUEST = 261120  # what OpenSSH's sftp-server advertises (limits@openssh.com)
@@ -226,7 +226,7 @@ class SftpTarget(RangedTarget):
             nonlocal refused
             sftp = self.conn
             dst = sftp.open(path, "wb" if truncate and not offset else "r+b")
-            pending: deque[int] = deque()  # WRITE requests sent, their answers not yet read
+            pending, answers = deque[int](), Answers(sftp)  # WRITE requests sent, their answers not yet read
             try:
                 if offset and truncate:
                     dst.truncate(offset)
@@ -238,11 +238,11 @@ class SftpTarget(RangedTarget):
                         raise TransientError(f"the source ended at {pos} of {size} bytes")
                     view = memoryview(data)
                     for at in range(0, len(data), piece):
-                        pending.append(send_write(sftp, dst, pos + at, view[at:at + piece]))
+                        pending.append(send_write(sftp, dst, pos + at, view[at:at + piece], answers))
                     pos += len(data)
                     progress(len(data))
                     while len(pending) > (IN_FLIGHT if pos < size else 0):  # after the last: every one
-                        if sftp._read_response(pending.popleft())[0] != CMD_STATUS:  # type: ignore[attr-defined]
+                        if answers.wait(pending.popleft()) != CMD_STATUS:
                             raise paramiko.SFTPError("expected a status for a write")
                 dst.close()
             except OSError:
