@@ -132,10 +132,11 @@ def backlog(site) -> dict:
 
 def test_the_forecast_comes_true_within_a_fifth(site, start_agent):
     site.config(agent='bandwidth = "300KB/s"')
-    dailies(site, 40, 150_000)  # 6 MB at 300 KB/s: 20 s
+    dailies(site, 60, 150_000)  # 9 MB at 300 KB/s: 30 s
     agent = start_agent()
-    # (0 before the first look has queued anything)
-    wait_until(lambda: 0 < backlog(site).get("pending_bytes", 0) <= 3.6e6, timeout=60, what="40% sent")
+    # Half sent (0 before the first look has queued anything): the start (sessions opening,
+    # 1-2 s on a loaded machine) weighs less in the rate measured so far.
+    wait_until(lambda: 0 < backlog(site).get("pending_bytes", 0) <= 4.5e6, timeout=90, what="half sent")
     b, asked = backlog(site), time.monotonic()
     assert b["catch_up_seconds"] and b["seeding"] and b["forecast"].startswith("about ")
     wait_until(lambda: backlog(site).get("pending_bytes") == 0, timeout=120, what="everything sent")

@@ -76,7 +76,8 @@ def test_queue_commands_without_an_agent(site):
 
 
 def test_plan_shows_uploads_and_deletions_without_doing_them(site):
-    site.config(job="include_intra_daily = true")
+    # settle 30 s: a process start on a loaded machine takes longer than the tests' usual 1 s
+    site.config(job="include_intra_daily = true", agent='settle = "30s"')
     finished_file(site.source / "C_VOL-b001.spf", 1000)
     (site.source / "C_VOL-b001-i002-cd.spi").write_bytes(b"growing")  # not settled
     (site.target).mkdir()
