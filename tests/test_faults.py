@@ -51,10 +51,11 @@ import botocore.config
 
 import offsite.targets.ftp as ftp
 import offsite.targets.sftp as sftp
+import offsite.targets.smb as smb
 
 T = float(os.environ["OFFSITE_TEST_TIMEOUT"])
-assert isinstance(ftp.TIMEOUT, float) and isinstance(sftp.TIMEOUT, float), "the targets' timeouts moved"
-ftp.TIMEOUT = sftp.TIMEOUT = T
+assert all(isinstance(m.TIMEOUT, float) for m in (ftp, sftp, smb)), "the targets' timeouts moved"
+ftp.TIMEOUT = sftp.TIMEOUT = smb.TIMEOUT = T
 _init = botocore.config.Config.__init__
 
 
@@ -246,7 +247,7 @@ SIZE = 48 * MiB  # on S3 a multipart upload of three 16 MiB parts
 CUT = 40 * MiB  # the fault strikes once this much went to the server: a restart would resend it
 # What resuming may send again: the chunk (the part, on S3) that was cut, and what was on its
 # way, in the socket buffers of a loopback link (some MiB), when the link failed.
-RESENT = {"sftp": 1 * MiB, "ftp": 1 * MiB, "s3": 16 * MiB}
+RESENT = {"sftp": 1 * MiB, "ftp": 1 * MiB, "s3": 16 * MiB, "smb": 4 * MiB}
 IN_FLIGHT = 8 * MiB
 NAME = "C_VOL-b001.spf"
 
@@ -584,3 +585,24 @@ def test_killed_after_a_mirrored_deletion_the_restart_finishes_the_others_once(r
     assert remote.binned() == gone  # each deleted file in the bin once, as it was
     assert remote.proxy.up_bytes - sent_before < 256 * 1024  # nothing uploaded again
     assert agent.stop() == 0
+
+
+def test_a_stalled_smb_request_is_given_up_and_retried_not_waited_for_for_ever(faulty, site, start_agent):
+    """smbprotocol waits for ever for an answer that does not come; offsite gives up after
+    smb.TIMEOUT (3 s here) and retries. The retry finds the file still open on the server
+    by the silent connection (a sharing violation): retried too, never a job error. (Publishing
+    needs the server to drop that connection, which this proxy never does: see the note.)"""
+    f = faulty("smb")
+    f.config('retry_for = "2m"')
+    f.proxy.stall(after=CUT)
+    agent = start_agent()
+    f.watcher.start()
+    f.proxy.tripped.wait(60)
+    assert f.proxy.tripped.is_set(), "the transfer never got that far"
+    wait_until(lambda: "Connection timeout of 3.0 seconds exceeded" in agent.output(), timeout=60,
+               what="the stalled request given up")
+    wait_until(lambda: "is still open on smb" in agent.output(), timeout=60, what="the retry")
+    st = site.job_status()
+    assert st["state"] != "error" and not [a for a in st["alerts"] if a["name"] == "job-error"], st
+    assert "Traceback" not in agent.output()
+    assert agent.stop(timeout=30) == 0

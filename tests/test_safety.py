@@ -380,7 +380,9 @@ def test_every_deletion_offsite_goes_through_the_bin(kind, servers, site, start_
     copy.put(".offsite/deleted/2020-01-01/old.spi", b"from long ago")  # past keep_deleted: purged
     agent = start_agent()
     good = source_files(site)
-    wait_until(lambda: copy.published() == good, timeout=60, what="the first copy")
+    # (Once in six full runs Samba dropped a request of a new connection at load 6: "client used
+    # more credits than granted"; the agent gives up on it after smb.TIMEOUT and goes on.)
+    wait_until(lambda: copy.published() == good, timeout=180, what="the first copy")
     for n in ("C_VOL-b001-i001.spi", "C_VOL-b001-i001.md5"):  # consolidated into the daily
         (site.source / n).unlink()
     wait_until(lambda: "C_VOL-b001-i001.spi" not in copy.published(), timeout=30, what="the mirrored deletion")

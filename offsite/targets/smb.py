@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any, BinaryIO, Callable, Mapping
 
 import smbclient
+from smbprotocol.connection import Connection
 from smbprotocol.exceptions import (
     SMBAuthenticationError,
     SMBException,
@@ -27,9 +28,33 @@ from .filesystem import Entry
 from .ranged import RangedTarget
 
 CHUNK = 4 * 1024 * 1024
+# Seconds the server's answer to one request may take. smbprotocol waits for ever when none
+# comes (a request the server dropped, a link that went silent): the transfer would hang, the
+# job "syncing" for good. A FLUSH of 128 MiB on a slow disk answers well inside this.
+TIMEOUT = 120.0
+
+
+def _answers_in_time() -> None:
+    """Give smbprotocol's wait for an answer a timeout where its caller (smbclient, for every
+    file operation) gives none; the SMBException it then raises is a broken connection to
+    `_call`. smbclient has no option for it, hence this wrapper (applied once)."""
+    real = Connection.receive
+    if getattr(real, "offsite_timeout", False):
+        return
+
+    def receive(self: Connection, request: Any, wait: bool = True, timeout: float | None = None,
+                resolve_symlinks: bool = True) -> Any:
+        return real(self, request, wait, TIMEOUT if timeout is None else timeout, resolve_symlinks)
+
+    receive.offsite_timeout = True  # type: ignore[attr-defined]
+    Connection.receive = receive  # type: ignore[method-assign]
+
+
+_answers_in_time()
 IN_FLIGHT = 4  # write requests sent and not yet answered
 _ACCESS_DENIED, _DISK_FULL, _LOGON_FAILURE = 0xC0000022, 0xC000007F, 0xC000006D
 _QUOTA = 0xC0000044
+_SHARING = 0xC0000043  # STATUS_SHARING_VIOLATION: a handle of a connection that broke is still open
 
 
 def parse_unc(path: str) -> tuple[str, str, str]:
@@ -125,6 +150,9 @@ class SmbTarget(RangedTarget):
                 raise TargetFull(f"the share {self.describe_server()} is full while writing {what}") from None
             if e.ntstatus == _ACCESS_DENIED:
                 raise PermanentError(f"permission denied on {what} on {self.describe_server()}") from None
+            if e.ntstatus == _SHARING:  # the server lets it go once it notices that connection is gone
+                raise TransientError(f"{what} is still open on {self.describe_server()} by a connection that "
+                                     f"broke") from None
             raise PermanentError(f"{what} failed on {self.describe_server()}: {e.strerror}") from None
         except SMBResponseException as e:  # an answer, not a broken connection: a write's status
             if e.status in (_DISK_FULL, _QUOTA):
