@@ -52,6 +52,16 @@ def opened_target(tmp_path: Path, opts: dict, job: str = ""):
     return t
 
 
+def locations_config(tmp_path: Path, locs: dict[str, dict]) -> Path:
+    """agent.toml with a location and a job on it for each of `locs` (name -> options)."""
+    text = "".join(toml_table(n, o) for n, o in locs.items())
+    text += "".join(f"[[jobs]]\nname = '{n}'\nsource = '{tmp_path / 'src'}'\nlocation = '{n}'\n" for n in locs)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f"[agent]\nstate_dir = '{tmp_path / 'state'}'\n" + text)
+    os.chmod(cfg, 0o600)
+    return cfg
+
+
 def finished_file(path: Path, size: int | None = None, data: bytes | None = None, age: float = 60) -> Path:
     """A backup file written `age` seconds ago (a minute: it has settled): random bytes, or `data`."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,7 @@
 """`offsite check` against real servers: each failure is one line that says which and where."""
 from __future__ import annotations
 
-import os
-
-from conftest import run_offsite, toml_table
+from conftest import locations_config, run_offsite
 from servers import PASSWORD, free_port
 
 
@@ -26,11 +24,7 @@ def test_each_failure_is_one_clear_line_and_no_secret_shows(servers, tmp_path):
         "missing-bucket": s3.missing_location(s3.new_location()),
         "read-only": ro,
     }
-    text = "".join(toml_table(n, o) for n, o in locs.items())
-    text += "".join(f"[[jobs]]\nname = '{n}'\nsource = '{tmp_path / 'src'}'\nlocation = '{n}'\n" for n in locs)
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(f"[agent]\nstate_dir = '{tmp_path / 'state'}'\n" + text)
-    os.chmod(cfg, 0o600)
+    cfg = locations_config(tmp_path, locs)
 
     r = run_offsite(cfg, "check")
     print(r.stdout)  # shown in the test log: what a user sees

@@ -273,6 +273,14 @@ class Faulty:
     def published(self) -> bool:
         return NAME in self.server.listing(self.loc)
 
+    def run_until_tripped(self, start_agent):
+        """The agent started on the job, the target watched, until the fault struck."""
+        agent = start_agent()
+        self.watcher.start()
+        self.proxy.tripped.wait(60)
+        assert self.proxy.tripped.is_set(), "the transfer never got that far"
+        return agent
+
     def finish(self) -> None:
         """The file is there whole, nothing is left staged, nothing was ever half-visible,
         and the bytes that went to the server are bounded: resumed, not sent again."""
@@ -317,10 +325,7 @@ def test_a_transfer_that_stalls_is_given_up_and_resumed(kind, faulty, site, star
     f = faulty(kind)
     f.config('retry_for = "2m"')
     f.proxy.stall(after=CUT)  # most of the file reaches the server, then nothing more
-    agent = start_agent()
-    f.watcher.start()
-    f.proxy.tripped.wait(60)
-    assert f.proxy.tripped.is_set(), "the transfer never got that far"
+    agent = f.run_until_tripped(start_agent)
     opened = f.proxy.connections
     assert not f.published()
     # The stalled connection stays open and silent: the client gives up on it and comes back.
@@ -355,10 +360,7 @@ def test_connections_reset_mid_transfer_are_retried_and_resumed(kind, faulty, si
     f = faulty(kind)
     f.config('retry_for = "2m"')
     f.proxy.reset(after=CUT)
-    agent = start_agent()
-    f.watcher.start()
-    f.proxy.tripped.wait(60)
-    assert f.proxy.tripped.is_set(), "the transfer never got that far"
+    agent = f.run_until_tripped(start_agent)
     f.finish()
     last = wait_until(lambda: (ls := site.job_status()["last_sync"]) and ls["files_sent"] == 1 and ls,
                       what="the sync's result")
@@ -375,10 +377,7 @@ def test_a_black_hole_pauses_the_job_raises_job_error_and_clears_when_the_link_i
     # retry_for 4s: job-error soon; rescan 2s: a parked item is tried again soon.
     f.config('retry_for = "4s"\nrescan = "2s"')
     f.proxy.blackhole(after=CUT)  # most of the file reaches the server, then silence
-    agent = start_agent()
-    f.watcher.start()
-    f.proxy.tripped.wait(60)
-    assert f.proxy.tripped.is_set(), "the transfer never got that far"
+    agent = f.run_until_tripped(start_agent)
     sent_before = f.proxy.up_bytes
 
     def in_trouble() -> dict | None:
@@ -595,10 +594,7 @@ def test_a_stalled_smb_request_is_given_up_and_retried_not_waited_for_for_ever(f
     f = faulty("smb")
     f.config('retry_for = "2m"')
     f.proxy.stall(after=CUT)
-    agent = start_agent()
-    f.watcher.start()
-    f.proxy.tripped.wait(60)
-    assert f.proxy.tripped.is_set(), "the transfer never got that far"
+    agent = f.run_until_tripped(start_agent)
     wait_until(lambda: "Connection timeout of 3.0 seconds exceeded" in agent.output(), timeout=60,
                what="the stalled request given up")
     wait_until(lambda: "is still open on smb" in agent.output(), timeout=60, what="the retry")

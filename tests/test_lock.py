@@ -4,10 +4,9 @@ or will not lock it at all, fails `check` in one line and raises `lock-not-enfor
 from __future__ import annotations
 
 import json
-import os
 import signal
 
-from conftest import run_offsite, toml_table, wait_until
+from conftest import locations_config, run_offsite, wait_until
 
 CANARY = ".offsite/lock-canary"
 
@@ -32,11 +31,7 @@ def test_check_proves_the_lock_where_it_holds_and_fails_in_one_line_where_it_doe
         "moto-unlocked": lock_location(moto, False),
         "moto-no-lock-asked": moto.new_location(),  # no object_lock_days: no canary
     }
-    text = "".join(toml_table(n, o) for n, o in locs.items())
-    text += "".join(f"[[jobs]]\nname = '{n}'\nsource = '{tmp_path / 'src'}'\nlocation = '{n}'\n" for n in locs)
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(f"[agent]\nstate_dir = '{tmp_path / 'state'}'\n" + text)
-    os.chmod(cfg, 0o600)
+    cfg = locations_config(tmp_path, locs)
 
     r = run_offsite(cfg, "check")
     print(r.stdout)  # what a user sees
