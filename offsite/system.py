@@ -2,10 +2,11 @@
 
 Everything else in offsite uses pathlib and the standard library's portable calls; what
 differs between POSIX and Windows (file locks, sharing modes, owner-only permissions)
-lives here.
+lives here; and one Linux-only setting of the C library's heap (`keep_freed_buffers`).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import stat
 import sys
@@ -116,3 +117,24 @@ def write_denied_to_others(path: Path) -> bool:
         return False
     ctypes.windll.kernel32.CloseHandle(h)  # pragma: no cover
     return True  # pragma: no cover
+
+
+_heap_kept = False
+
+
+def keep_freed_buffers() -> None:
+    """Let glibc keep up to 32 MiB of freed memory instead of handing it back at once. A big
+    file moves through buffers of 1-4 MiB (and the protocol libraries' copies of them): by
+    default each one freed was returned to the kernel and the next one faulted its pages in
+    again, zeroed. That cost smbprotocol 5 page faults per byte sent and two thirds of its
+    CPU (issue 17, bench/RESULTS.md). Peak memory rose by about 5 MB. Linux only."""
+    global _heap_kept
+    if _heap_kept or sys.platform != "linux":
+        return
+    _heap_kept = True
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc's; musl has it as a no-op
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 16 << 20)  # M_MMAP_THRESHOLD: buffers below this come from the heap
+    mallopt(-1, 32 << 20)  # M_TRIM_THRESHOLD: free memory the heap keeps

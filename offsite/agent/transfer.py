@@ -25,9 +25,10 @@ from ..errors import Interrupted, OwnerMismatch, PermanentError, SourceError, Tr
 from ..owner import check_owner
 from ..queue import QueueItem
 from ..state import StateDir
+from ..system import keep_freed_buffers
 from ..targets import Target, make_target
 from .dispatcher import Dispatch
-from .hashing import HashingReader, keep_freed_buffers
+from .hashing import HashingReader
 from .streams import stage_ranged, wanted
 from .throttle import Throttle
 
