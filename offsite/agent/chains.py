@@ -45,7 +45,9 @@ from .points import Points
 
 log = logging.getLogger(__name__)
 
-POINTS_EVERY = 5.0  # seconds between two computations of the restorable points while files go
+# seconds between two computations of the restorable points while files go: a volume of 20,000
+# files takes 0.3-0.75 s of the coordinator (measured by the attack on issue 18)
+POINTS_EVERY = 30.0
 FLOW_EVERY = 30.0  # seconds between two writes of flow.json while there is a backlog
 
 CHANGED_ERROR = ("changed at the source after it was sent (a ShadowProtect file is written once and never "
